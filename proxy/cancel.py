@@ -1,0 +1,93 @@
+"""Cancel keys: the keys clients see are pgwake's own, mapped to the backend's.
+
+A client never learns a compute's real BackendKeyData. A CancelRequest with a key pgwake
+does not know is dropped without a word, exactly as Postgres treats an unknown key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from proxy import metrics
+from proxy.protocol import encode
+
+if TYPE_CHECKING:
+    from proxy.compute import ComputeAddress
+
+__all__ = ["BackendTarget", "CancelMap"]
+
+logger = logging.getLogger(__name__)
+_FORWARD_TIMEOUT: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTarget:
+    """Where a cancel for one session must go."""
+
+    endpoint: str
+    address: ComputeAddress
+    process_id: int
+    secret_key: int
+
+    def __repr__(self) -> str:
+        return f"BackendTarget({self.endpoint})"
+
+
+class CancelMap:
+    """Our (process_id, secret_key) pairs -> the backend they stand for."""
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[int, int], BackendTarget] = {}
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def register(self, target: BackendTarget) -> tuple[int, int]:
+        """Mint a fresh random key pair for ``target`` and return it."""
+        while True:
+            # Positive 31-bit pid: some clients print it or keep it in a signed int.
+            key = (secrets.randbits(31) or 1, secrets.randbits(32))
+            if key not in self._targets:
+                self._targets[key] = target
+                return key
+
+    def unregister(self, key: tuple[int, int]) -> None:
+        self._targets.pop(key, None)
+
+    async def forward(self, process_id: int, secret_key: int) -> bool:
+        """Send the matching CancelRequest to the compute; False if the key is unknown."""
+        target = self._targets.get((process_id, secret_key))
+        if target is None:
+            metrics.CANCEL_REQUESTS.labels("unknown_key").inc()
+            logger.warning("event=cancel_unknown_key")
+            return False
+        metrics.CANCEL_REQUESTS.labels("forwarded").inc()
+        address = target.address
+        try:
+            async with asyncio.timeout(_FORWARD_TIMEOUT):
+                if address.unix_socket:
+                    reader, writer = await asyncio.open_unix_connection(address.unix_socket)
+                else:
+                    reader, writer = await asyncio.open_connection(address.host, address.port)
+                try:
+                    writer.write(encode.cancel_request(target.process_id, target.secret_key))
+                    await writer.drain()
+                    await reader.read()  # Postgres closes once it has read the request
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            logger.warning(
+                "event=cancel_forward_failed endpoint=%s error=%s",
+                target.endpoint,
+                type(exc).__name__,
+            )
+            return False
+        logger.info("event=cancel_forwarded endpoint=%s", target.endpoint)
+        return True

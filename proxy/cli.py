@@ -1,0 +1,229 @@
+"""The ``pgwake`` command.
+
+``serve`` flags are derived from the ``Settings`` model, so a setting has one name
+everywhere (``idle_timeout`` <-> ``--idle-timeout`` <-> ``PGWAKE_IDLE_TIMEOUT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pydantic
+
+from proxy import __version__
+from proxy.catalog import Catalog, EndpointExists
+from proxy.compute import load_backend
+from proxy.endpoints import (
+    InvalidEndpointName,
+    connection_uri,
+    create_endpoint,
+    delete_endpoint,
+    format_age,
+    list_endpoints,
+)
+from proxy.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["main"]
+
+#: Exit status when pgwake cannot start (uvicorn's STARTUP_FAILURE).
+STARTUP_FAILURE: Final = 3
+_ENDPOINT_SETTINGS: Final = ("state_dir", "listen", "pg_bindir", "compute_user", "stop_timeout")
+
+
+def _add_settings_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None
+) -> None:
+    group = parser.add_argument_group("settings (flag > PGWAKE_* env > --config TOML > default)")
+    group.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML settings file.")
+    for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
+        flag = "--" + name.replace("_", "-")
+        env = "PGWAKE_" + name.upper()
+        default = field.default if field.default is not None else "unset"
+        group.add_argument(
+            flag,
+            dest=f"setting_{name}",
+            metavar=name.upper(),
+            help=f"{field.description} [{env}; default: {default}]",
+        )
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key.removeprefix("setting_"): value
+        for key, value in vars(args).items()
+        if key.startswith("setting_") and value is not None
+    }
+    return load_settings(args.config, **overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgwake", description="Scale-to-zero Postgres behind an ordinary connection string."
+    )
+    parser.add_argument("--version", action="version", version=f"pgwake {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="Run the proxy.",
+        description="Run the proxy: wake computes on connect, suspend them when idle.",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="Create an endpoint named 'demo' if missing and print its URI.",
+    )
+    _add_settings_flags(serve)
+
+    endpoint = commands.add_parser("endpoint", help="Manage endpoints.")
+    actions = endpoint.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="Create an endpoint; prints its URI last.")
+    create.add_argument("name")
+    create.add_argument("--password", help="Password of role 'app' (generated if omitted).")
+    create.add_argument(
+        "--idle-timeout",
+        dest="endpoint_idle_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="Suspend after this many idle seconds.",
+    )
+    _add_settings_flags(create, _ENDPOINT_SETTINGS)
+    listing = actions.add_parser("list", help="List endpoints.")
+    _add_settings_flags(listing, _ENDPOINT_SETTINGS)
+    delete = actions.add_parser("delete", help="Delete an endpoint and its data.")
+    delete.add_argument("name")
+    _add_settings_flags(delete, _ENDPOINT_SETTINGS)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop  # noqa: PLC0415 (optional off Linux)
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(settings: Settings, demo: bool) -> int:
+    from proxy.server import Server, StartupFailure  # noqa: PLC0415 (heavy; serve only)
+
+    if demo:
+        await _ensure_demo(settings)
+    server = Server(settings)
+    try:
+        await server.serve()
+    except StartupFailure as exc:
+        logging.getLogger("proxy.server").error("event=startup_failed reason=%s", exc)
+        print(f"pgwake: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
+    return 0
+
+
+async def _ensure_demo(settings: Settings) -> None:
+    catalog = Catalog(settings.state_dir / "catalog.sqlite3")
+    try:
+        if catalog.exists("demo"):
+            print("endpoint demo exists (its password was shown when it was created):")
+            print(connection_uri(settings, "demo", "app", None, "app"))
+            return
+        backend = load_backend("local", settings)
+        _, uri = await create_endpoint(settings, catalog, backend, "demo")
+        print("created endpoint demo; connect with:")
+        print(uri, flush=True)
+    finally:
+        catalog.close()
+
+
+async def _endpoint(args: argparse.Namespace, settings: Settings) -> int:
+    catalog = Catalog(settings.state_dir / "catalog.sqlite3")
+    try:
+        backend = load_backend("local", settings)
+        if args.action == "create":
+            try:
+                record, uri = await create_endpoint(
+                    settings,
+                    catalog,
+                    backend,
+                    args.name,
+                    password=args.password,
+                    idle_timeout=args.endpoint_idle_timeout,
+                )
+            except EndpointExists:
+                print(f"pgwake: endpoint {args.name!r} already exists", file=sys.stderr)
+                return 1
+            except InvalidEndpointName as exc:
+                print(f"pgwake: {exc}", file=sys.stderr)
+                return 1
+            print(f"created endpoint {record.name} (suspended until the first connect)")
+            print(uri)
+            return 0
+        if args.action == "list":
+            rows = list_endpoints(catalog, backend)
+            print(
+                f"{'NAME':<24} {'STATE':<11} {'BACKEND':<8} {'IDLE':>6} "
+                f"{'LAST ACTIVE':<12} {'DISK':>9}"
+            )
+            for row in rows:
+                idle = f"{row.idle_timeout:g}s" if row.idle_timeout else "default"
+                print(
+                    f"{row.name:<24} {row.state:<11} {row.backend:<8} {idle:>6} "
+                    f"{format_age(row.last_active):<12} {row.disk_bytes / 2**20:>7.1f}MB"
+                )
+            return 0
+        if await delete_endpoint(catalog, backend, args.name):
+            print(f"deleted endpoint {args.name}")
+            return 0
+        print(f"pgwake: endpoint {args.name!r} does not exist", file=sys.stderr)
+        return 1
+    finally:
+        catalog.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pgwake`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings_from(args)
+    except (pydantic.ValidationError, FileNotFoundError) as exc:
+        print(f"pgwake: invalid settings: {_one_line(exc)}", file=sys.stderr)
+        return STARTUP_FAILURE
+    _configure_logging(settings.log_level)
+    if args.command == "serve":
+        result: int = _run(_serve(settings, args.demo))
+        return result
+    try:
+        status: int = _run(_endpoint(args, settings))
+    except Exception as exc:  # one clear line, not a traceback, for operator errors
+        print(f"pgwake: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Compute backends: where an endpoint's Postgres server runs, and how it starts and stops.
+
+``ComputeBackend`` is the seam: ``lifecycle.py`` drives it and never cares whether the
+compute is a local process, a container or a pod. Backends are named by import strings,
+the way uvicorn names its loops, and loaded once at startup.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
+
+__all__ = [
+    "BACKENDS",
+    "ComputeAddress",
+    "ComputeBackend",
+    "ComputeStartError",
+    "EndpointSpec",
+    "load_backend",
+]
+
+#: Backend name -> "module:Class". Unknown names are refused at startup.
+BACKENDS: Final = {"local": "proxy.compute.local:LocalBackend"}
+
+
+class ComputeStartError(Exception):
+    """The compute could not start; ``reason`` is safe to show to the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeAddress:
+    """How to reach a running compute: a unix socket path, or a TCP host and port."""
+
+    unix_socket: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        return self.unix_socket or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """What a backend needs to create an endpoint's compute."""
+
+    name: str
+    role: str
+    database: str
+    #: SCRAM-SHA-256 verifier (``SCRAM-SHA-256$...``) for ``role``; never a plaintext.
+    verifier: str
+
+
+class ComputeBackend(Protocol):
+    """What lifecycle needs from a place that runs computes."""
+
+    name: str
+
+    async def prepare(self) -> None:
+        """Get ready to create computes (e.g. make the template); idempotent."""
+
+    async def create(self, spec: EndpointSpec) -> None:
+        """Create a suspended compute for a new endpoint."""
+
+    async def delete(self, endpoint: str) -> None:
+        """Stop the compute if it runs and remove its data."""
+
+    async def start(self, endpoint: str, ready_timeout: float) -> ComputeAddress:
+        """Start the compute and return once it accepts connections.
+
+        Raises ``ComputeStartError`` with a client-safe reason."""
+
+    async def stop(self, endpoint: str) -> None:
+        """Shut the compute down cleanly (checkpoint; no data lost)."""
+
+    def probe(self, endpoint: str) -> ComputeAddress | None:
+        """Return the address of a compute that runs now (to adopt it), else ``None``."""
+
+    def is_alive(self, endpoint: str) -> bool:
+        """True while the compute's server process lives."""
+
+    async def count_client_sessions(self, endpoint: str) -> int:
+        """Client sessions the compute itself reports, not counting the one asking."""
+
+    def disk_bytes(self, endpoint: str) -> int:
+        """Bytes of storage the endpoint holds."""
+
+
+def load_backend(name: str, settings: Settings) -> ComputeBackend:
+    """Instantiate the backend called ``name``; raise ``ValueError`` listing valid names."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        valid = ", ".join(sorted(BACKENDS))
+        raise ValueError(f"unknown compute backend {name!r}; valid backends: {valid}") from None
+    module_name, _, class_name = target.partition(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    backend: ComputeBackend = backend_class(settings)
+    return backend

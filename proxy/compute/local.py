@@ -1,0 +1,422 @@
+"""Local compute backend: each endpoint is a data directory and a ``postgres`` process.
+
+Layout under ``<state_dir>/computes`` (or a reachable fallback, see ``_compute_root``)::
+
+    template/            made once by initdb; new endpoints are copies of it
+    endpoints/<name>/data         the endpoint's PGDATA
+    endpoints/<name>/run          private socket directory (mode 0700)
+    endpoints/<name>/postgres.log server log
+
+Start spawns ``postgres`` directly and polls ``postmaster.pid`` for the ``ready`` status
+every few milliseconds (``pg_ctl -w`` sleeps in 100 ms steps). Stop is SIGINT, a fast
+shutdown with a checkpoint; SIGQUIT only after ``stop_timeout``, logged as an error.
+Computes run in their own session, so they outlive a ``kill -9`` of pgwake and are
+adopted by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
+from proxy.compute.binaries import find_bindir
+from proxy.compute.osuser import OsUser, can_reach, resolve_compute_user
+from proxy.compute.pgdata import read_postmaster_pid, start_failure_reason
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
+
+__all__ = ["LocalBackend"]
+
+logger = logging.getLogger(__name__)
+
+_PORT: Final = 5432
+# sockaddr_un.sun_path is 108 bytes on Linux, 104 on macOS; keep a margin.
+_MAX_SOCKET_PATH: Final = 100
+_READY_POLL_SECONDS: Final = 0.002
+_TEMPLATE_READY_MARK: Final = "template.ready"
+_FALLBACK_ROOT: Final = Path("/var/lib/pgwake")
+
+# Appended to the template's postgresql.conf. Computes listen on a unix socket only.
+_TEMPLATE_CONF: Final = """
+# --- pgwake ---
+listen_addresses = ''
+unix_socket_permissions = 0700
+# Every client session is its own backend (no pooling), so leave room for bursts.
+max_connections = 300
+shared_buffers = 32MB
+log_line_prefix = '%m [%p] '
+"""
+
+
+class LocalBackend:
+    """Runs computes as ``postgres`` processes on this host."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._user: OsUser | None = resolve_compute_user(settings.compute_user)
+        self._state_dir = settings.state_dir.resolve()
+        self._root = self._compute_root()
+        self._bindir = self._reachable_bindir(find_bindir(settings.pg_bindir))
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def _compute_root(self) -> Path:
+        root = self._state_dir / "computes"
+        if can_reach(root, self._user):
+            return root
+        # e.g. a state dir under /root (mode 0700): the compute user cannot get there.
+        digest = hashlib.sha256(str(self._state_dir).encode()).hexdigest()[:12]
+        fallback = _FALLBACK_ROOT / digest
+        logger.warning(
+            "event=compute_root_fallback state_dir=%s compute_root=%s "
+            "reason=compute_user_cannot_reach_state_dir",
+            self._state_dir,
+            fallback,
+        )
+        return fallback
+
+    def _reachable_bindir(self, bindir: Path) -> Path:
+        if can_reach(bindir / "postgres", self._user):
+            return bindir
+        # The pgserver wheel under /root/... is out of the compute user's reach: copy the
+        # whole install (bin, lib, share; relative rpaths) next to the computes, once.
+        copy = self._root / "pginstall"
+        if not (copy / "bin" / "postgres").is_file():
+            self._root.mkdir(parents=True, exist_ok=True, mode=0o711)
+            shutil.copytree(bindir.parent, copy, symlinks=True, dirs_exist_ok=True)
+        return copy / "bin"
+
+    @property
+    def bindir(self) -> Path:
+        return self._bindir
+
+    @property
+    def _template(self) -> Path:
+        return self._root / "template"
+
+    def _endpoint_dir(self, endpoint: str) -> Path:
+        return self._root / "endpoints" / endpoint
+
+    def data_dir(self, endpoint: str) -> Path:
+        """The endpoint's PGDATA (tests break its config to test start failures)."""
+        return self._endpoint_dir(endpoint) / "data"
+
+    def _socket_dir(self, endpoint: str) -> Path:
+        preferred = self._endpoint_dir(endpoint) / "run"
+        if len(str(preferred / f".s.PGSQL.{_PORT}")) <= _MAX_SOCKET_PATH:
+            return preferred
+        digest = hashlib.sha256(str(self._root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"pgwake-{digest}" / endpoint
+
+    def _address(self, socket_dir: Path | str) -> ComputeAddress:
+        return ComputeAddress(unix_socket=f"{socket_dir}/.s.PGSQL.{_PORT}", port=_PORT)
+
+    def _admin_password(self) -> str:
+        return (self._state_dir / "admin-password").read_text().strip()
+
+    # -- ownership -----------------------------------------------------------------------
+
+    def _mkdir_for_compute(self, path: Path, mode: int = 0o700) -> None:
+        """Create ``path`` owned by the compute user; refuse a path someone else owns."""
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        info = path.lstat()
+        expected = self._user.uid if self._user else os.geteuid()
+        if info.st_uid not in (expected, os.geteuid()):
+            raise ComputeStartError(f"directory {path.name} is owned by another user")
+        if self._user is not None:
+            os.chown(path, self._user.uid, self._user.gid)
+        path.chmod(mode)
+
+    def _run_as_compute(self, argv: list[str], **kwargs: object) -> None:
+        user = (
+            {"user": self._user.uid, "group": self._user.gid, "extra_groups": []}
+            if self._user
+            else {}
+        )
+        subprocess.run(
+            argv,
+            check=True,
+            capture_output=True,
+            timeout=300,
+            env=self._child_env(),
+            **user,
+            **kwargs,
+        )  # type: ignore[call-overload]
+
+    def _child_env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{self._bindir}:/usr/bin:/bin",
+            "LC_ALL": "C",
+            "LANG": "C",
+            "TZ": os.environ.get("TZ", "UTC"),
+        }
+
+    # -- template ------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Make the template data directory once (initdb), guarded by a file lock."""
+        if (self._root / _TEMPLATE_READY_MARK).exists():
+            return
+        await asyncio.to_thread(self._make_template)
+
+    def _make_template(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self._root.chmod(0o711)  # the compute user needs to pass through, not to list
+        (self._root / "endpoints").mkdir(exist_ok=True, mode=0o711)
+        with open(self._root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (self._root / _TEMPLATE_READY_MARK).exists():
+                return
+            secret_file = self._state_dir / "admin-password"
+            if not secret_file.exists():
+                fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(32))
+            shutil.rmtree(self._template, ignore_errors=True)
+            self._mkdir_for_compute(self._template)
+            pwfile = self._root / ".initdb-pw"
+            pwfile.write_text(self._admin_password())
+            pwfile.chmod(0o600)
+            if self._user:
+                os.chown(pwfile, self._user.uid, self._user.gid)
+            started = time.monotonic()
+            try:
+                self._run_as_compute(
+                    [
+                        str(self._bindir / "initdb"),
+                        "-D",
+                        str(self._template),
+                        "-U",
+                        management.ADMIN_ROLE,
+                        f"--pwfile={pwfile}",
+                        "-E",
+                        "UTF8",
+                        "--no-locale",
+                        "--auth-local=scram-sha-256",
+                        "--auth-host=scram-sha-256",
+                        "--no-sync",
+                    ],
+                    cwd=str(self._root),
+                )
+            except subprocess.CalledProcessError as exc:
+                raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+            finally:
+                pwfile.unlink(missing_ok=True)
+            with open(self._template / "postgresql.conf", "a") as conf:
+                conf.write(_TEMPLATE_CONF)
+            os.sync()  # initdb ran with --no-sync; flush once here instead of per file
+            (self._root / _TEMPLATE_READY_MARK).touch()
+            logger.info(
+                "event=template_created ms=%d bindir=%s",
+                (time.monotonic() - started) * 1000,
+                self._bindir,
+            )
+
+    # -- create / delete -----------------------------------------------------------------
+
+    async def create(self, spec: EndpointSpec) -> None:
+        await self.prepare()
+        endpoint_dir = self._endpoint_dir(spec.name)
+        if endpoint_dir.exists():
+            raise FileExistsError(f"endpoint {spec.name!r} already has a data directory")
+        try:
+            self._mkdir_for_compute(endpoint_dir)
+            # cp -a keeps the compute user's ownership; reflink makes it instant where the
+            # filesystem allows (btrfs, XFS), a plain copy elsewhere.
+            await asyncio.to_thread(
+                subprocess.run,
+                ["cp", "-a", "--reflink=auto", str(self._template), str(self.data_dir(spec.name))],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            address = await self.start(spec.name, ready_timeout=60)
+            try:
+                await management.setup_endpoint(address, self._admin_password(), spec)
+            finally:
+                await self.stop(spec.name)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, endpoint_dir, True)
+            raise
+
+    async def delete(self, endpoint: str) -> None:
+        if self.is_alive(endpoint):
+            await self.stop(endpoint)
+        await asyncio.to_thread(shutil.rmtree, self._endpoint_dir(endpoint), True)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self._socket_dir(endpoint))
+
+    # -- start / stop --------------------------------------------------------------------
+
+    async def start(self, endpoint: str, ready_timeout: float) -> ComputeAddress:
+        data_dir = self.data_dir(endpoint)
+        if not data_dir.is_dir():
+            raise ComputeStartError("the endpoint has no data directory")
+        running = self.probe(endpoint)
+        if running is not None:
+            return running
+        socket_dir = self._socket_dir(endpoint)
+        self._mkdir_for_compute(socket_dir.parent, mode=0o711)
+        self._mkdir_for_compute(socket_dir)
+        log_path = self._endpoint_dir(endpoint) / "postgres.log"
+        # fork+exec takes milliseconds: off the event loop, so other sessions keep flowing.
+        process, log_offset = await asyncio.to_thread(self._spawn, data_dir, socket_dir, log_path)
+        self._children[endpoint] = process
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            pid_file = read_postmaster_pid(data_dir)
+            if pid_file is not None and pid_file.pid == process.pid and pid_file.status == "ready":
+                return self._address(socket_dir)
+            if process.poll() is not None:
+                self._children.pop(endpoint, None)
+                raise ComputeStartError(self._failure_reason(log_path, log_offset, data_dir))
+            if time.monotonic() > deadline:
+                await self.stop(endpoint)
+                raise ComputeStartError(f"postgres did not become ready within {ready_timeout:g} s")
+            await asyncio.sleep(_READY_POLL_SECONDS)
+
+    def _spawn(
+        self, data_dir: Path, socket_dir: Path, log_path: Path
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        with open(log_path, "ab") as log:
+            log_offset = log.tell()
+            user = (
+                {"user": self._user.uid, "group": self._user.gid, "extra_groups": []}
+                if self._user
+                else {}
+            )
+            process = subprocess.Popen(  # type: ignore[call-overload]
+                [
+                    str(self._bindir / "postgres"),
+                    "-D",
+                    str(data_dir),
+                    "-k",
+                    str(socket_dir),
+                    "-p",
+                    str(_PORT),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=str(data_dir.parent),
+                env=self._child_env(),
+                start_new_session=True,
+                close_fds=True,
+                **user,
+            )
+        return process, log_offset
+
+    def _failure_reason(self, log_path: Path, offset: int, data_dir: Path) -> str:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            text = log.read(64 * 1024).decode("utf-8", "replace")
+        return start_failure_reason(text, data_dir)
+
+    def _postmaster_pid(self, endpoint: str) -> int | None:
+        child = self._children.get(endpoint)
+        if child is not None:
+            if child.poll() is None:
+                return child.pid
+            del self._children[endpoint]  # reaped now; fall through to the pid file
+        pid_file = read_postmaster_pid(self.data_dir(endpoint))
+        if pid_file is None or not _is_postgres_process(pid_file.pid):
+            return None
+        return pid_file.pid
+
+    async def stop(self, endpoint: str) -> None:
+        pid = self._postmaster_pid(endpoint)
+        if pid is None:
+            return
+        started = time.monotonic()
+        if await self._signal_and_wait(endpoint, pid, signal.SIGINT, self._settings.stop_timeout):
+            logger.debug(
+                "event=compute_stopped endpoint=%s ms=%d",
+                endpoint,
+                (time.monotonic() - started) * 1000,
+            )
+            return
+        logger.error(
+            "event=compute_stop_hung endpoint=%s pid=%d action=SIGQUIT waited_s=%g",
+            endpoint,
+            pid,
+            self._settings.stop_timeout,
+        )
+        if await self._signal_and_wait(endpoint, pid, signal.SIGQUIT, 10):
+            return
+        logger.error("event=compute_stop_hung endpoint=%s pid=%d action=SIGKILL", endpoint, pid)
+        await self._signal_and_wait(endpoint, pid, signal.SIGKILL, 10)
+
+    async def _signal_and_wait(self, endpoint: str, pid: int, signum: int, bound: float) -> bool:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            if self._postmaster_pid(endpoint) != pid:
+                return True
+            await asyncio.sleep(_READY_POLL_SECONDS)
+        return False
+
+    # -- observation ---------------------------------------------------------------------
+
+    def probe(self, endpoint: str) -> ComputeAddress | None:
+        pid = self._postmaster_pid(endpoint)
+        if pid is None:
+            return None
+        pid_file = read_postmaster_pid(self.data_dir(endpoint))
+        if pid_file is None or pid_file.status != "ready" or not pid_file.socket_dir:
+            return None
+        return self._address(pid_file.socket_dir)
+
+    def is_alive(self, endpoint: str) -> bool:
+        return self._postmaster_pid(endpoint) is not None
+
+    async def count_client_sessions(self, endpoint: str) -> int:
+        address = self.probe(endpoint)
+        if address is None:
+            return 0
+        return await management.count_client_sessions(address, self._admin_password())
+
+    def disk_bytes(self, endpoint: str) -> int:
+        total = 0
+        for directory, _, files in os.walk(self._endpoint_dir(endpoint)):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(directory, name)).st_size
+        return total
+
+
+def _is_postgres_process(pid: int) -> bool:
+    """True if ``pid`` is a live (not zombie) process that looks like a postmaster."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    if sys.platform != "linux":
+        return True
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat_line.rsplit(")", 1)[-1].split()[0]
+    return state != "Z" and b"postgres" in cmdline

@@ -1,0 +1,72 @@
+"""The proxy's own SQL connections to a compute (asyncpg), for setup and idle checks.
+
+These connect as the management superuser ``pgwake_admin`` with a secret kept in the
+state directory; client sessions never use this role's credentials.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from proxy.compute import ComputeAddress, EndpointSpec
+
+__all__ = ["ADMIN_ROLE", "count_client_sessions", "quote_ident", "quote_literal", "setup_endpoint"]
+
+ADMIN_ROLE: Final = "pgwake_admin"
+_CONNECT_TIMEOUT: Final = 10.0
+
+# Our own connection is excluded by pid; background workers have another backend_type.
+_COUNT_SESSIONS_SQL: Final = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier (as Postgres's ``quote_ident`` does, always quoting)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """Quote an SQL string literal (standard_conforming_strings is on since 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def _connect(address: ComputeAddress, password: str) -> asyncpg.Connection:
+    host = address.unix_socket.rsplit("/", 1)[0] if address.unix_socket else address.host
+    return await asyncpg.connect(
+        host=host,
+        port=address.port or 5432,
+        user=ADMIN_ROLE,
+        password=password,
+        database="postgres",
+        timeout=_CONNECT_TIMEOUT,
+        ssl=False,
+        server_settings={"application_name": "pgwake"},
+    )
+
+
+async def count_client_sessions(address: ComputeAddress, password: str) -> int:
+    """Return how many client sessions the compute has besides this one."""
+    conn = await _connect(address, password)
+    try:
+        count: int = await conn.fetchval(_COUNT_SESSIONS_SQL)
+        return count
+    finally:
+        await conn.close(timeout=_CONNECT_TIMEOUT)
+
+
+async def setup_endpoint(address: ComputeAddress, password: str, spec: EndpointSpec) -> None:
+    """Create the endpoint's login role (from its SCRAM verifier) and its database."""
+    conn = await _connect(address, password)
+    try:
+        role = quote_ident(spec.role)
+        await conn.execute(
+            f"CREATE ROLE {role} LOGIN CREATEDB CREATEROLE PASSWORD {quote_literal(spec.verifier)}"
+        )
+        await conn.execute(f"CREATE DATABASE {quote_ident(spec.database)} OWNER {role}")
+    finally:
+        await conn.close(timeout=_CONNECT_TIMEOUT)

@@ -1,0 +1,370 @@
+"""The endpoint lifecycle: wake on connect, suspend when idle (design §3).
+
+Rule 1 (after h11's ``_state.py``): everything that changes an endpoint's state lives in
+this file. Transitions are data (``TRANSITIONS``); ``Lifecycle._transition`` is the only
+place that assigns ``state``; it logs one line and bumps one counter per move. Everything
+else calls verbs: ``wake()``, ``suspend()``, ``acquire()``/``release()``.
+
+Single flight: one start task per endpoint, awaited through ``asyncio.shield`` so a client
+that gives up does not cancel the start the others wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING, Final
+
+from proxy import metrics
+from proxy.compute import ComputeStartError
+from proxy.protocol.errors import CannotConnectNow
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from proxy.catalog import Catalog, EndpointRecord
+    from proxy.compute import ComputeAddress, ComputeBackend
+
+__all__ = [
+    "TRANSITIONS",
+    "EndpointState",
+    "IllegalTransition",
+    "Lifecycle",
+    "LifecycleManager",
+    "Trigger",
+    "retry_delay",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EndpointState(enum.Enum):
+    """Where an endpoint's compute is in its life (design §3)."""
+
+    #: No compute process; costs nothing. A connect wakes it.
+    SUSPENDED = "suspended"
+    #: A start is in flight; connects wait for it.
+    STARTING = "starting"
+    #: The compute accepts connections; the idle timer runs.
+    RUNNING = "running"
+    #: A clean shutdown is in flight; connects wait for it, then wake.
+    SUSPENDING = "suspending"
+    #: The last start failed; connects get 57P03 until the retry time, then retry.
+    FAILED = "failed"
+
+
+class Trigger(enum.Enum):
+    """What moves an endpoint from one state to another."""
+
+    WAKE = "wake"
+    RETRY = "retry"
+    STARTED = "started"
+    START_FAILED = "start_failed"
+    SUSPEND = "suspend"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    ADOPT = "adopt"
+
+
+S, T = EndpointState, Trigger
+#: Every legal move. A pair missing here is a bug and raises ``IllegalTransition``.
+TRANSITIONS: Final[dict[tuple[EndpointState, Trigger], EndpointState]] = {
+    (S.SUSPENDED, T.WAKE): S.STARTING,
+    (S.SUSPENDED, T.ADOPT): S.RUNNING,
+    (S.FAILED, T.RETRY): S.STARTING,
+    (S.STARTING, T.STARTED): S.RUNNING,
+    (S.STARTING, T.START_FAILED): S.FAILED,
+    (S.RUNNING, T.SUSPEND): S.SUSPENDING,
+    (S.RUNNING, T.CRASHED): S.SUSPENDED,
+    (S.SUSPENDING, T.STOPPED): S.SUSPENDED,
+}
+del S, T
+
+#: Failed starts are retried no sooner than this, doubling per failure (no retry storm).
+RETRY_BASE_SECONDS: Final = 1.0
+RETRY_MAX_SECONDS: Final = 30.0
+# How often a running endpoint is checked: often enough for short idle timeouts in tests
+# and to notice a crashed compute within a second.
+_MAX_TICK_SECONDS: Final = 1.0
+_MIN_TICK_SECONDS: Final = 0.05
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait before retrying a start after ``failures`` failures in a row."""
+    delay: float = RETRY_BASE_SECONDS * 2.0 ** max(failures - 1, 0)
+    return min(delay, RETRY_MAX_SECONDS)
+
+
+class IllegalTransition(Exception):
+    """A trigger fired in a state that has no move for it (a pgwake bug)."""
+
+    def __init__(self, endpoint: str, state: EndpointState, trigger: Trigger) -> None:
+        super().__init__(
+            f"endpoint {endpoint}: no transition from {state.value} on {trigger.value}"
+        )
+
+
+class Lifecycle:
+    """One endpoint's state machine, start/stop tasks and idle timer."""
+
+    def __init__(
+        self,
+        name: str,
+        backend: ComputeBackend,
+        catalog: Catalog,
+        idle_timeout: float,
+        wake_timeout: float,
+    ) -> None:
+        self.name = name
+        self.backend = backend
+        self.idle_timeout = idle_timeout
+        self._catalog = catalog
+        self._wake_timeout = wake_timeout
+        self.state = EndpointState.SUSPENDED
+        self.reason: str | None = None
+        self.address: ComputeAddress | None = None
+        #: Client sessions holding this endpoint (waiting for it or relaying).
+        self.sessions = 0
+        self._last_active = time.monotonic()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._start_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self.starts = 0
+        self._publish_state()
+
+    # -- the one state setter -----------------------------------------------------------
+
+    def _transition(self, trigger: Trigger, reason: str | None = None, **fields: object) -> None:
+        try:
+            new_state = TRANSITIONS[self.state, trigger]
+        except KeyError:
+            raise IllegalTransition(self.name, self.state, trigger) from None
+        old_state, self.state, self.reason = self.state, new_state, reason
+        extra = "".join(f" {key}={value}" for key, value in fields.items())
+        log = (
+            logger.warning
+            if new_state is EndpointState.FAILED or trigger is Trigger.CRASHED
+            else logger.info
+        )
+        log(
+            "event=transition endpoint=%s from=%s to=%s trigger=%s%s%s",
+            self.name,
+            old_state.value,
+            new_state.value,
+            trigger.value,
+            extra,
+            f" reason={reason!r}" if reason else "",
+        )
+        metrics.STATE_TRANSITIONS.labels(trigger.value).inc()
+        self._publish_state()
+        self._catalog.set_state(self.name, new_state.value, reason, last_active=time.time())
+
+    def _publish_state(self) -> None:
+        for state in EndpointState:
+            metrics.ENDPOINT_STATE.labels(self.name, state.value).set(state is self.state)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """A client session starts using this endpoint (before it waits for a wake)."""
+        self.sessions += 1
+        self._last_active = time.monotonic()
+
+    def release(self) -> None:
+        """A client session ended."""
+        self.sessions -= 1
+        self._last_active = time.monotonic()
+
+    # -- wake ----------------------------------------------------------------------------
+
+    async def wake(self) -> ComputeAddress:
+        """Return the running compute's address, starting it if needed (single flight).
+
+        Raises ``CannotConnectNow`` when the start fails or a failed endpoint is still in
+        its retry delay."""
+        while True:
+            state = self.state
+            if state is EndpointState.RUNNING:
+                assert self.address is not None
+                return self.address
+            if state is EndpointState.STARTING:
+                assert self._start_task is not None
+                await asyncio.shield(self._start_task)
+            elif state is EndpointState.SUSPENDING:
+                assert self._stop_task is not None
+                await asyncio.shield(self._stop_task)
+            elif state is EndpointState.SUSPENDED:
+                self._begin_start(Trigger.WAKE)
+            else:  # FAILED
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:
+                    raise CannotConnectNow(
+                        f'endpoint "{self.name}" could not start',
+                        detail=self.reason,
+                        hint=f"pgwake will try to start it again in {wait:.0f} s.",
+                    )
+                self._begin_start(Trigger.RETRY)
+
+    def _begin_start(self, trigger: Trigger) -> None:
+        self._transition(trigger)
+        self._start_task = asyncio.create_task(self._run_start(), name=f"start:{self.name}")
+
+    async def _run_start(self) -> None:
+        started = time.monotonic()
+        self.starts += 1
+        try:
+            address = await self.backend.start(self.name, ready_timeout=self._wake_timeout)
+        except ComputeStartError as exc:
+            self._start_failed(exc.reason)
+            return
+        except Exception:
+            logger.exception("event=start_error endpoint=%s", self.name)
+            self._start_failed("internal error while starting the compute")
+            return
+        elapsed = time.monotonic() - started
+        self.address = address
+        self._failures = 0
+        self._last_active = time.monotonic()
+        metrics.WAKES.labels(self.name, "success").inc()
+        metrics.WAKE_DURATION.observe(elapsed)
+        self._transition(Trigger.STARTED, ms=round(elapsed * 1000), waiters=self.sessions)
+        self._monitor_task = asyncio.create_task(self._monitor(), name=f"monitor:{self.name}")
+
+    def _start_failed(self, reason: str) -> None:
+        self._failures += 1
+        delay = retry_delay(self._failures)
+        self._retry_at = time.monotonic() + delay
+        metrics.WAKES.labels(self.name, "failure").inc()
+        self._transition(Trigger.START_FAILED, reason, failures=self._failures, retry_in_s=delay)
+
+    def adopt(self, address: ComputeAddress) -> None:
+        """Take over a compute that already runs (pgwake restarted); re-arm the idle timer."""
+        self.address = address
+        self._last_active = time.monotonic()
+        self._transition(Trigger.ADOPT)
+        self._monitor_task = asyncio.create_task(self._monitor(), name=f"monitor:{self.name}")
+
+    def compute_unreachable(self) -> None:
+        """A session could not connect to a compute we think runs: recheck it now."""
+        if self.state is EndpointState.RUNNING and not self.backend.is_alive(self.name):
+            self._crashed()
+
+    def _crashed(self) -> None:
+        self.address = None
+        metrics.SUSPENDS.labels(self.name, "crashed").inc()
+        self._transition(Trigger.CRASHED, "the compute exited on its own")
+
+    # -- suspend -------------------------------------------------------------------------
+
+    async def suspend(self, reason: str) -> None:
+        """Shut the compute down cleanly if it runs; wait for a start or stop in flight."""
+        if self.state is EndpointState.STARTING and self._start_task is not None:
+            await asyncio.shield(self._start_task)
+        if self.state is EndpointState.RUNNING:
+            self._transition(Trigger.SUSPEND, reason)
+            self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.name}")
+        if self.state is EndpointState.SUSPENDING and self._stop_task is not None:
+            await asyncio.shield(self._stop_task)
+
+    async def _run_stop(self, reason: str) -> None:
+        started = time.monotonic()
+        try:
+            await self.backend.stop(self.name)
+        except Exception:
+            logger.exception("event=stop_error endpoint=%s", self.name)
+        self.address = None
+        metrics.SUSPENDS.labels(self.name, reason).inc()
+        self._transition(Trigger.STOPPED, ms=round((time.monotonic() - started) * 1000))
+
+    # -- idle timer ----------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        """While running: notice a crash, and suspend once idle for ``idle_timeout``."""
+        tick = max(_MIN_TICK_SECONDS, min(_MAX_TICK_SECONDS, self.idle_timeout / 5))
+        while self.state is EndpointState.RUNNING:
+            await asyncio.sleep(tick)
+            if self.state is not EndpointState.RUNNING:
+                return
+            if not self.backend.is_alive(self.name):
+                self._crashed()
+                return
+            now = time.monotonic()
+            if self.sessions > 0:
+                self._last_active = now
+                continue
+            if now - self._last_active < self.idle_timeout:
+                continue
+            try:
+                # The compute's own view counts direct and other proxies' sessions too.
+                others = await self.backend.count_client_sessions(self.name)
+            except Exception as exc:  # a dying compute; the next tick sees it
+                logger.warning(
+                    "event=idle_check_failed endpoint=%s error=%s", self.name, type(exc).__name__
+                )
+                continue
+            if others > 0:
+                self._last_active = time.monotonic()
+                continue
+            # Re-check after the await: a client may have arrived meanwhile.
+            if self.sessions == 0 and self.state is EndpointState.RUNNING:
+                await self.suspend("idle")
+                return
+
+    async def close(self) -> None:
+        """Stop the idle timer (server shutdown); the compute is left as it is."""
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+
+
+class LifecycleManager:
+    """All endpoints' lifecycles, created on first use."""
+
+    def __init__(
+        self,
+        backend: ComputeBackend,
+        catalog: Catalog,
+        default_idle_timeout: float,
+        wake_timeout: float,
+    ) -> None:
+        self.backend = backend
+        self._catalog = catalog
+        self._default_idle_timeout = default_idle_timeout
+        self._wake_timeout = wake_timeout
+        self._lifecycles: dict[str, Lifecycle] = {}
+
+    def get(self, record: EndpointRecord) -> Lifecycle:
+        lifecycle = self._lifecycles.get(record.name)
+        idle_timeout = record.idle_timeout or self._default_idle_timeout
+        if lifecycle is None:
+            lifecycle = Lifecycle(
+                record.name, self.backend, self._catalog, idle_timeout, self._wake_timeout
+            )
+            self._lifecycles[record.name] = lifecycle
+        lifecycle.idle_timeout = idle_timeout
+        return lifecycle
+
+    def __iter__(self) -> Iterator[Lifecycle]:
+        return iter(self._lifecycles.values())
+
+    def adopt_running(self) -> int:
+        """Adopt every compute still running from an earlier pgwake; return how many."""
+        adopted = 0
+        for record in self._catalog.list():
+            address = self.backend.probe(record.name)
+            if address is not None:
+                self.get(record).adopt(address)
+                adopted += 1
+            elif record.state != EndpointState.SUSPENDED.value:
+                self._catalog.set_state(record.name, EndpointState.SUSPENDED.value)
+        return adopted
+
+    async def suspend_all(self) -> None:
+        """Suspend every compute cleanly (server shutdown)."""
+        lifecycles = list(self._lifecycles.values())
+        for lifecycle in lifecycles:
+            await lifecycle.close()
+        await asyncio.gather(*(lc.suspend("shutdown") for lc in lifecycles), return_exceptions=True)

@@ -1,0 +1,69 @@
+"""Every Prometheus metric pgwake exports, defined in one place. A leaf module."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "ACCEPTED",
+    "BYTES_RELAYED",
+    "CANCEL_REQUESTS",
+    "CLIENT_ERRORS",
+    "CONNECTIONS_ACTIVE",
+    "CONNECTIONS_TOTAL",
+    "ENDPOINT_STATE",
+    "STATE_TRANSITIONS",
+    "SUSPENDS",
+    "WAKES",
+    "WAKE_DURATION",
+]
+
+ACCEPTED: Final = Counter(
+    "pgwake_accepted_connections_total", "TCP connections accepted, before routing."
+)
+CONNECTIONS_ACTIVE: Final = Gauge(
+    "pgwake_client_connections_active",
+    "Client sessions routed to an endpoint, open now.",
+    ["endpoint"],
+)
+CONNECTIONS_TOTAL: Final = Counter(
+    "pgwake_client_connections_total", "Client sessions routed to an endpoint.", ["endpoint"]
+)
+WAKES: Final = Counter(
+    "pgwake_wakes_total", "Compute starts, by outcome (success, failure).", ["endpoint", "outcome"]
+)
+WAKE_DURATION: Final = Histogram(
+    "pgwake_wake_duration_seconds",
+    "Time from wake request to a compute ready for clients.",
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SUSPENDS: Final = Counter(
+    "pgwake_suspends_total",
+    "Compute suspends, by reason (idle, shutdown, crashed).",
+    ["endpoint", "reason"],
+)
+ENDPOINT_STATE: Final = Gauge(
+    "pgwake_endpoint_state",
+    "1 for the state an endpoint is in, 0 for the others.",
+    ["endpoint", "state"],
+)
+STATE_TRANSITIONS: Final = Counter(
+    "pgwake_endpoint_transitions_total", "Lifecycle transitions, by trigger.", ["trigger"]
+)
+BYTES_RELAYED: Final = Counter(
+    "pgwake_bytes_relayed_total",
+    "Bytes relayed, by direction (to_compute, to_client); added when a session ends.",
+    ["endpoint", "direction"],
+)
+CLIENT_ERRORS: Final = Counter(
+    "pgwake_client_errors_total",
+    "ErrorResponses pgwake itself sent, by SQLSTATE and kind.",
+    ["sqlstate", "kind"],
+)
+CANCEL_REQUESTS: Final = Counter(
+    "pgwake_cancel_requests_total",
+    "CancelRequests, by outcome (forwarded, unknown_key).",
+    ["outcome"],
+)

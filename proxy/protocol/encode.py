@@ -1,0 +1,95 @@
+"""Pure encoders: message in, ``bytes`` out. Nothing here touches a socket."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from proxy.protocol.errors import ClientError
+from proxy.protocol.messages import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE
+
+__all__ = [
+    "ENCRYPTION_ACCEPTED",
+    "ENCRYPTION_REFUSED",
+    "backend_key_data",
+    "cancel_request",
+    "error_response",
+    "message",
+    "negotiate_protocol_version",
+    "notice_response",
+    "ssl_request",
+    "startup_message",
+]
+
+#: The one-byte answers to SSLRequest / GSSENCRequest.
+ENCRYPTION_ACCEPTED: Final = b"S"
+ENCRYPTION_REFUSED: Final = b"N"
+
+_INT32 = struct.Struct("!i")
+
+
+def message(message_type: bytes, body: bytes = b"") -> bytes:
+    """Frame ``body`` as a typed message (type byte, int32 length including itself)."""
+    return message_type + _INT32.pack(len(body) + 4) + body
+
+
+def _cstring(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape").replace(b"\0", b"") + b"\0"
+
+
+def _notice_fields(
+    severity: str, sqlstate: str, text: str, detail: str | None, hint: str | None
+) -> bytes:
+    # Field codes from "Error and Notice Message Fields"; V is the non-localized severity.
+    parts = [b"S", _cstring(severity), b"V", _cstring(severity), b"C", _cstring(sqlstate)]
+    parts += [b"M", _cstring(text)]
+    if detail:
+        parts += [b"D", _cstring(detail)]
+    if hint:
+        parts += [b"H", _cstring(hint)]
+    return b"".join(parts) + b"\0"
+
+
+def error_response(error: ClientError, severity: str = "FATAL") -> bytes:
+    """Encode ``error`` as an ``ErrorResponse`` ('E')."""
+    body = _notice_fields(severity, error.sqlstate, error.message, error.detail, error.hint)
+    return message(b"E", body)
+
+
+def notice_response(
+    text: str, *, sqlstate: str = "00000", detail: str | None = None, hint: str | None = None
+) -> bytes:
+    """Encode a ``NoticeResponse`` ('N') with severity NOTICE."""
+    return message(b"N", _notice_fields("NOTICE", sqlstate, text, detail, hint))
+
+
+def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) -> bytes:
+    """Encode ``NegotiateProtocolVersion`` ('v'): the newest 3.x minor we speak, and the
+    ``_pq_.`` options we did not recognise, as Postgres sends it."""
+    names = list(unsupported)
+    body = _INT32.pack(newest_minor) + _INT32.pack(len(names))
+    body += b"".join(_cstring(name) for name in names)
+    return message(b"v", body)
+
+
+def backend_key_data(process_id: int, secret_key: int) -> bytes:
+    """Encode ``BackendKeyData`` ('K')."""
+    return message(b"K", struct.pack("!II", process_id, secret_key))
+
+
+def startup_message(parameters: Mapping[str, str], version: int = PROTOCOL_3_0) -> bytes:
+    """Encode a ``StartupMessage`` (untyped: int32 length, int32 version, pairs, NUL)."""
+    body = _INT32.pack(version)
+    body += b"".join(_cstring(k) + _cstring(v) for k, v in parameters.items()) + b"\0"
+    return _INT32.pack(len(body) + 4) + body
+
+
+def cancel_request(process_id: int, secret_key: int) -> bytes:
+    """Encode a ``CancelRequest`` packet."""
+    return struct.pack("!iIII", 16, CANCEL_REQUEST_CODE, process_id, secret_key)
+
+
+def ssl_request() -> bytes:
+    """Encode an ``SSLRequest`` packet (used by tests and the cancel forwarder)."""
+    return struct.pack("!iI", 8, SSL_REQUEST_CODE)

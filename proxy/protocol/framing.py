@@ -1,0 +1,107 @@
+"""Sans-IO framing of typed protocol messages (a type byte, an int32 length, a body).
+
+The same reader serves both directions: the proxy reads the compute's replies during the
+startup, and the client's authentication responses. After ``ReadyForQuery`` the codec
+steps aside and ``relay.py`` copies bytes without parsing them.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, Literal
+
+from proxy.protocol.errors import ProtocolViolation
+from proxy.protocol.messages import (
+    NEED_DATA,
+    AuthenticationRequest,
+    BackendKeyData,
+    Frame,
+    NeedData,
+    ReadyForQuery,
+)
+
+__all__ = [
+    "MAX_STARTUP_PHASE_MESSAGE_LENGTH",
+    "MessageReader",
+    "parse_authentication",
+    "parse_backend_key_data",
+    "parse_error_fields",
+    "parse_ready_for_query",
+]
+
+# Messages exchanged before ReadyForQuery are small (auth, parameters, errors). 1 MiB is
+# generous: Postgres itself caps authentication messages at PG_MAX_AUTH_TOKEN_LENGTH (64 KiB).
+MAX_STARTUP_PHASE_MESSAGE_LENGTH: Final = 1 << 20
+_HEADER = struct.Struct("!ci")
+_INT32 = struct.Struct("!i")
+
+
+class MessageReader:
+    """Splits a byte stream into ``Frame`` objects."""
+
+    def __init__(self, max_length: int = MAX_STARTUP_PHASE_MESSAGE_LENGTH) -> None:
+        self._buffer = bytearray()
+        self._max_length = max_length
+
+    def feed(self, data: bytes) -> None:
+        """Store ``data``; it is parsed by the next ``next_message()`` call."""
+        self._buffer += data
+
+    def take_remaining(self) -> bytes:
+        """Return and forget the bytes not yet parsed (handed to the relay)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    def next_message(self) -> Frame | NeedData:
+        """Return the next whole message, or ``NEED_DATA``; raise on a bad length."""
+        buffer = self._buffer
+        if len(buffer) < _HEADER.size:
+            return NEED_DATA
+        message_type, length = _HEADER.unpack_from(buffer)
+        if length < 4 or length > self._max_length:
+            raise ProtocolViolation(
+                "invalid message length",
+                detail=f"message {message_type!r} declares {length} bytes",
+            )
+        end = 1 + length
+        if len(buffer) < end:
+            return NEED_DATA
+        frame = Frame(message_type, bytes(buffer[_HEADER.size : end]))
+        del buffer[:end]
+        return frame
+
+
+def parse_authentication(frame: Frame) -> AuthenticationRequest:
+    """Decode an 'R' message body."""
+    if len(frame.body) < 4:
+        raise ProtocolViolation("invalid authentication request")
+    (code,) = _INT32.unpack_from(frame.body)
+    return AuthenticationRequest(code, frame.body[4:])
+
+
+def parse_backend_key_data(frame: Frame) -> BackendKeyData:
+    """Decode a 'K' message body (protocol 3.0: two int32)."""
+    if len(frame.body) != 8:
+        raise ProtocolViolation("invalid BackendKeyData message")
+    process_id, secret_key = struct.unpack("!II", frame.body)
+    return BackendKeyData(process_id, secret_key)
+
+
+def parse_ready_for_query(frame: Frame) -> ReadyForQuery:
+    """Decode a 'Z' message body."""
+    if frame.body not in (b"I", b"T", b"E"):
+        raise ProtocolViolation("invalid ReadyForQuery message")
+    status: Literal["I", "T", "E"] = (
+        "I" if frame.body == b"I" else "T" if frame.body == b"T" else "E"
+    )
+    return ReadyForQuery(status)
+
+
+def parse_error_fields(frame: Frame) -> dict[str, str]:
+    """Decode an 'E' or 'N' body into {field code: value}, e.g. {'C': '28P01', 'M': ...}."""
+    fields: dict[str, str] = {}
+    for part in frame.body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return fields

@@ -1,0 +1,181 @@
+"""Listeners, signals and the graceful drain (uvicorn's ``server.py`` order).
+
+Start: lock the state dir, open the catalog, prepare the backend, adopt computes still
+running from an earlier pgwake, serve metrics, listen. Stop (SIGTERM/SIGINT): stop
+accepting, let sessions finish for ``drain_timeout``, close the rest with 57P01, then
+suspend every compute cleanly. A second signal skips the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import prometheus_client
+
+from proxy.cancel import CancelMap
+from proxy.catalog import Catalog
+from proxy.compute import load_backend
+from proxy.lifecycle import LifecycleManager
+from proxy.session import SessionContext, serve_session
+from proxy.stream import PacketStream
+from proxy.tls import build_server_context, ensure_self_signed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from proxy.settings import Settings
+
+__all__ = ["Server", "StartupFailure"]
+
+logger = logging.getLogger(__name__)
+_LISTEN_BACKLOG = 2048
+
+
+class StartupFailure(Exception):
+    """pgwake cannot start; the message says why in one line."""
+
+
+class _ClientProtocol(PacketStream):
+    """A client connection: on accept, a session task takes it over."""
+
+    def __init__(self, server: Server) -> None:
+        super().__init__()
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server.start_session(self)
+
+
+class Server:
+    """One pgwake process: the proxy listener, metrics, lifecycles."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._shutdown = asyncio.Event()
+        self._force = False
+        self._ctx: SessionContext | None = None
+
+    def start_session(self, stream: PacketStream) -> None:
+        if self._ctx is None or self._shutdown.is_set():
+            stream.abort()
+            return
+        task = asyncio.create_task(serve_session(stream, self._ctx))
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    def request_shutdown(self, signum: int | None = None) -> None:
+        if self._shutdown.is_set():
+            self._force = True
+            logger.warning("event=shutdown_forced signal=%s", signum)
+            for task in list(self._sessions):
+                task.cancel()
+            return
+        logger.info("event=shutdown_requested signal=%s sessions=%d", signum, len(self._sessions))
+        self._shutdown.set()
+
+    def _lock_state_dir(self, state_dir: Path) -> Any:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(state_dir / "server.lock", "w")  # noqa: SIM115 (held for our lifetime)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StartupFailure(f"another pgwake serve is using {state_dir}") from None
+        return lock
+
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until a shutdown is requested and done. Raises ``StartupFailure``."""
+        settings = self.settings
+        state_dir = settings.state_dir.resolve()
+        lock = self._lock_state_dir(state_dir)
+        catalog = Catalog(state_dir / "catalog.sqlite3")
+        metrics_server: Any = None
+        try:
+            try:
+                backend = load_backend("local", settings)
+                await backend.prepare()
+            except Exception as exc:
+                raise StartupFailure(f"compute backend not usable: {exc}") from exc
+            if settings.tls_cert is not None and settings.tls_key is not None:
+                cert, key = settings.tls_cert, settings.tls_key
+            elif settings.tls_cert is not None or settings.tls_key is not None:
+                raise StartupFailure("set both tls_cert and tls_key, or neither")
+            else:
+                cert, key = ensure_self_signed(state_dir / "tls")
+            try:
+                tls = build_server_context(cert, key)
+            except (OSError, ValueError) as exc:
+                raise StartupFailure(f"cannot load the TLS certificate: {exc}") from exc
+            lifecycles = LifecycleManager(
+                backend, catalog, settings.idle_timeout, settings.wake_timeout
+            )
+            adopted = lifecycles.adopt_running()
+            self._ctx = SessionContext(settings, catalog, lifecycles, CancelMap(), tls)
+
+            if settings.metrics_address is not None:
+                host, port = settings.metrics_address
+                try:
+                    metrics_server, _ = prometheus_client.start_http_server(port, host)
+                except OSError as exc:
+                    raise StartupFailure(
+                        f"cannot listen on metrics {settings.metrics_listen}: {exc.strerror}"
+                    ) from exc
+            loop = asyncio.get_running_loop()
+            host, port = settings.listen_address
+            try:
+                listener = await loop.create_server(
+                    lambda: _ClientProtocol(self),
+                    host,
+                    port,
+                    backlog=_LISTEN_BACKLOG,
+                    reuse_address=True,
+                )
+            except OSError as exc:
+                raise StartupFailure(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self.request_shutdown, signum)
+            logger.info(
+                "event=listening address=%s metrics=%s endpoints=%d adopted=%d backend=%s",
+                settings.listen,
+                settings.metrics_listen or "off",
+                len(catalog.list()),
+                adopted,
+                backend.name,
+            )
+            if on_ready is not None:
+                on_ready()
+            await self._shutdown.wait()
+            await self._drain(listener, lifecycles)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_signal_handler(signum)
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            catalog.close()
+            lock.close()
+
+    async def _drain(self, listener: asyncio.Server, lifecycles: LifecycleManager) -> None:
+        listener.close()
+        started = time.monotonic()
+        if self._sessions and not self._force:
+            _, pending = await asyncio.wait(
+                set(self._sessions), timeout=self.settings.drain_timeout
+            )
+            if pending:
+                logger.warning("event=drain_timeout closing=%d", len(pending))
+        for task in list(self._sessions):
+            task.cancel()
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=5)
+        await lifecycles.suspend_all()
+        logger.info("event=stopped ms=%d", (time.monotonic() - started) * 1000)

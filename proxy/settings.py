@@ -1,0 +1,146 @@
+"""The one settings model: env prefix ``PGWAKE_``, an optional TOML file, CLI flags.
+
+One name serves everywhere: ``idle_timeout`` is ``--idle-timeout``, ``PGWAKE_IDLE_TIMEOUT``
+and TOML ``idle_timeout``. A flag beats env, env beats TOML, TOML beats the default.
+Durations are in seconds. Nothing else in pgwake reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings", "parse_host_port"]
+
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raise ``ValueError`` when malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class Settings(BaseSettings):
+    """pgwake configuration. Every field is documented for ``pgwake serve --help``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGWAKE_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    state_dir: Path = Field(
+        Path(".pgwake"),
+        description="Directory for the catalog, computes' data, TLS material and logs.",
+    )
+    listen: str = Field("127.0.0.1:6432", description="Address the Postgres proxy listens on.")
+    idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds without sessions before a compute is suspended "
+        "(default for new endpoints).",
+    )
+    wake_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client waits for a compute to start before 57P03."
+    )
+    startup_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to finish its startup packet and TLS."
+    )
+    drain_timeout: float = Field(
+        10.0, ge=0, description="Seconds to let sessions finish on SIGTERM before closing them."
+    )
+    stop_timeout: float = Field(
+        20.0, gt=0, description="Seconds a compute gets for a fast shutdown before SIGQUIT."
+    )
+    metrics_listen: str = Field(
+        "127.0.0.1:9187", description="Address of the Prometheus /metrics endpoint ('' = off)."
+    )
+    base_domain: str | None = Field(
+        None,
+        description="Domain under which the TLS SNI host names the endpoint "
+        "(<endpoint>.<base-domain>).",
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain; a self-signed pair is generated if unset."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
+    pg_bindir: Path | None = Field(
+        None, description="Directory holding postgres/initdb; found automatically if unset."
+    )
+    compute_user: str | None = Field(
+        None,
+        description="OS user computes run as when pgwake runs as root (default pgwake; "
+        "created if missing).",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, value: str) -> str:
+        if value:
+            parse_host_port(value)
+        return value
+
+    @field_validator("base_domain")
+    @classmethod
+    def _normalise_domain(cls, value: str | None) -> str | None:
+        return value.strip(".").lower() or None if value else None
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return parse_host_port(self.metrics_listen) if self.metrics_listen else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _toml_file.get()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from flags (``overrides``), env, then ``config_file``.
+
+    Raises ``pydantic.ValidationError`` on a bad value and ``FileNotFoundError`` when
+    ``config_file`` does not exist.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    token = _toml_file.set(config_file)
+    try:
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return Settings(**given)
+    finally:
+        _toml_file.reset(token)

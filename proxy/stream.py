@@ -1,0 +1,109 @@
+"""A minimal buffered asyncio protocol for the handshake phase of a connection.
+
+Until the relay starts, ``session.py`` reads from and writes to a ``PacketStream``. Unlike
+``asyncio.StreamReader`` it lets the session take back every byte not yet consumed and hand
+the transport to the relay's protocol (``detach``), and it survives ``loop.start_tls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Final, cast
+
+__all__ = ["PacketStream"]
+
+# Pause the peer once this much unread data piles up during the handshake.
+_READ_BUFFER_LIMIT: Final = 256 * 1024
+
+
+class PacketStream(asyncio.Protocol):
+    """Buffers incoming bytes; ``read()`` returns them, ``b""`` at EOF."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._eof = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- protocol callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast("asyncio.Transport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > _READ_BUFFER_LIMIT and self.transport and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- API for the session -------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Return all buffered bytes, waiting for some; ``b""`` means the peer closed."""
+        while not self._buffer and not self._eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of the buffer (bytes a parser read ahead)."""
+        self._buffer[:0] = data
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Upgrade to TLS as the server side; the stream keeps working on the new transport."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        new_transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        if new_transport is None:  # the peer went away during the handshake
+            raise ConnectionResetError("client closed during the TLS handshake")
+        self.transport = new_transport
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """Give up the transport and the unread bytes (to the relay)."""
+        assert self.transport is not None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        return self.transport, data
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,89 @@
+"""TLS for the client side: the server context, SNI capture, a self-signed fallback.
+
+With no certificate configured, pgwake makes a self-signed pair in ``<state_dir>/tls`` on
+first start, so ``sslmode=require`` works out of the box (``verify-full`` needs a real one).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+__all__ = ["build_server_context", "ensure_self_signed", "server_name_of"]
+
+logger = logging.getLogger(__name__)
+_SNI_ATTRIBUTE: Final = "_pgwake_server_name"
+
+
+def ensure_self_signed(directory: Path) -> tuple[Path, Path]:
+    """Return (cert, key) paths in ``directory``, generating a self-signed pair once."""
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    if cert_path.is_file() and key_path.is_file():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgwake self-signed")])
+    now = datetime.datetime.now(datetime.UTC)
+    san = x509.SubjectAlternativeName(
+        [
+            x509.DNSName("localhost"),
+            x509.DNSName("*.localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    logger.info("event=tls_self_signed_created cert=%s", cert_path)
+    return cert_path, key_path
+
+
+def _remember_server_name(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+) -> None:
+    # Called during the handshake; the session reads it back with server_name_of().
+    setattr(ssl_object, _SNI_ATTRIBUTE, server_name)
+
+
+def server_name_of(ssl_object: object) -> str | None:
+    """The SNI host name the client sent in this TLS connection, if any."""
+    name = getattr(ssl_object, _SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
+
+
+def build_server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side context: TLS 1.2+, SNI captured, ALPN ``postgresql`` offered."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.sni_callback = _remember_server_name
+    context.set_alpn_protocols(["postgresql"])
+    return context
