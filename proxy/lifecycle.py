@@ -134,6 +134,8 @@ class Lifecycle:
         self._stop_task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self.starts = 0
+        #: Set at server shutdown: no more starts.
+        self.closing = False
         self._publish_state()
 
     # -- the one state setter -----------------------------------------------------------
@@ -188,6 +190,8 @@ class Lifecycle:
         its retry delay."""
         while True:
             state = self.state
+            if self.closing and state is not EndpointState.RUNNING:
+                raise CannotConnectNow("pgwake is shutting down", hint="Connect again shortly.")
             if state is EndpointState.RUNNING:
                 assert self.address is not None
                 return self.address
@@ -315,7 +319,8 @@ class Lifecycle:
                 return
 
     async def close(self) -> None:
-        """Stop the idle timer (server shutdown); the compute is left as it is."""
+        """Refuse new starts and stop the idle timer (server shutdown)."""
+        self.closing = True
         if self._monitor_task is not None:
             self._monitor_task.cancel()
 
@@ -335,6 +340,7 @@ class LifecycleManager:
         self._default_idle_timeout = default_idle_timeout
         self._wake_timeout = wake_timeout
         self._lifecycles: dict[str, Lifecycle] = {}
+        self._closing = False
 
     def get(self, record: EndpointRecord) -> Lifecycle:
         lifecycle = self._lifecycles.get(record.name)
@@ -344,6 +350,7 @@ class LifecycleManager:
                 record.name, self.backend, self._catalog, idle_timeout, self._wake_timeout
             )
             self._lifecycles[record.name] = lifecycle
+            lifecycle.closing = self._closing
         lifecycle.idle_timeout = idle_timeout
         return lifecycle
 
@@ -363,7 +370,8 @@ class LifecycleManager:
         return adopted
 
     async def suspend_all(self) -> None:
-        """Suspend every compute cleanly (server shutdown)."""
+        """Suspend every compute cleanly (server shutdown); no start happens after this."""
+        self._closing = True
         lifecycles = list(self._lifecycles.values())
         for lifecycle in lifecycles:
             await lifecycle.close()

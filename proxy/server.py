@@ -2,8 +2,8 @@
 
 Start: lock the state dir, open the catalog, prepare the backend, adopt computes still
 running from an earlier pgwake, serve metrics, listen. Stop (SIGTERM/SIGINT): stop
-accepting, let sessions finish for ``drain_timeout``, close the rest with 57P01, then
-suspend every compute cleanly. A second signal skips the drain.
+accepting, let sessions finish for ``drain_timeout``, then suspend every compute cleanly
+(its fast shutdown ends the remaining sessions with 57P01). A second signal skips the drain.
 """
 
 from __future__ import annotations
@@ -173,9 +173,13 @@ class Server:
             )
             if pending:
                 logger.warning("event=drain_timeout closing=%d", len(pending))
+        # Suspending first lets each compute end its remaining sessions itself: a fast
+        # shutdown sends every client a well-framed FATAL 57P01, which the relay forwards.
+        await lifecycles.suspend_all()
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=5)
         for task in list(self._sessions):
             task.cancel()
         if self._sessions:
             await asyncio.wait(set(self._sessions), timeout=5)
-        await lifecycles.suspend_all()
         logger.info("event=stopped ms=%d", (time.monotonic() - started) * 1000)

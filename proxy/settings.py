@@ -59,7 +59,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a client has to finish its startup packet and TLS."
     )
     drain_timeout: float = Field(
-        10.0, ge=0, description="Seconds to let sessions finish on SIGTERM before closing them."
+        10.0,
+        ge=0,
+        description="Seconds to let sessions finish on SIGTERM before computes are "
+        "suspended (which ends the remaining sessions with 57P01).",
     )
     stop_timeout: float = Field(
         20.0, gt=0, description="Seconds a compute gets for a fast shutdown before SIGQUIT."
@@ -70,7 +73,7 @@ class Settings(BaseSettings):
     base_domain: str | None = Field(
         None,
         description="Domain under which the TLS SNI host names the endpoint "
-        "(<endpoint>.<base-domain>).",
+        "(`<endpoint>.<base-domain>`).",
     )
     tls_cert: Path | None = Field(
         None, description="PEM certificate chain; a self-signed pair is generated if unset."
@@ -144,3 +147,15 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**given)
     finally:
         _toml_file.reset(token)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, as README shows it (a test keeps them equal)."""
+    lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "unset" if field.default is None else f"`{field.default}`"
+        lines.append(
+            f"| `{name}` / `--{name.replace('_', '-')}` | `PGWAKE_{name.upper()}` "
+            f"| {default} | {field.description} |"
+        )
+    return "\n".join(lines)

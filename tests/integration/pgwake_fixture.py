@@ -1,0 +1,292 @@
+"""A real ``pgwake serve`` process on free loopback ports, for integration tests.
+
+Like psycopg's ``fix_proxy.py``: start the process, wait until it listens, prove it with
+one connection, and stop everything in ``finally``. Teardown fails the test when a
+compute process outlives a graceful stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+PASSWORD = "s3cret-pw"
+_READY_LINE = "database system is ready to accept connections"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_state_dir(prefix: str = "pgwake-test-") -> Path:
+    """A state dir the unprivileged compute user can reach (pytest's tmp is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o711)
+    return path
+
+
+def postgres_pids_under(path: Path) -> list[int]:
+    """PIDs of postgres processes whose command line mentions ``path``."""
+    pids = []
+    needle = str(path).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            status = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if needle in cmdline and b"postgres" in cmdline and status != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+class Pgwake:
+    """One pgwake state dir, and the server process serving it (started on demand)."""
+
+    def __init__(self, state_dir: Path, **settings: str) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "serve.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "PGWAKE_STATE_DIR": str(self.state_dir),
+                "PGWAKE_LISTEN": f"127.0.0.1:{self.port}",
+                "PGWAKE_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
+                "PGWAKE_DRAIN_TIMEOUT": "2",
+            }
+        )
+        env.update({f"PGWAKE_{key.upper()}": value for key, value in self.settings.items()})
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxy.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
+
+    def create(self, name: str, idle_timeout: float | None = None, password: str = PASSWORD) -> str:
+        """Create an endpoint with the CLI; return the URI it printed last."""
+        args = ["endpoint", "create", name, "--password", password]
+        if idle_timeout is not None:
+            args += ["--idle-timeout", str(idle_timeout)]
+        out = self.cli(*args).stdout.strip().splitlines()
+        return out[-1]
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        offset = log.tell()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pgwake exited early:\n{self.log_text()}")
+            if "event=listening" in self.log_text()[offset:]:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"pgwake did not start listening:\n{self.log_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def dsn(
+        self,
+        endpoint: str,
+        *,
+        user: str = "app",
+        sslmode: str = "disable",
+        password: str = PASSWORD,
+        **params: str,
+    ) -> str:
+        extra = "".join(f" {key}={value}" for key, value in params.items())
+        return (
+            f"host=127.0.0.1 port={self.port} user={user} password={password} dbname=app"
+            f" sslmode={sslmode} options=endpoint={endpoint}{extra}"
+        )
+
+    def asyncpg_kwargs(self, endpoint: str) -> dict[str, object]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": "app",
+            "password": PASSWORD,
+            "database": "app",
+            "ssl": False,
+            "server_settings": {"options": f"endpoint={endpoint}"},
+        }
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+        return values
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def state(self, endpoint: str) -> str | None:
+        for (name, labels), value in self.metrics().items():
+            if (
+                name == "pgwake_endpoint_state"
+                and value == 1.0
+                and ("endpoint", endpoint) in labels
+            ):
+                return dict(labels)["state"]
+        return None
+
+    def wait_state(self, endpoint: str, state: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.state(endpoint) == state:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{endpoint} not {state} after {timeout}s: {self.state(endpoint)}")
+
+    def compute_dir(self, endpoint: str) -> Path:
+        return self.state_dir / "computes" / "endpoints" / endpoint
+
+    def compute_starts(self, endpoint: str) -> int:
+        """Postmaster starts, counted from the compute's own log (not pgwake's metrics)."""
+        log = self.compute_dir(endpoint) / "postgres.log"
+        return log.read_text(errors="replace").count(_READY_LINE) if log.exists() else 0
+
+    def postgres_pids(self) -> list[int]:
+        return postgres_pids_under(self.state_dir)
+
+    def cleanup(self) -> list[int]:
+        """Stop the server; kill and return any compute left running."""
+        self.stop()
+        leftovers = self.postgres_pids()
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return leftovers
+
+
+_template_cache: Path | None = None
+
+
+def seeded_state_dir() -> Path:
+    """A new state dir whose compute template is copied from one made once per run.
+
+    initdb takes ~0.5 s; copying its result takes ~40 ms. pgwake's own template logic is
+    still exercised by the first state dir (and by test_cli)."""
+    global _template_cache  # noqa: PLW0603
+    if _template_cache is None:
+        source = make_state_dir("pgwake-template-")
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import asyncio; from proxy.settings import load_settings;"
+                "from proxy.compute.local import LocalBackend;"
+                f"asyncio.run(LocalBackend(load_settings(state_dir={str(source)!r})).prepare())",
+            ],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+        _template_cache = source
+    state_dir = make_state_dir()
+    (state_dir / "computes").mkdir(mode=0o711)
+    (state_dir / "computes").chmod(0o711)
+    subprocess.run(
+        [
+            "cp",
+            "-a",
+            str(_template_cache / "computes" / "template"),
+            str(state_dir / "computes" / "template"),
+        ],
+        check=True,
+    )
+    shutil.copy2(_template_cache / "admin-password", state_dir / "admin-password")
+    (state_dir / "computes" / "endpoints").mkdir(mode=0o711)
+    (state_dir / "computes" / "template.ready").touch()
+    return state_dir
+
+
+@contextlib.contextmanager
+def running_pgwake(**settings: str) -> Iterator[Pgwake]:
+    server = Pgwake(seeded_state_dir(), **settings)
+    try:
+        yield server
+    finally:
+        leftovers = server.cleanup()
+        shutil.rmtree(server.state_dir, ignore_errors=True)
+        assert not leftovers, f"computes outlived pgwake's shutdown: {leftovers}"
+
+
+def wait_for(predicate: object, timeout: float = 30, interval: float = 0.02) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def errors_in(text: str) -> list[str]:
+    return re.findall(r"Traceback \(most recent call last\)", text)

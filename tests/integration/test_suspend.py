@@ -1,0 +1,118 @@
+"""Suspend when idle; never while a session is open or a query runs; no data lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import uvloop
+
+from tests.integration.pgwake_fixture import Pgwake, wait_for
+
+
+async def _connect(pgwake: Pgwake, endpoint: str) -> asyncpg.Connection:
+    return await asyncpg.connect(**pgwake.asyncpg_kwargs(endpoint), timeout=60)
+
+
+def test_idle_endpoint_is_suspended_and_its_process_ends(pgwake: Pgwake) -> None:
+    pgwake.create("sleepy", idle_timeout=1)
+    pgwake.start()
+
+    async def touch() -> None:
+        conn = await _connect(pgwake, "sleepy")
+        await conn.fetchval("select 1")
+        await conn.close()
+
+    uvloop.run(touch())
+    assert pgwake.state("sleepy") == "running"
+    assert pgwake.postgres_pids()
+    closed_at = time.monotonic()
+    pgwake.wait_state("sleepy", "suspended", timeout=15)
+    assert time.monotonic() - closed_at >= 0.9  # not before the idle timeout
+    wait_for(lambda: not pgwake.postgres_pids(), timeout=10)
+    assert pgwake.metric("pgwake_suspends_total", endpoint="sleepy", reason="idle") == 1
+    assert "event=transition endpoint=sleepy from=suspending to=suspended" in pgwake.log_text()
+    # The compute logged a clean (fast) shutdown, not a crash.
+    log = (pgwake.compute_dir("sleepy") / "postgres.log").read_text()
+    assert "received fast shutdown request" in log
+    assert "database system is shut down" in log
+
+
+def test_never_suspended_while_a_session_is_open_or_a_query_runs(pgwake: Pgwake) -> None:
+    pgwake.create("busy", idle_timeout=0.5)
+    pgwake.start()
+
+    async def scenario() -> None:
+        conn = await _connect(pgwake, "busy")
+        # An idle open session, for 6x the idle timeout.
+        await asyncio.sleep(3)
+        assert pgwake.state("busy") == "running"
+        # A long query on it.
+        await conn.fetchval("select pg_sleep(2)")
+        assert pgwake.state("busy") == "running"
+        assert await conn.fetchval("select 7") == 7
+        await conn.close()
+
+    uvloop.run(scenario())
+    pgwake.wait_state("busy", "suspended", timeout=15)
+    assert pgwake.metric("pgwake_wakes_total", endpoint="busy", outcome="success") == 1
+
+
+def test_a_direct_session_on_the_compute_keeps_it_awake(pgwake: Pgwake) -> None:
+    """Idleness is the compute's own view: a session that bypasses pgwake counts too."""
+    pgwake.create("direct", idle_timeout=0.5)
+    pgwake.start()
+
+    async def scenario() -> None:
+        via_proxy = await _connect(pgwake, "direct")
+        await via_proxy.close()
+        socket_dir = pgwake.compute_dir("direct") / "run"
+        admin_password = (pgwake.state_dir / "admin-password").read_text().strip()
+        direct = await asyncpg.connect(
+            host=str(socket_dir), user="pgwake_admin", password=admin_password, database="postgres"
+        )
+        await asyncio.sleep(2.5)
+        assert pgwake.state("direct") == "running"
+        await direct.close()
+
+    uvloop.run(scenario())
+    pgwake.wait_state("direct", "suspended", timeout=15)
+
+
+def test_fifty_suspend_wake_cycles_keep_every_committed_row(pgwake: Pgwake) -> None:
+    pgwake.create("cycles", idle_timeout=0.2)
+    pgwake.start()
+
+    async def cycle(index: int) -> None:
+        conn = await _connect(pgwake, "cycles")
+        try:
+            if index == 0:
+                await conn.execute("create table t (i int primary key, payload text)")
+            await conn.execute("insert into t values ($1, repeat('x', 1000))", index)
+        finally:
+            await conn.close()
+
+    for index in range(50):
+        suspends = pgwake.metric("pgwake_suspends_total", endpoint="cycles", reason="idle")
+        uvloop.run(cycle(index))
+        wait_for(
+            lambda s=suspends: (
+                pgwake.metric("pgwake_suspends_total", endpoint="cycles", reason="idle") > s
+            ),
+            timeout=15,
+        )
+
+    async def check() -> list[int]:
+        conn = await _connect(pgwake, "cycles")
+        try:
+            return [r["i"] for r in await conn.fetch("select i from t order by i")]
+        finally:
+            await conn.close()
+
+    assert uvloop.run(check()) == list(range(50))
+    assert pgwake.metric("pgwake_wakes_total", endpoint="cycles", outcome="success") == 51
+    log = (pgwake.compute_dir("cycles") / "postgres.log").read_text()
+    # Every stop was a clean shutdown: the server never had to recover from a crash.
+    assert "was interrupted" not in log
+    assert "database system was not properly shut down" not in log
