@@ -93,7 +93,8 @@ _MIN_TICK_SECONDS: Final = 0.05
 
 def retry_delay(failures: int) -> float:
     """Seconds to wait before retrying a start after ``failures`` failures in a row."""
-    delay: float = RETRY_BASE_SECONDS * 2.0 ** max(failures - 1, 0)
+    # Cap the exponent first: 2.0 ** 1024 overflows long before anyone notices.
+    delay: float = RETRY_BASE_SECONDS * 2.0 ** min(max(failures - 1, 0), 32)
     return min(delay, RETRY_MAX_SECONDS)
 
 

@@ -31,6 +31,8 @@ EndpointName = NewType("EndpointName", str)
 #: Endpoint names appear in DNS host names, so they are DNS labels (RFC 1123), lowercase.
 ENDPOINT_NAME_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _OPTION_KEY: Final = "endpoint="
+# pg_split_opts splits on C-locale isspace() only, not on Unicode spaces.
+_OPTION_SPACES: Final = frozenset(" \t\n\v\f\r")
 
 _HINT: Final = (
     "Name the endpoint in one of three ways: the TLS host name <endpoint>.<base-domain>, "
@@ -71,7 +73,7 @@ def split_options(options: str) -> list[str]:
         elif char == "\\":
             escaped = True
             in_word = True
-        elif char.isspace():
+        elif char in _OPTION_SPACES:
             if in_word:
                 words.append("".join(current))
                 current = []
@@ -85,7 +87,7 @@ def split_options(options: str) -> list[str]:
 
 
 def _join_options(words: list[str]) -> str:
-    return " ".join(re.sub(r"([\s\\])", r"\\\1", word) for word in words)
+    return " ".join(re.sub(r"([ \t\n\v\f\r\\])", r"\\\1", word) for word in words)
 
 
 def _from_sni(

@@ -369,7 +369,7 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         _report(session, _shutdown_error())
         raise
     except Exception:
-        outcome = "XX000"
+        outcome = InternalError.sqlstate
         logger.exception("event=session_error conn=%s", conn_id)
         _report(session, InternalError("internal error in pgwake"))
     finally:

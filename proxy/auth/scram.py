@@ -11,20 +11,54 @@ import base64
 import hashlib
 import hmac
 import secrets
+import stringprep
 import unicodedata
 from typing import Final
 
-__all__ = ["DEFAULT_ITERATIONS", "make_verifier"]
+__all__ = ["DEFAULT_ITERATIONS", "make_verifier", "saslprep"]
 
 #: PostgreSQL's default ``scram_iterations`` (src/include/common/scram-common.h).
 DEFAULT_ITERATIONS: Final = 4096
 _SALT_BYTES: Final = 16
 
 
-def _normalize_password(password: str) -> bytes:
-    # Postgres applies SASLprep and, where that fails, uses the raw bytes. NFKC is the
-    # heart of SASLprep; ASCII passwords (the common case) are unchanged by both.
-    return unicodedata.normalize("NFKC", password).encode("utf-8")
+_PROHIBITED: Final = (
+    stringprep.in_table_c12,  # non-ASCII space
+    stringprep.in_table_c21_c22,  # control characters
+    stringprep.in_table_c3,  # private use
+    stringprep.in_table_c4,  # non-character code points
+    stringprep.in_table_c5,  # surrogates
+    stringprep.in_table_c6,  # inappropriate for plain text
+    stringprep.in_table_c7,  # inappropriate for canonical representation
+    stringprep.in_table_c8,  # change display properties, deprecated
+    stringprep.in_table_c9,  # tagging characters
+    stringprep.in_table_a1,  # unassigned in Unicode 3.2
+)
+
+
+def saslprep(password: str) -> str:
+    """SASLprep (RFC 4013) as PostgreSQL applies it to passwords (``saslprep.c``).
+
+    Where SASLprep rejects the string, Postgres uses the password unchanged, and so do
+    we; otherwise a verifier made here would not match what the server computes."""
+    if password.isascii():
+        return password
+    # Map: "commonly mapped to nothing" (B.1) goes, non-ASCII spaces (C.1.2) become spaces.
+    mapped = "".join(
+        " " if stringprep.in_table_c12(char) else char
+        for char in password
+        if not stringprep.in_table_b1(char)
+    )
+    normalized = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
+    if not normalized or any(check(char) for char in normalized for check in _PROHIBITED):
+        return password
+    # Bidirectional rule (RFC 3454 section 6).
+    if any(stringprep.in_table_d1(char) for char in normalized):
+        if any(stringprep.in_table_d2(char) for char in normalized):
+            return password
+        if not (stringprep.in_table_d1(normalized[0]) and stringprep.in_table_d1(normalized[-1])):
+            return password
+    return normalized
 
 
 def make_verifier(
@@ -32,7 +66,7 @@ def make_verifier(
 ) -> str:
     """Return the SCRAM-SHA-256 verifier of ``password`` in Postgres's text format."""
     salt = salt if salt is not None else secrets.token_bytes(_SALT_BYTES)
-    salted = hashlib.pbkdf2_hmac("sha256", _normalize_password(password), salt, iterations)
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), salt, iterations)
     client_key = hmac.digest(salted, b"Client Key", "sha256")
     stored_key = hashlib.sha256(client_key).digest()
     server_key = hmac.digest(salted, b"Server Key", "sha256")

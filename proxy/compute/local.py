@@ -96,13 +96,27 @@ class LocalBackend:
     def _reachable_bindir(self, bindir: Path) -> Path:
         if can_reach(bindir / "postgres", self._user):
             return bindir
-        # The pgserver wheel under /root/... is out of the compute user's reach: copy the
-        # whole install (bin, lib, share; relative rpaths) next to the computes, once.
-        copy = self._root / "pginstall"
-        if not (copy / "bin" / "postgres").is_file():
+        # E.g. the pgserver wheel under /root/...: out of the compute user's reach. Copy the
+        # install (bin, lib, share) next to the computes once, keeping the layout its
+        # relative rpath expects: auditwheel puts shared libraries in a sibling
+        # "<package>.libs" directory of the package, three levels above bin/.
+        install = bindir.parent
+        package = install.parent
+        wheel_libs = package.parent / f"{package.name}.libs"
+        target = self._root / "postgres-bundle" / package.name / install.name
+        if not (target / "bin" / "postgres").is_file():
             self._root.mkdir(parents=True, exist_ok=True, mode=0o711)
-            shutil.copytree(bindir.parent, copy, symlinks=True, dirs_exist_ok=True)
-        return copy / "bin"
+            shutil.copytree(install, target, symlinks=True, dirs_exist_ok=True)
+            if wheel_libs.is_dir():
+                shutil.copytree(
+                    wheel_libs,
+                    target.parent.parent / wheel_libs.name,
+                    symlinks=True,
+                    dirs_exist_ok=True,
+                )
+            for directory in (self._root / "postgres-bundle", target.parent):
+                directory.chmod(0o755)
+        return target / "bin"
 
     @property
     def bindir(self) -> Path:

@@ -6,7 +6,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from proxy.protocol.errors import ClientError
+from proxy.protocol.errors import SUCCESSFUL_COMPLETION, ClientError
 from proxy.protocol.messages import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE
 
 __all__ = [
@@ -58,7 +58,11 @@ def error_response(error: ClientError, severity: str = "FATAL") -> bytes:
 
 
 def notice_response(
-    text: str, *, sqlstate: str = "00000", detail: str | None = None, hint: str | None = None
+    text: str,
+    *,
+    sqlstate: str = SUCCESSFUL_COMPLETION,
+    detail: str | None = None,
+    hint: str | None = None,
 ) -> bytes:
     """Encode a ``NoticeResponse`` ('N') with severity NOTICE."""
     return message(b"N", _notice_fields("NOTICE", sqlstate, text, detail, hint))

@@ -11,9 +11,10 @@ for an unknown role as for a bad password.
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+from typing import ClassVar, Final
 
 __all__ = [
+    "SUCCESSFUL_COMPLETION",
     "AdminShutdown",
     "CannotConnectNow",
     "ClientError",
@@ -42,6 +43,9 @@ class ErrorKind(enum.Enum):
     #: A bug in pgwake.
     INTERNAL = "internal"
 
+
+#: The SQLSTATE of a NoticeResponse that reports no error.
+SUCCESSFUL_COMPLETION: Final = "00000"
 
 _REGISTRY: dict[str, type[ClientError]] = {}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 __all__ = [
     "CANCEL_REQUEST_CODE",
@@ -115,7 +115,8 @@ class AuthenticationRequest:
     code: int
     data: bytes
 
-    OK: Final = 0
+    #: The ``code`` of AuthenticationOk.
+    OK: ClassVar[int] = 0
 
 
 @dataclass(frozen=True, slots=True)
