@@ -15,7 +15,8 @@ def test_readme_settings_table_matches_the_model() -> None:
     start = readme.index("\n", start) + 1
     end = readme.index("<!-- /settings-table -->")
     assert readme[start:end].strip() == settings_table(), (
-        "README's settings table is stale; replace it with:\n" + settings_table())
+        "README's settings table is stale; replace it with:\n" + settings_table()
+    )
 
 
 def test_ci_runs_the_readme_test_command() -> None:

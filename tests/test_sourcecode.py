@@ -22,7 +22,7 @@ def test_ruff_check() -> None:
 
 def test_ruff_format() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--check", "proxy"],
+        [sys.executable, "-m", "ruff", "format", "--check", "proxy", "tests"],
         cwd=ROOT,
         capture_output=True,
         text=True,
