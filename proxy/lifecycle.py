@@ -35,6 +35,7 @@ __all__ = [
     "LifecycleManager",
     "Trigger",
     "retry_delay",
+    "state_diagram",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ RETRY_MAX_SECONDS: Final = 30.0
 # and to notice a crashed compute within a second.
 _MAX_TICK_SECONDS: Final = 1.0
 _MIN_TICK_SECONDS: Final = 0.05
+_PERSIST_ACTIVITY_SECONDS: Final = 1.0
 
 
 def retry_delay(failures: int) -> float:
@@ -129,6 +131,7 @@ class Lifecycle:
         #: Client sessions holding this endpoint (waiting for it or relaying).
         self.sessions = 0
         self._last_active = time.monotonic()
+        self._last_persisted = 0.0
         self._failures = 0
         self._retry_at = 0.0
         self._start_task: asyncio.Task[None] | None = None
@@ -181,6 +184,11 @@ class Lifecycle:
         """A client session ended."""
         self.sessions -= 1
         self._last_active = time.monotonic()
+        now = time.time()
+        # For `endpoint list`; at most once a second, so connect storms don't write a lot.
+        if now - self._last_persisted >= _PERSIST_ACTIVITY_SECONDS:
+            self._last_persisted = now
+            self._catalog.touch(self.name, now)
 
     # -- wake ----------------------------------------------------------------------------
 
@@ -362,9 +370,10 @@ class LifecycleManager:
         """Adopt every compute still running from an earlier pgwake; return how many."""
         adopted = 0
         for record in self._catalog.list():
+            lifecycle = self.get(record)  # also publishes its state gauge from the start
             address = self.backend.probe(record.name)
             if address is not None:
-                self.get(record).adopt(address)
+                lifecycle.adopt(address)
                 adopted += 1
             elif record.state != EndpointState.SUSPENDED.value:
                 self._catalog.set_state(record.name, EndpointState.SUSPENDED.value)
@@ -377,3 +386,11 @@ class LifecycleManager:
         for lifecycle in lifecycles:
             await lifecycle.close()
         await asyncio.gather(*(lc.suspend("shutdown") for lc in lifecycles), return_exceptions=True)
+
+
+def state_diagram() -> str:
+    """The transition table as a Mermaid state diagram (README shows it; a test compares)."""
+    lines = ["stateDiagram-v2", "    [*] --> suspended"]
+    for (source, trigger), target in TRANSITIONS.items():
+        lines.append(f"    {source.value} --> {target.value}: {trigger.value}")
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from proxy.lifecycle import state_diagram
 from proxy.settings import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +18,13 @@ def test_readme_settings_table_matches_the_model() -> None:
     assert readme[start:end].strip() == settings_table(), (
         "README's settings table is stale; replace it with:\n" + settings_table()
     )
+
+
+def test_readme_state_diagram_matches_the_transition_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```mermaid", readme.index("<!-- state-diagram")) + len("```mermaid")
+    end = readme.index("```", start)
+    assert readme[start:end].strip() == state_diagram()
 
 
 def test_ci_runs_the_readme_test_command() -> None:

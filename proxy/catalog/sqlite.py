@@ -110,6 +110,10 @@ class Catalog:
             cursor = self._db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
         return cursor.rowcount > 0
 
+    def touch(self, name: str, last_active: float) -> None:
+        """Record that a session used the endpoint at ``last_active`` (unix time)."""
+        self._db.execute("UPDATE endpoints SET last_active = ? WHERE name = ?", (last_active, name))
+
     def set_state(
         self, name: str, state: str, reason: str | None = None, last_active: float | None = None
     ) -> None:
