@@ -31,39 +31,50 @@ class RelayResult:
 
 
 class _Pump(asyncio.Protocol):
-    """Reads from one transport (the one it is the protocol of), writes to ``peer``."""
+    """Reads from one transport (the one it is the protocol of), writes to ``peer``.
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
-        self.transport: asyncio.Transport | None = None
+    ``data_received`` runs once per read on every relayed session, so it does the least it
+    can: the peer's ``write`` is bound once, and byte counting is one addition."""
+
+    __slots__ = ("_done", "_write", "bytes_read", "peer", "transport")
+
+    def __init__(self, done: asyncio.Future[None], transport: asyncio.Transport) -> None:
+        self.transport = transport
         self.peer: _Pump | None = None
         self.bytes_read = 0
         self._done = done
+        self._write = _discard
+
+    def connect_to(self, peer: _Pump) -> None:
+        self.peer = peer
+        self._write = peer.transport.write
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
-        peer = self.peer
-        assert peer is not None
-        assert peer.transport is not None
-        peer.transport.write(data)
+        self._write(data)
 
     def eof_received(self) -> bool:
         # The Postgres protocol has no half-close: EOF from one side ends the session.
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.peer.transport is not None:
+        if self.peer is not None:
             self.peer.transport.close()  # flushes what is already queued, then closes
         if not self._done.done():
             self._done.set_result(None)
 
     # Our transport's write buffer is full: stop reading the side that fills it.
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
+        if self.peer is not None:
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
+        if self.peer is not None:
             self.peer.transport.resume_reading()
+
+
+def _discard(data: bytes) -> None:
+    """Where a pump writes before it is connected (never in practice)."""
 
 
 async def relay(client_stream: PacketStream, compute_stream: PacketStream) -> RelayResult:
@@ -76,9 +87,9 @@ async def relay(client_stream: PacketStream, compute_stream: PacketStream) -> Re
     loop = asyncio.get_running_loop()
     client_closed: asyncio.Future[None] = loop.create_future()
     compute_closed: asyncio.Future[None] = loop.create_future()
-    from_client, from_compute = _Pump(client_closed), _Pump(compute_closed)
-    from_client.transport, from_compute.transport = client, compute
-    from_client.peer, from_compute.peer = from_compute, from_client
+    from_client, from_compute = _Pump(client_closed, client), _Pump(compute_closed, compute)
+    from_client.connect_to(from_compute)
+    from_compute.connect_to(from_client)
     for transport in (client, compute):
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
     client.set_protocol(from_client)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -58,8 +59,6 @@ from proxy.stream import PacketStream
 from proxy.tls import server_name_of
 
 if TYPE_CHECKING:
-    import ssl
-
     from proxy.cancel import CancelMap
     from proxy.catalog import Catalog
     from proxy.compute import ComputeAddress
@@ -74,6 +73,9 @@ logger = logging.getLogger(__name__)
 # 3 cleartext, 5 MD5, 7 GSS, 8 GSS continue, 9 SSPI, 10 SASL, 11 SASL continue.
 _AUTH_CODES_EXPECTING_REPLY: Final = frozenset({3, 5, 7, 8, 9, 10, 11})
 _COMPUTE_CONNECT_TIMEOUT: Final = 10.0
+# Postgres's own authentication_timeout default; the compute enforces it too, this bound
+# only matters when the compute stops answering altogether.
+_AUTHENTICATION_TIMEOUT: Final = 60.0
 # Startup parameters the proxy consumes or rewrites itself.
 _NEWEST_MINOR: Final = 0
 
@@ -281,7 +283,15 @@ class _Session:
                 ) from None
         compute = self.compute
         compute.write(encode.startup_message(_compute_parameters(startup, role, options)))
-        if not await self._relay_authentication(compute, address, lifecycle.name):
+        try:
+            async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
+                authenticated = await self._relay_authentication(compute, address, lifecycle.name)
+        except TimeoutError:
+            raise CannotConnectNow(
+                f'endpoint "{lifecycle.name}" did not complete authentication',
+                detail=f"no ReadyForQuery within {_AUTHENTICATION_TIMEOUT:g} s",
+            ) from None
+        if not authenticated:
             return
         result = await relay(self.client, compute)
         self.bytes_in, self.bytes_out = result.to_compute, result.to_client
@@ -364,6 +374,10 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         _report(session, error)
     except (ConnectionError, TimeoutError) as exc:
         outcome = type(exc).__name__
+    except ssl.SSLError as exc:
+        # A broken TLS handshake: nothing can be said to the client in clear text.
+        outcome = "tls_error"
+        logger.warning("event=tls_error conn=%s peer=%s reason=%s", conn_id, peer, exc.reason)
     except asyncio.CancelledError:
         outcome = "cancelled"
         _report(session, _shutdown_error())

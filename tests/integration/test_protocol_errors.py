@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from tests.integration.pgwake_fixture import PASSWORD, Pgwake
+from tests.integration.pgwake_fixture import PASSWORD, Pgwake, wait_for
 from tests.integration.wire import error_fields, exchange, read_message, startup_packet
 
 
@@ -72,3 +72,13 @@ def test_slow_startup_times_out(pgwake: Pgwake) -> None:
     assert message is not None
     assert error_fields(message[1])["C"] == "08P01"
     assert "startup not completed in time" in error_fields(message[1])["M"]
+
+
+def test_tls_garbage_is_closed_cleanly(shared_pgwake: Pgwake) -> None:
+    with socket.create_connection(("127.0.0.1", shared_pgwake.port), timeout=10) as sock:
+        sock.sendall(struct.pack("!iI", 8, 80877103))
+        assert sock.recv(1) == b"S"
+        sock.sendall(b"\x16\x03\x01\x00\x05hello-this-is-not-tls" * 4)
+        assert sock.recv(100) == b""  # closed, no plaintext error on a TLS channel
+    # The shared fixture asserts at teardown that no traceback reached the log.
+    wait_for(lambda: "event=tls_error" in shared_pgwake.log_text(), timeout=10)
