@@ -19,7 +19,7 @@ from proxy import __version__
 from proxy.catalog import Catalog, EndpointExists
 from proxy.compute import load_backend
 from proxy.endpoints import (
-    InvalidEndpointName,
+    InvalidEndpointRequest,
     connection_uri,
     create_endpoint,
     delete_endpoint,
@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     create = actions.add_parser("create", help="Create an endpoint; prints its URI last.")
     create.add_argument("name")
     create.add_argument("--password", help="Password of role 'app' (generated if omitted).")
+    create.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help="Only accept clients from this network (repeatable); default: any address.",
+    )
     create.add_argument(
         "--idle-timeout",
         dest="endpoint_idle_timeout",
@@ -165,11 +171,12 @@ async def _endpoint(args: argparse.Namespace, settings: Settings) -> int:
                     args.name,
                     password=args.password,
                     idle_timeout=args.endpoint_idle_timeout,
+                    allowed_cidrs=tuple(args.allow or ()),
                 )
             except EndpointExists:
                 print(f"pgwake: endpoint {args.name!r} already exists", file=sys.stderr)
                 return 1
-            except InvalidEndpointName as exc:
+            except InvalidEndpointRequest as exc:
                 print(f"pgwake: {exc}", file=sys.stderr)
                 return 1
             print(f"created endpoint {record.name} (suspended until the first connect)")

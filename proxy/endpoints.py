@@ -6,6 +6,7 @@ SCRAM verifier (the plaintext never reaches disk or logs), and records it in the
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 import urllib.parse
@@ -35,8 +36,8 @@ DEFAULT_ROLE: Final = "app"
 _ACTIVE_STATES: Final = frozenset({"running", "starting", "suspending"})
 
 
-class InvalidEndpointName(ValueError):
-    """The name cannot be an endpoint name."""
+class InvalidEndpointRequest(ValueError):
+    """The endpoint cannot be created as asked (bad name, bad network)."""
 
 
 def connection_uri(
@@ -68,21 +69,28 @@ async def create_endpoint(
     idle_timeout: float | None = None,
     role: str = DEFAULT_ROLE,
     database: str | None = None,
+    allowed_cidrs: tuple[str, ...] = (),
 ) -> tuple[EndpointRecord, str]:
     """Create a suspended endpoint; return its record and a URI holding the password."""
     if not is_valid_endpoint_name(name):
-        raise InvalidEndpointName(
+        raise InvalidEndpointRequest(
             f"invalid endpoint name {name!r}: use lowercase letters, digits and hyphens "
             "(a DNS label of at most 63 characters)"
         )
     if catalog.exists(name):
         raise EndpointExists(name)
+    try:
+        allowed_cidrs = tuple(str(ipaddress.ip_network(c, strict=False)) for c in allowed_cidrs)
+    except ValueError as exc:
+        raise InvalidEndpointRequest(f"invalid network in the allow-list: {exc}") from None
     password = password or secrets.token_urlsafe(18)
     database = database or role
     verifier = make_verifier(password)
     await backend.create(EndpointSpec(name, role, database, verifier))
     try:
-        record = catalog.add_endpoint(name, backend.name, idle_timeout, role, verifier)
+        record = catalog.add_endpoint(
+            name, backend.name, idle_timeout, role, verifier, allowed_cidrs
+        )
     except EndpointExists:
         await backend.delete(name)
         raise

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from proxy.catalog import Catalog, EndpointRecord
     from proxy.compute import ComputeAddress, ComputeBackend
+    from proxy.compute.management import ManagementConnection
 
 __all__ = [
     "TRANSITIONS",
@@ -91,6 +92,9 @@ RETRY_MAX_SECONDS: Final = 30.0
 _MAX_TICK_SECONDS: Final = 1.0
 _MIN_TICK_SECONDS: Final = 0.05
 _PERSIST_ACTIVITY_SECONDS: Final = 1.0
+_MANAGEMENT_TIMEOUT: Final = 5.0
+# Verifiers are copied to the catalog this often while a compute runs (in ticks).
+_SYNC_EVERY_TICKS: Final = 30
 
 
 def retry_delay(failures: int) -> float:
@@ -134,10 +138,12 @@ class Lifecycle:
         self._last_persisted = 0.0
         self._failures = 0
         self._retry_at = 0.0
+        self._management: ManagementConnection | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self.starts = 0
+        self._background: set[asyncio.Task[None]] = set()
         #: Set at server shutdown: no more starts.
         self.closing = False
         self._publish_state()
@@ -245,7 +251,7 @@ class Lifecycle:
         metrics.WAKES.labels(self.name, "success").inc()
         metrics.WAKE_DURATION.observe(elapsed)
         self._transition(Trigger.STARTED, ms=round(elapsed * 1000), waiters=self.sessions)
-        self._monitor_task = asyncio.create_task(self._monitor(), name=f"monitor:{self.name}")
+        self._running()
 
     def _start_failed(self, reason: str) -> None:
         self._failures += 1
@@ -259,6 +265,10 @@ class Lifecycle:
         self.address = address
         self._last_active = time.monotonic()
         self._transition(Trigger.ADOPT)
+        self._running()
+
+    def _running(self) -> None:
+        self._management = self.backend.management(self.name)
         self._monitor_task = asyncio.create_task(self._monitor(), name=f"monitor:{self.name}")
 
     def compute_unreachable(self) -> None:
@@ -268,6 +278,7 @@ class Lifecycle:
 
     def _crashed(self) -> None:
         self.address = None
+        self._drop_management()
         metrics.SUSPENDS.labels(self.name, "crashed").inc()
         self._transition(Trigger.CRASHED, "the compute exited on its own")
 
@@ -285,6 +296,11 @@ class Lifecycle:
 
     async def _run_stop(self, reason: str) -> None:
         started = time.monotonic()
+        # Passwords changed on the compute must survive the suspend (design §4).
+        await self.sync_verifiers()
+        management, self._management = self._management, None
+        if management is not None:
+            await management.close()
         try:
             await self.backend.stop(self.name)
         except Exception:
@@ -298,6 +314,7 @@ class Lifecycle:
     async def _monitor(self) -> None:
         """While running: notice a crash, and suspend once idle for ``idle_timeout``."""
         tick = max(_MIN_TICK_SECONDS, min(_MAX_TICK_SECONDS, self.idle_timeout / 5))
+        ticks = 0
         while self.state is EndpointState.RUNNING:
             await asyncio.sleep(tick)
             if self.state is not EndpointState.RUNNING:
@@ -305,6 +322,9 @@ class Lifecycle:
             if not self.backend.is_alive(self.name):
                 self._crashed()
                 return
+            ticks += 1
+            if ticks % _SYNC_EVERY_TICKS == 1:  # soon after the start, then now and then
+                await self.sync_verifiers()
             now = time.monotonic()
             if self.sessions > 0:
                 self._last_active = now
@@ -313,7 +333,7 @@ class Lifecycle:
                 continue
             try:
                 # The compute's own view counts direct and other proxies' sessions too.
-                others = await self.backend.count_client_sessions(self.name)
+                others = await self._count_compute_sessions()
             except Exception as exc:  # a dying compute; the next tick sees it
                 logger.warning(
                     "event=idle_check_failed endpoint=%s error=%s", self.name, type(exc).__name__
@@ -326,6 +346,51 @@ class Lifecycle:
             if self.sessions == 0 and self.state is EndpointState.RUNNING:
                 await self.suspend("idle")
                 return
+
+    async def _count_compute_sessions(self) -> int:
+        if self._management is None:
+            return 0
+        async with asyncio.timeout(_MANAGEMENT_TIMEOUT):
+            return await self._management.count_client_sessions()
+
+    def _drop_management(self) -> None:
+        management, self._management = self._management, None
+        if management is not None:
+            task = asyncio.create_task(management.close())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # -- verifiers (design §4) -----------------------------------------------------------
+
+    async def sync_verifiers(self) -> None:
+        """Copy every login role's SCRAM verifier from the running compute to the catalog."""
+        if self._management is None:
+            return
+        try:
+            async with asyncio.timeout(_MANAGEMENT_TIMEOUT):
+                verifiers = await self._management.verifiers()
+        except Exception as exc:
+            logger.warning(
+                "event=verifier_sync_failed endpoint=%s error=%s", self.name, type(exc).__name__
+            )
+            return
+        self._catalog.replace_verifiers(self.name, verifiers)
+        logger.debug("event=verifiers_synced endpoint=%s roles=%d", self.name, len(verifiers))
+
+    async def verifier(self, role: str) -> str | None:
+        """``role``'s SCRAM verifier: the running compute's own when it runs (so ALTER ROLE
+        takes effect at once), else the catalog's copy. Never starts anything."""
+        if self.state is EndpointState.RUNNING and self._management is not None:
+            try:
+                async with asyncio.timeout(_MANAGEMENT_TIMEOUT):
+                    return await self._management.verifier(role)
+            except Exception as exc:
+                logger.warning(
+                    "event=verifier_lookup_failed endpoint=%s error=%s",
+                    self.name,
+                    type(exc).__name__,
+                )
+        return self._catalog.verifier(self.name, role)
 
     async def close(self) -> None:
         """Refuse new starts and stop the idle timer (server shutdown)."""

@@ -14,12 +14,16 @@ __all__ = [
     "CONNECTIONS_ACTIVE",
     "CONNECTIONS_TOTAL",
     "ENDPOINT_STATE",
+    "OPEN_CONNECTIONS",
     "STATE_TRANSITIONS",
     "SUSPENDS",
     "WAKES",
     "WAKE_DURATION",
 ]
 
+OPEN_CONNECTIONS: Final = Gauge(
+    "pgwake_open_connections", "Client connections open now, in any phase (before routing too)."
+)
 ACCEPTED: Final = Counter(
     "pgwake_accepted_connections_total", "TCP connections accepted, before routing."
 )

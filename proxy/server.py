@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
+import secrets
 import signal
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,18 +27,32 @@ from proxy.compute import load_backend
 from proxy.lifecycle import LifecycleManager
 from proxy.session import SessionContext, serve_session
 from proxy.stream import PacketStream
-from proxy.tls import build_server_context, ensure_self_signed
+from proxy.throttle import AuthThrottle
+from proxy.tls import ensure_self_signed, load_tls
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
     from proxy.settings import Settings
+    from proxy.tls import TlsMaterial
 
 __all__ = ["Server", "StartupFailure"]
 
 logger = logging.getLogger(__name__)
 _LISTEN_BACKLOG = 2048
+
+
+def _load_secret(path: Path) -> bytes:
+    """Read a 32-byte secret, creating it (mode 0600) on first use."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secret)
+        return secret
 
 
 class StartupFailure(Exception):
@@ -82,6 +99,27 @@ class Server:
         logger.info("event=shutdown_requested signal=%s sessions=%d", signum, len(self._sessions))
         self._shutdown.set()
 
+    def _load_tls(self, state_dir: Path) -> TlsMaterial:
+        settings = self.settings
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            cert, key = settings.tls_cert, settings.tls_key
+        elif settings.tls_cert is not None or settings.tls_key is not None:
+            raise ValueError("set both tls_cert and tls_key, or neither")
+        else:
+            cert, key = ensure_self_signed(state_dir / "tls")
+        return load_tls(cert, key)
+
+    def reload_tls(self, state_dir: Path) -> None:
+        """SIGHUP: load the certificate again; open sessions keep the one they began with."""
+        if self._ctx is None:
+            return
+        try:
+            self._ctx.tls = self._load_tls(state_dir)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            logger.error("event=tls_reload_failed error=%s action=keeping_old_certificate", exc)
+            return
+        logger.info("event=tls_reloaded cert=%s", self._ctx.tls.cert_path)
+
     def _lock_state_dir(self, state_dir: Path) -> Any:
         state_dir.mkdir(parents=True, exist_ok=True)
         lock = open(state_dir / "server.lock", "w")  # noqa: SIM115 (held for our lifetime)
@@ -105,21 +143,23 @@ class Server:
                 await backend.prepare()
             except Exception as exc:
                 raise StartupFailure(f"compute backend not usable: {exc}") from exc
-            if settings.tls_cert is not None and settings.tls_key is not None:
-                cert, key = settings.tls_cert, settings.tls_key
-            elif settings.tls_cert is not None or settings.tls_key is not None:
-                raise StartupFailure("set both tls_cert and tls_key, or neither")
-            else:
-                cert, key = ensure_self_signed(state_dir / "tls")
             try:
-                tls = build_server_context(cert, key)
-            except (OSError, ValueError) as exc:
+                tls = self._load_tls(state_dir)
+            except (OSError, ValueError, ssl.SSLError) as exc:
                 raise StartupFailure(f"cannot load the TLS certificate: {exc}") from exc
             lifecycles = LifecycleManager(
                 backend, catalog, settings.idle_timeout, settings.wake_timeout
             )
             adopted = lifecycles.adopt_running()
-            self._ctx = SessionContext(settings, catalog, lifecycles, CancelMap(), tls)
+            self._ctx = SessionContext(
+                settings,
+                catalog,
+                lifecycles,
+                CancelMap(),
+                AuthThrottle(),
+                _load_secret(state_dir / "mock-secret"),
+                tls,
+            )
 
             if settings.metrics_address is not None:
                 host, port = settings.metrics_address
@@ -143,6 +183,7 @@ class Server:
                 raise StartupFailure(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.request_shutdown, signum)
+            loop.add_signal_handler(signal.SIGHUP, self.reload_tls, state_dir)
             logger.info(
                 "event=listening address=%s metrics=%s endpoints=%d adopted=%d backend=%s",
                 settings.listen,
@@ -156,7 +197,7 @@ class Server:
             await self._shutdown.wait()
             await self._drain(listener, lifecycles)
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     asyncio.get_running_loop().remove_signal_handler(signum)
             if metrics_server is not None:

@@ -1,16 +1,16 @@
 """One client connection, from its first byte to its close.
 
-Until the relay starts, only this module reads the client: read, feed the sans-IO reader,
-act on each message, write encoded replies (uvicorn's loop). The phases:
+The phases, each in its own module:
 
-1. startup: SSLRequest (-> TLS, SNI captured), GSSENCRequest (-> 'N'), CancelRequest
-   (-> forwarded, close) or StartupMessage, within ``startup_timeout``;
-2. routing and catalog lookup;
-3. wake the compute (the client waits, up to ``wake_timeout``);
-4. connect to the compute and send the StartupMessage (role and options rewritten);
-5. authentication is relayed message by message until ``ReadyForQuery``; the compute's
-   ``BackendKeyData`` is swapped for pgwake's own keys;
-6. relay bytes both ways until either side closes.
+1. ``handshake``: PROXY header (trusted proxies), TLS (SSLRequest or direct), startup;
+2. routing (``routing``) and the catalog; the endpoint's IP allow-list; connection caps;
+   the failed-login throttle;
+3. ``edge_auth``: SCRAM with the client against the stored verifier. Nothing is woken
+   before the client has proved its password;
+4. ``lifecycle``: wake the compute (the client waits, up to ``wake_timeout``);
+5. ``compute_link``: log in to the compute with the recovered ClientKey, forward the
+   session's opening with pgwake's own cancel keys;
+6. ``relay``: copy bytes both ways until either side closes.
 
 Any ``ClientError`` becomes one FATAL ``ErrorResponse`` and a close; anything else is
 logged with its traceback and answered with XX000. The client never sees a traceback.
@@ -19,68 +19,58 @@ logged with its traceback and answered with XX000. The client never sees a trace
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from proxy import metrics
-from proxy.cancel import BackendTarget
+from proxy.compute_link import ComputeRefused, StaleVerifier, open_compute, open_session
+from proxy.edge_auth import authenticate_client, password_failed
+from proxy.handshake import read_handshake, require_tls_error
 from proxy.protocol import encode
 from proxy.protocol.errors import (
     AdminShutdown,
     CannotConnectNow,
     ClientError,
     InternalError,
+    InvalidAuthorizationSpecification,
     InvalidCatalogName,
     ProtocolViolation,
+    TooManyConnections,
 )
-from proxy.protocol.framing import (
-    MessageReader,
-    parse_authentication,
-    parse_backend_key_data,
-    parse_error_fields,
-)
-from proxy.protocol.messages import (
-    NEED_DATA,
-    CancelRequest,
-    DirectTLSHello,
-    Frame,
-    GSSENCRequest,
-    SSLRequest,
-    StartupMessage,
-)
-from proxy.protocol.startup import StartupReader
+from proxy.protocol.framing import MessageReader
+from proxy.protocol.messages import CancelRequest, StartupMessage
 from proxy.relay import relay
 from proxy.routing import resolve
-from proxy.stream import PacketStream
-from proxy.tls import server_name_of
 
 if TYPE_CHECKING:
     from proxy.cancel import CancelMap
-    from proxy.catalog import Catalog
+    from proxy.catalog import Catalog, EndpointRecord
     from proxy.compute import ComputeAddress
+    from proxy.edge_auth import EdgeAuthResult
+    from proxy.handshake import Handshake
     from proxy.lifecycle import Lifecycle, LifecycleManager
     from proxy.settings import Settings
+    from proxy.stream import PacketStream
+    from proxy.throttle import AuthThrottle
+    from proxy.tls import TlsMaterial
 
 __all__ = ["SessionContext", "serve_session"]
 
 logger = logging.getLogger(__name__)
 
-# Authentication request codes that expect a client response ('p' message).
-# 3 cleartext, 5 MD5, 7 GSS, 8 GSS continue, 9 SSPI, 10 SASL, 11 SASL continue.
-_AUTH_CODES_EXPECTING_REPLY: Final = frozenset({3, 5, 7, 8, 9, 10, 11})
-_COMPUTE_CONNECT_TIMEOUT: Final = 10.0
-# Postgres's own authentication_timeout default; the compute enforces it too, this bound
-# only matters when the compute stops answering altogether.
+# Postgres's own authentication_timeout default: the client's SCRAM messages must arrive
+# within it (the compute enforces the same on its side).
 _AUTHENTICATION_TIMEOUT: Final = 60.0
-# Startup parameters the proxy consumes or rewrites itself.
+#: The newest protocol 3.x minor pgwake speaks (NegotiateProtocolVersion otherwise).
 _NEWEST_MINOR: Final = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionContext:
     """What every session shares; built once by ``server.py``."""
 
@@ -88,58 +78,12 @@ class SessionContext:
     catalog: Catalog
     lifecycles: LifecycleManager
     cancels: CancelMap
-    tls: ssl.SSLContext | None
-
-
-@dataclass(slots=True)
-class _Startup:
-    message: StartupMessage | CancelRequest
-    server_name: str | None
-    tls: bool
-
-
-async def _read_startup(stream: PacketStream, ctx: SessionContext) -> _Startup:
-    """Read until a StartupMessage or CancelRequest; handle TLS and GSS requests."""
-    reader = StartupReader()
-    tls_done = False
-    gss_refused = False
-    server_name: str | None = None
-    while True:
-        message = reader.next_message()
-        if message is NEED_DATA:
-            data = await stream.read()
-            if not data:
-                raise ConnectionResetError("client closed during startup")
-            reader.feed(data)
-            continue
-        if isinstance(message, SSLRequest):
-            if tls_done:
-                raise ProtocolViolation("SSLRequest received on an encrypted connection")
-            if reader.trailing_data:
-                # Bytes after SSLRequest would be read as if encrypted (CVE-2021-23214).
-                raise ProtocolViolation("received unencrypted data after SSL request")
-            if ctx.tls is None:
-                stream.write(encode.ENCRYPTION_REFUSED)
-                continue
-            stream.write(encode.ENCRYPTION_ACCEPTED)
-            await stream.start_tls(ctx.tls)
-            tls_done = True
-            assert stream.transport is not None
-            server_name = server_name_of(stream.transport.get_extra_info("ssl_object"))
-        elif isinstance(message, GSSENCRequest):
-            if tls_done or gss_refused:
-                raise ProtocolViolation("unexpected GSSENCRequest")
-            gss_refused = True
-            stream.write(encode.ENCRYPTION_REFUSED)
-        elif isinstance(message, DirectTLSHello):
-            raise ProtocolViolation(
-                "direct TLS negotiation is not supported yet",
-                hint="Connect with sslnegotiation=postgres (the default).",
-            )
-        else:
-            if reader.trailing_data and isinstance(message, CancelRequest):
-                raise ProtocolViolation("unexpected data after cancel request")
-            return _Startup(message, server_name, tls_done)
+    throttle: AuthThrottle
+    #: Server-wide secret for SCRAM mock salts (stable, so probes see stable salts).
+    mock_secret: bytes
+    #: The current certificate; replaced on SIGHUP (sessions keep the one they began with).
+    tls: TlsMaterial | None
+    active_sessions: int = field(default=0)
 
 
 def _compute_parameters(startup: StartupMessage, role: str, options: str | None) -> dict[str, str]:
@@ -155,35 +99,25 @@ def _compute_parameters(startup: StartupMessage, role: str, options: str | None)
     return parameters
 
 
-async def _open_compute(address: ComputeAddress) -> PacketStream:
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(_COMPUTE_CONNECT_TIMEOUT):
-        if address.unix_socket:
-            _, stream = await loop.create_unix_connection(PacketStream, address.unix_socket)
-        else:
-            _, stream = await loop.create_connection(
-                PacketStream, address.host or "127.0.0.1", address.port or 5432
-            )
-    return stream
-
-
-async def _next_frame(stream: PacketStream, reader: MessageReader) -> Frame | None:
-    while True:
-        frame = reader.next_message()
-        if frame is not NEED_DATA:
-            return frame
-        data = await stream.read()
-        if not data:
-            return None
-        reader.feed(data)
+def _allowed(client_host: str, record: EndpointRecord) -> bool:
+    if not record.allowed_cidrs:
+        return True
+    try:
+        address = ipaddress.ip_address(client_host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in record.allowed_cidrs)
 
 
 class _Session:
-    def __init__(self, client: PacketStream, ctx: SessionContext, conn_id: str, peer: str) -> None:
+    def __init__(
+        self, client: PacketStream, ctx: SessionContext, conn_id: str, peer_host: str
+    ) -> None:
         self.client = client
         self.ctx = ctx
         self.conn_id = conn_id
-        self.peer = peer
+        self.peer_host = peer_host
+        self.client_host = peer_host
         self.endpoint: str | None = None
         self.compute: PacketStream | None = None
         self.cancel_key: tuple[int, int] | None = None
@@ -191,19 +125,31 @@ class _Session:
         self.bytes_out = 0
 
     async def run(self) -> None:
-        settings = self.ctx.settings
+        ctx = self.ctx
+        settings = ctx.settings
         try:
             async with asyncio.timeout(settings.startup_timeout):
-                startup = await _read_startup(self.client, self.ctx)
+                handshake = await read_handshake(
+                    self.client,
+                    peer_host=self.peer_host,
+                    tls=ctx.tls,
+                    trusted_proxies=settings.trusted_networks,
+                )
         except TimeoutError:
             raise ProtocolViolation(
                 "startup not completed in time",
                 detail=f"the limit is {settings.startup_timeout:g} s",
             ) from None
-        message = startup.message
+        self.client_host = handshake.client_host
+        message = handshake.message
         if isinstance(message, CancelRequest):
-            await self.ctx.cancels.forward(message.process_id, message.secret_key)
+            # Plaintext cancels are allowed, as in Postgres: the key is the secret.
+            await ctx.cancels.forward(message.process_id, message.secret_key)
             return
+        if handshake.tls is None and settings.tls_required:
+            raise require_tls_error()
+        if ctx.active_sessions > settings.max_client_connections:
+            raise TooManyConnections("sorry, too many clients already")
         if message.protocol_minor > _NEWEST_MINOR or any(
             key.startswith("_pq_.") for key in message.parameters
         ):
@@ -213,11 +159,11 @@ class _Session:
                 )
             )
 
-        catalog = self.ctx.catalog
+        catalog = ctx.catalog
         route = resolve(
             user=message.user,
             options=message.parameters.get("options"),
-            server_name=startup.server_name,
+            server_name=handshake.server_name,
             base_domain=settings.base_domain,
             exists=catalog.exists,
         )
@@ -226,21 +172,88 @@ class _Session:
             raise InvalidCatalogName(f'endpoint "{route.endpoint}" does not exist')
         self.endpoint = record.name
         logger.info(
-            "event=routed conn=%s endpoint=%s via=%s tls=%s",
+            "event=routed conn=%s endpoint=%s via=%s tls=%s client=%s",
             self.conn_id,
             record.name,
             route.source,
-            startup.tls,
+            handshake.tls is not None,
+            self.client_host,
         )
-        lifecycle = self.ctx.lifecycles.get(record)
+        if not _allowed(self.client_host, record):
+            raise InvalidAuthorizationSpecification(
+                "connection refused by the endpoint's IP allow-list",
+                detail=f"address {self.client_host} is not allowed",
+            )
+        lifecycle = ctx.lifecycles.get(record)
+        if lifecycle.sessions >= settings.max_endpoint_connections:
+            raise TooManyConnections(
+                f'too many connections to endpoint "{record.name}"',
+                detail=f"the limit is {settings.max_endpoint_connections}",
+            )
         lifecycle.acquire()
         metrics.CONNECTIONS_ACTIVE.labels(record.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(record.name).inc()
         try:
-            await self._connect_and_relay(lifecycle, message, route.role, route.options)
+            auth = await self._authenticate(lifecycle, route.role, handshake)
+            parameters = _compute_parameters(message, route.role, route.options)
+            await self._open_compute_session(lifecycle, auth, parameters)
+            result = await relay(self.client, self._compute())
+            self.bytes_in, self.bytes_out = result.to_compute, result.to_client
         finally:
             lifecycle.release()
             metrics.CONNECTIONS_ACTIVE.labels(record.name).dec()
+
+    def _compute(self) -> PacketStream:
+        assert self.compute is not None
+        return self.compute
+
+    async def _authenticate(
+        self, lifecycle: Lifecycle, role: str, handshake: Handshake
+    ) -> EdgeAuthResult:
+        throttle = self.ctx.throttle
+        endpoint = lifecycle.name
+        wait = throttle.wait_seconds(self.client_host, endpoint, time.monotonic())
+        if wait > 0:
+            raise InvalidAuthorizationSpecification(
+                "too many failed authentication attempts",
+                hint=f"Wait {wait:.0f} s before trying again.",
+            )
+        reader = MessageReader()
+        reader.feed(handshake.trailing)
+        verifier_text = await lifecycle.verifier(role)
+        tls = handshake.tls
+        try:
+            async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
+                auth = await authenticate_client(
+                    self.client,
+                    reader,
+                    role=role,
+                    verifier_text=verifier_text,
+                    mock_secret=self.ctx.mock_secret,
+                    channel_binding=tls.end_point_hash if tls is not None else None,
+                )
+        except TimeoutError:
+            raise ProtocolViolation("authentication not completed in time") from None
+        except ClientError as error:
+            if error.sqlstate in (
+                password_failed(role).sqlstate,
+                InvalidAuthorizationSpecification.sqlstate,
+            ):
+                delay = throttle.failed(self.client_host, endpoint, time.monotonic())
+                logger.warning(
+                    "event=auth_failed conn=%s endpoint=%s client=%s retry_in_s=%g",
+                    self.conn_id,
+                    endpoint,
+                    self.client_host,
+                    delay,
+                )
+            raise
+        throttle.succeeded(self.client_host, endpoint)
+        self.client.write(auth.sasl_final)
+        leftover = reader.take_remaining()
+        if leftover:
+            self.client.unread(leftover)
+        return auth
 
     async def _wake(self, lifecycle: Lifecycle) -> ComputeAddress:
         timeout = self.ctx.settings.wake_timeout
@@ -264,89 +277,44 @@ class _Session:
             )
         return address
 
-    async def _connect_and_relay(
-        self, lifecycle: Lifecycle, startup: StartupMessage, role: str, options: str | None
+    async def _open_compute_session(
+        self, lifecycle: Lifecycle, auth: EdgeAuthResult, parameters: dict[str, str]
     ) -> None:
         address = await self._wake(lifecycle)
         try:
-            self.compute = await _open_compute(address)
+            self.compute = await open_compute(address)
         except (OSError, TimeoutError):
             # The compute died after we saw it running: recheck it and wake once more.
             lifecycle.compute_unreachable()
             address = await self._wake(lifecycle)
             try:
-                self.compute = await _open_compute(address)
+                self.compute = await open_compute(address)
             except (OSError, TimeoutError) as exc:
                 raise CannotConnectNow(
                     f'endpoint "{lifecycle.name}" is not reachable',
                     detail=f"connecting to the compute failed: {type(exc).__name__}",
                 ) from None
-        compute = self.compute
-        compute.write(encode.startup_message(_compute_parameters(startup, role, options)))
         try:
             async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
-                authenticated = await self._relay_authentication(compute, address, lifecycle.name)
+                self.cancel_key = await open_session(
+                    self.compute,
+                    self.client,
+                    startup=encode.startup_message(parameters),
+                    client_key=auth.client_key,
+                    verifier=auth.verifier,
+                    endpoint=lifecycle.name,
+                    address=address,
+                    cancels=self.ctx.cancels,
+                )
         except TimeoutError:
             raise CannotConnectNow(
-                f'endpoint "{lifecycle.name}" did not complete authentication',
+                f'endpoint "{lifecycle.name}" did not complete the login',
                 detail=f"no ReadyForQuery within {_AUTHENTICATION_TIMEOUT:g} s",
             ) from None
-        if not authenticated:
-            return
-        result = await relay(self.client, compute)
-        self.bytes_in, self.bytes_out = result.to_compute, result.to_client
-
-    async def _relay_authentication(
-        self, compute: PacketStream, address: ComputeAddress, endpoint: str
-    ) -> bool:
-        """Pass the auth exchange through until ReadyForQuery; True when the session is up."""
-        from_compute = MessageReader()
-        from_client = MessageReader()
-        while True:
-            try:
-                frame = await _next_frame(compute, from_compute)
-            except ProtocolViolation:
-                raise InternalError("the compute sent an invalid message") from None
-            if frame is None:
-                raise CannotConnectNow(
-                    f'endpoint "{endpoint}" closed the connection',
-                    detail="the compute closed during authentication",
-                )
-            if frame.type == b"K":
-                keys = parse_backend_key_data(frame)
-                self.cancel_key = self.ctx.cancels.register(
-                    BackendTarget(endpoint, address, keys.process_id, keys.secret_key)
-                )
-                self.client.write(encode.backend_key_data(*self.cancel_key))
-                continue
-            self.client.write(encode.message(frame.type, frame.body))
-            if frame.type == b"E":
-                fields = parse_error_fields(frame)
-                logger.info(
-                    "event=compute_refused conn=%s endpoint=%s sqlstate=%s",
-                    self.conn_id,
-                    endpoint,
-                    fields.get("C"),
-                )
-                return False
-            if frame.type == b"Z":
-                # Hand unparsed bytes on to the relay, in order.
-                self._requeue(compute, from_compute.take_remaining())
-                self._requeue(self.client, from_client.take_remaining())
-                return True
-            if (
-                frame.type == b"R"
-                and parse_authentication(frame).code in _AUTH_CODES_EXPECTING_REPLY
-            ):
-                reply = await _next_frame(self.client, from_client)
-                if reply is None:
-                    return False
-                compute.write(encode.message(reply.type, reply.body))
-
-    @staticmethod
-    def _requeue(stream: PacketStream, data: bytes) -> None:
-        if data:
-            stream.unread(data)
+        except StaleVerifier:
+            # The password changed since the catalog's copy: refresh it, refuse this one.
+            await lifecycle.sync_verifiers()
+            raise password_failed(parameters["user"]) from None
 
     def close(self) -> None:
         if self.cancel_key is not None:
@@ -357,18 +325,24 @@ class _Session:
 
 
 async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
-    """Serve one accepted client connection until it closes; never raises."""
+    """Serve one accepted client connection until it closes; never raises but
+    ``CancelledError``."""
     conn_id = secrets.token_hex(4)
     transport = client.transport
     peername = transport.get_extra_info("peername") if transport else None
-    peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "unix"
+    peer_host = peername[0] if isinstance(peername, tuple) else "local"
+    peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
     started = time.monotonic()
-    session = _Session(client, ctx, conn_id, peer)
+    session = _Session(client, ctx, conn_id, peer_host)
+    ctx.active_sessions += 1
+    metrics.OPEN_CONNECTIONS.inc()
     metrics.ACCEPTED.inc()
     logger.info("event=accepted conn=%s peer=%s", conn_id, peer)
     outcome = "ok"
     try:
         await session.run()
+    except ComputeRefused as refused:
+        outcome = refused.sqlstate or "compute_refused"
     except ClientError as error:
         outcome = error.sqlstate
         _report(session, error)
@@ -380,13 +354,15 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         logger.warning("event=tls_error conn=%s peer=%s reason=%s", conn_id, peer, exc.reason)
     except asyncio.CancelledError:
         outcome = "cancelled"
-        _report(session, _shutdown_error())
+        _report(session, AdminShutdown("terminating connection due to administrator command"))
         raise
     except Exception:
         outcome = InternalError.sqlstate
         logger.exception("event=session_error conn=%s", conn_id)
         _report(session, InternalError("internal error in pgwake"))
     finally:
+        ctx.active_sessions -= 1
+        metrics.OPEN_CONNECTIONS.dec()
         session.close()
         if session.endpoint is not None and (session.bytes_in or session.bytes_out):
             metrics.BYTES_RELAYED.labels(session.endpoint, "to_compute").inc(session.bytes_in)
@@ -400,10 +376,6 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
             session.bytes_out,
             (time.monotonic() - started) * 1000,
         )
-
-
-def _shutdown_error() -> ClientError:
-    return AdminShutdown("terminating connection due to administrator command")
 
 
 def _report(session: _Session, error: ClientError) -> None:

@@ -8,12 +8,15 @@ Durations are in seconds. Nothing else in pgwake reads ``os.environ`` for config
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -87,6 +90,24 @@ class Settings(BaseSettings):
         description="OS user computes run as when pgwake runs as root (default pgwake; "
         "created if missing).",
     )
+    require_tls: bool | None = Field(
+        None,
+        description="Refuse plaintext startups with 28000. Unset: on unless `listen` is a "
+        "loopback address.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDRs, comma-separated) whose connections start with a PROXY "
+        "protocol v1/v2 header carrying the real client address.",
+    )
+    max_client_connections: int = Field(
+        10_000, ge=1, description="Client sessions pgwake serves at once, all endpoints (53300)."
+    )
+    max_endpoint_connections: int = Field(
+        250,
+        ge=1,
+        description="Client sessions one endpoint serves at once (53300); computes allow 300.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -96,6 +117,35 @@ class Settings(BaseSettings):
     def _check_listen(cls, value: str) -> str:
         parse_host_port(value)
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @property
+    def tls_required(self) -> bool:
+        """Whether plaintext startups are refused (``require_tls``, or its default)."""
+        if self.require_tls is not None:
+            return self.require_tls
+        host = self.listen_address[0]
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host != "localhost"
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
     @field_validator("metrics_listen")
     @classmethod
@@ -153,7 +203,9 @@ def settings_table() -> str:
     """The Markdown table of every setting, as README shows it (a test keeps them equal)."""
     lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = "unset" if field.default is None else f"`{field.default}`"
+        default = "unset" if field.default in (None, PydanticUndefined) else f"`{field.default}`"
+        if field.default_factory is not None:
+            default = "none"
         lines.append(
             f"| `{name}` / `--{name.replace('_', '-')}` | `PGWAKE_{name.upper()}` "
             f"| {default} | {field.description} |"

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Final, cast
+from typing import Any, Final, cast
 
 __all__ = ["PacketStream"]
 
 # Pause the peer once this much unread data piles up during the handshake.
 _READ_BUFFER_LIMIT: Final = 256 * 1024
+
+
+def _feed_protocol(protocol: Any, data: bytes) -> None:
+    # uvloop's SSL protocol is a buffered protocol without subclassing asyncio's ABC.
+    if hasattr(protocol, "get_buffer"):
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view))).cast("B")
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
+    else:
+        protocol.data_received(data)
 
 
 class PacketStream(asyncio.Protocol):
@@ -87,6 +101,24 @@ class PacketStream(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         new_transport = await loop.start_tls(self.transport, self, context, server_side=True)
         if new_transport is None:  # the peer went away during the handshake
+            raise ConnectionResetError("client closed during the TLS handshake")
+        self.transport = new_transport
+
+    async def start_tls_with(self, context: ssl.SSLContext, initial: bytes) -> None:
+        """Upgrade to TLS when the first TLS bytes were already read (direct TLS).
+
+        ``loop.start_tls`` reads the handshake from the socket, but the ClientHello that
+        told us this is TLS is already in our buffer. So start the upgrade, and once the
+        TLS protocol is connected, hand it those bytes as if it had read them itself."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        transport = self.transport
+        upgrade = asyncio.ensure_future(loop.start_tls(transport, self, context, server_side=True))
+        await asyncio.sleep(0)  # start_tls has now swapped in its protocol and queued
+        # connection_made; queue the hand-over behind it, before any socket read.
+        loop.call_soon(_feed_protocol, transport.get_protocol(), initial)
+        new_transport = await upgrade
+        if new_transport is None:
             raise ConnectionResetError("client closed during the TLS handshake")
         self.transport = new_transport
 

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -19,7 +20,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["build_server_context", "ensure_self_signed", "server_name_of"]
+from proxy.auth.scram import tls_server_end_point
+
+__all__ = [
+    "TlsMaterial",
+    "build_server_context",
+    "ensure_self_signed",
+    "load_tls",
+    "server_name_of",
+]
 
 logger = logging.getLogger(__name__)
 _SNI_ATTRIBUTE: Final = "_pgwake_server_name"
@@ -77,6 +86,25 @@ def server_name_of(ssl_object: object) -> str | None:
     """The SNI host name the client sent in this TLS connection, if any."""
     name = getattr(ssl_object, _SNI_ATTRIBUTE, None)
     return name if isinstance(name, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """A loaded certificate: the server context, and its tls-server-end-point hash for
+    SCRAM-SHA-256-PLUS channel binding (RFC 5929). Replaced whole on SIGHUP; sessions keep
+    the one they started with."""
+
+    context: ssl.SSLContext
+    end_point_hash: bytes
+    cert_path: Path
+
+
+def load_tls(cert: Path, key: Path) -> TlsMaterial:
+    """Load ``cert``/``key``; raise ``OSError``/``ValueError``/``ssl.SSLError`` if unusable."""
+    context = build_server_context(cert, key)
+    leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    return TlsMaterial(context, tls_server_end_point(der), cert)
 
 
 def build_server_context(cert: Path, key: Path) -> ssl.SSLContext:

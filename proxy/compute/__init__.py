@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
+    from proxy.compute.management import ManagementConnection
     from proxy.settings import Settings
 
 __all__ = [
@@ -86,8 +87,9 @@ class ComputeBackend(Protocol):
     def is_alive(self, endpoint: str) -> bool:
         """True while the compute's server process lives."""
 
-    async def count_client_sessions(self, endpoint: str) -> int:
-        """Client sessions the compute itself reports, not counting the one asking."""
+    def management(self, endpoint: str) -> ManagementConnection | None:
+        """An (unopened) admin connection to the running compute, or ``None`` if it is not
+        running."""
 
     def disk_bytes(self, endpoint: str) -> int:
         """Bytes of storage the endpoint holds."""

@@ -402,11 +402,11 @@ class LocalBackend:
     def is_alive(self, endpoint: str) -> bool:
         return self._postmaster_pid(endpoint) is not None
 
-    async def count_client_sessions(self, endpoint: str) -> int:
+    def management(self, endpoint: str) -> management.ManagementConnection | None:
         address = self.probe(endpoint)
         if address is None:
-            return 0
-        return await management.count_client_sessions(address, self._admin_password())
+            return None
+        return management.ManagementConnection(address, self._admin_password())
 
     def disk_bytes(self, endpoint: str) -> int:
         total = 0

@@ -6,6 +6,7 @@ state directory; client sessions never use this role's credentials.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Final
 
 import asyncpg
@@ -13,7 +14,14 @@ import asyncpg
 if TYPE_CHECKING:
     from proxy.compute import ComputeAddress, EndpointSpec
 
-__all__ = ["ADMIN_ROLE", "count_client_sessions", "quote_ident", "quote_literal", "setup_endpoint"]
+__all__ = [
+    "ADMIN_ROLE",
+    "ManagementConnection",
+    "count_client_sessions",
+    "quote_ident",
+    "quote_literal",
+    "setup_endpoint",
+]
 
 ADMIN_ROLE: Final = "pgwake_admin"
 _CONNECT_TIMEOUT: Final = 10.0
@@ -57,6 +65,60 @@ async def count_client_sessions(address: ComputeAddress, password: str) -> int:
         return count
     finally:
         await conn.close(timeout=_CONNECT_TIMEOUT)
+
+
+# Login roles with a SCRAM verifier; pgwake's own role never reaches the edge.
+_VERIFIERS_SQL: Final = (
+    "SELECT rolname, rolpassword FROM pg_authid "
+    "WHERE rolcanlogin AND rolpassword LIKE 'SCRAM-SHA-256$%' "
+    "AND (rolvaliduntil IS NULL OR rolvaliduntil > now()) AND rolname <> $1"
+)
+
+
+class ManagementConnection:
+    """One persistent admin connection to a running compute, opened on first use.
+
+    Used for the idle check and to read SCRAM verifiers; queries are serialised (an
+    asyncpg connection runs one at a time). Its own backend is excluded from the session
+    count by pid."""
+
+    def __init__(self, address: ComputeAddress, password: str) -> None:
+        self._address = address
+        self._password = password
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await _connect(self._address, self._password)
+        return self._conn
+
+    async def count_client_sessions(self) -> int:
+        """Client sessions the compute has besides this one."""
+        async with self._lock:
+            count: int = await (await self._connection()).fetchval(_COUNT_SESSIONS_SQL)
+            return count
+
+    async def verifiers(self) -> dict[str, str]:
+        """Every login role's SCRAM verifier, by role name."""
+        async with self._lock:
+            rows = await (await self._connection()).fetch(_VERIFIERS_SQL, ADMIN_ROLE)
+        return {row["rolname"]: row["rolpassword"] for row in rows}
+
+    async def verifier(self, role: str) -> str | None:
+        """``role``'s current SCRAM verifier, or ``None`` if it cannot log in with one."""
+        async with self._lock:
+            return await (await self._connection()).fetchval(  # type: ignore[no-any-return]
+                _VERIFIERS_SQL + " AND rolname = $2", ADMIN_ROLE, role, column=1
+            )
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=2)
+            except Exception:  # the compute may be gone already
+                conn.terminate()
 
 
 async def setup_endpoint(address: ComputeAddress, password: str, spec: EndpointSpec) -> None:

@@ -12,12 +12,16 @@ from proxy.protocol.messages import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUE
 __all__ = [
     "ENCRYPTION_ACCEPTED",
     "ENCRYPTION_REFUSED",
+    "authentication",
+    "authentication_sasl",
     "backend_key_data",
     "cancel_request",
     "error_response",
     "message",
     "negotiate_protocol_version",
     "notice_response",
+    "sasl_initial_response",
+    "sasl_response",
     "ssl_request",
     "startup_message",
 ]
@@ -75,6 +79,27 @@ def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) ->
     body = _INT32.pack(newest_minor) + _INT32.pack(len(names))
     body += b"".join(_cstring(name) for name in names)
     return message(b"v", body)
+
+
+def authentication(code: int, data: bytes = b"") -> bytes:
+    """Encode an Authentication* ('R') message: AuthenticationOk is code 0."""
+    return message(b"R", _INT32.pack(code) + data)
+
+
+def authentication_sasl(mechanisms: Iterable[str]) -> bytes:
+    """Encode AuthenticationSASL: the mechanisms offered, most preferred first."""
+    names = b"".join(_cstring(name) for name in mechanisms) + b"\0"
+    return authentication(10, names)
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    """Encode SASLInitialResponse ('p'): mechanism, int32 length, data."""
+    return message(b"p", _cstring(mechanism) + _INT32.pack(len(data)) + data)
+
+
+def sasl_response(data: bytes) -> bytes:
+    """Encode SASLResponse ('p')."""
+    return message(b"p", data)
 
 
 def backend_key_data(process_id: int, secret_key: int) -> bytes:

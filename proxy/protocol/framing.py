@@ -18,6 +18,7 @@ from proxy.protocol.messages import (
     Frame,
     NeedData,
     ReadyForQuery,
+    SASLInitialResponse,
 )
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "parse_backend_key_data",
     "parse_error_fields",
     "parse_ready_for_query",
+    "parse_sasl_initial_response",
+    "parse_sasl_response",
 ]
 
 # Messages exchanged before ReadyForQuery are small (auth, parameters, errors). 1 MiB is
@@ -78,6 +81,30 @@ def parse_authentication(frame: Frame) -> AuthenticationRequest:
         raise ProtocolViolation("invalid authentication request")
     (code,) = _INT32.unpack_from(frame.body)
     return AuthenticationRequest(code, frame.body[4:])
+
+
+def parse_sasl_initial_response(frame: Frame) -> SASLInitialResponse:
+    """Decode a 'p' message that opens a SASL exchange (mechanism, int32 length, data)."""
+    body = frame.body
+    end = body.find(b"\0")
+    if frame.type != b"p" or end < 1 or len(body) < end + 5:
+        raise ProtocolViolation("invalid SASLInitialResponse message")
+    mechanism = body[:end].decode("ascii", "replace")
+    (length,) = _INT32.unpack_from(body, end + 1)
+    data = body[end + 5 :]
+    # -1 means "no initial response"; SCRAM always sends one.
+    if length != len(data):
+        raise ProtocolViolation(
+            "invalid SASLInitialResponse message", detail="declared and actual data lengths differ"
+        )
+    return SASLInitialResponse(mechanism, data)
+
+
+def parse_sasl_response(frame: Frame) -> bytes:
+    """Decode a 'p' message that continues a SASL exchange: its body is the data."""
+    if frame.type != b"p":
+        raise ProtocolViolation("expected a SASLResponse message")
+    return frame.body
 
 
 def parse_backend_key_data(frame: Frame) -> BackendKeyData:

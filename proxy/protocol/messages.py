@@ -24,6 +24,7 @@ __all__ = [
     "GSSENCRequest",
     "NeedData",
     "ReadyForQuery",
+    "SASLInitialResponse",
     "SSLRequest",
     "StartupMessage",
     "StartupPacket",
@@ -117,6 +118,21 @@ class AuthenticationRequest:
 
     #: The ``code`` of AuthenticationOk.
     OK: ClassVar[int] = 0
+    #: AuthenticationSASL, AuthenticationSASLContinue, AuthenticationSASLFinal.
+    SASL: ClassVar[int] = 10
+    SASL_CONTINUE: ClassVar[int] = 11
+    SASL_FINAL: ClassVar[int] = 12
+
+
+@dataclass(frozen=True, slots=True)
+class SASLInitialResponse:
+    """Frontend 'p' message opening a SASL exchange: the chosen mechanism and its data."""
+
+    mechanism: str
+    data: bytes
+
+    def __repr__(self) -> str:  # the data is the client-first-message
+        return f"SASLInitialResponse({self.mechanism})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,8 +68,8 @@ class FakeBackend:
     def is_alive(self, endpoint: str) -> bool:
         return True
 
-    async def count_client_sessions(self, endpoint: str) -> int:
-        return 0
+    def management(self, endpoint: str) -> None:
+        return None  # no compute to ask: the double models a compute without SQL access
 
 
 def make_lifecycle(
