@@ -63,7 +63,7 @@ __all__ = ["SessionContext", "serve_session"]
 
 logger = logging.getLogger(__name__)
 
-# Postgres's own authentication_timeout default: the client's SCRAM messages must arrive
+# Postgres's own authentication_timeout default: the compute must finish pgwake's login
 # within it (the compute enforces the same on its side).
 _AUTHENTICATION_TIMEOUT: Final = 60.0
 #: The newest protocol 3.x minor pgwake speaks (NegotiateProtocolVersion otherwise).
@@ -123,12 +123,14 @@ class _Session:
         self.cancel_key: tuple[int, int] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        #: The startup *and* the client's SCRAM exchange must be done by then.
+        self.deadline = asyncio.get_running_loop().time() + ctx.settings.startup_timeout
 
     async def run(self) -> None:
         ctx = self.ctx
         settings = ctx.settings
         try:
-            async with asyncio.timeout(settings.startup_timeout):
+            async with asyncio.timeout_at(self.deadline):
                 handshake = await read_handshake(
                     self.client,
                     peer_host=self.peer_host,
@@ -223,7 +225,7 @@ class _Session:
         verifier_text = await lifecycle.verifier(role)
         tls = handshake.tls
         try:
-            async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
+            async with asyncio.timeout_at(self.deadline):
                 auth = await authenticate_client(
                     self.client,
                     reader,
@@ -233,7 +235,11 @@ class _Session:
                     channel_binding=tls.end_point_hash if tls is not None else None,
                 )
         except TimeoutError:
-            raise ProtocolViolation("authentication not completed in time") from None
+            raise ProtocolViolation(
+                "authentication not completed in time",
+                detail=f"startup and authentication must finish within "
+                f"{self.ctx.settings.startup_timeout:g} s",
+            ) from None
         except ClientError as error:
             if error.sqlstate in (
                 password_failed(role).sqlstate,

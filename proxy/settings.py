@@ -59,7 +59,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a client waits for a compute to start before 57P03."
     )
     startup_timeout: float = Field(
-        10.0, gt=0, description="Seconds a client has to finish its startup packet and TLS."
+        10.0,
+        gt=0,
+        description="Seconds a client has from connecting to finishing TLS, its startup "
+        "packet and its SCRAM exchange.",
     )
     drain_timeout: float = Field(
         10.0,
