@@ -24,8 +24,8 @@ from proxy.protocol.framing import (
     parse_backend_key_data,
     parse_error_fields,
 )
-from proxy.protocol.messages import NEED_DATA, AuthenticationRequest
-from proxy.stream import PacketStream
+from proxy.protocol.messages import AuthenticationRequest
+from proxy.stream import PacketStream, PeerClosed, read_next
 
 if TYPE_CHECKING:
     from proxy.auth.scram import ScramVerifier
@@ -65,16 +65,12 @@ async def open_compute(address: ComputeAddress) -> PacketStream:
 
 
 async def _next_frame(stream: PacketStream, reader: MessageReader) -> Frame:
-    while True:
-        frame = reader.next_message()
-        if frame is not NEED_DATA:
-            return frame
-        data = await stream.read()
-        if not data:
-            raise CannotConnectNow(
-                "the compute closed the connection", detail="the compute closed during the login"
-            )
-        reader.feed(data)
+    try:
+        return await read_next(stream, reader.feed, reader.next_message)
+    except PeerClosed:
+        raise CannotConnectNow(
+            "the compute closed the connection", detail="the compute closed during the login"
+        ) from None
 
 
 async def open_session(

@@ -27,7 +27,8 @@ from proxy.protocol.errors import (
     ProtocolViolation,
 )
 from proxy.protocol.framing import parse_sasl_initial_response, parse_sasl_response
-from proxy.protocol.messages import NEED_DATA, AuthenticationRequest
+from proxy.protocol.messages import AuthenticationRequest
+from proxy.stream import PeerClosed, read_next
 
 if TYPE_CHECKING:
     from proxy.protocol.framing import MessageReader
@@ -59,16 +60,10 @@ def password_failed(role: str) -> InvalidPassword:
 
 
 async def _next_client_frame(stream: PacketStream, reader: MessageReader) -> Frame:
-    while True:
-        frame = reader.next_message()
-        if frame is not NEED_DATA:
-            if frame.type == _TERMINATE:
-                raise ConnectionResetError("client ended the authentication")
-            return frame
-        data = await stream.read()
-        if not data:
-            raise ConnectionResetError("client closed during authentication")
-        reader.feed(data)
+    frame = await read_next(stream, reader.feed, reader.next_message)
+    if frame.type == _TERMINATE:
+        raise PeerClosed("client ended the authentication")
+    return frame
 
 
 async def authenticate_client(

@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Final
 from proxy.protocol import encode
 from proxy.protocol.errors import InvalidAuthorizationSpecification, ProtocolViolation
 from proxy.protocol.messages import (
-    NEED_DATA,
     CancelRequest,
     DirectTLSHello,
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
+    StartupPacket,
 )
 from proxy.protocol.proxy_header import ProxyHeaderReader
 from proxy.protocol.startup import StartupReader
+from proxy.stream import read_next
 from proxy.tls import server_name_of
 
 if TYPE_CHECKING:
@@ -62,15 +63,9 @@ def _is_trusted(
 
 async def _read_proxy_header(stream: PacketStream) -> tuple[str | None, bytes]:
     reader = ProxyHeaderReader()
-    while True:
-        header = reader.next_header()
-        if header is not NEED_DATA:
-            source = header.source[0] if header.source else None
-            return source, reader.take_remaining()
-        data = await stream.read()
-        if not data:
-            raise ConnectionResetError("client closed during the PROXY header")
-        reader.feed(data)
+    header = await read_next(stream, reader.feed, reader.next_header)
+    source = header.source[0] if header.source else None
+    return source, reader.take_remaining()
 
 
 async def read_handshake(
@@ -91,13 +86,7 @@ async def read_handshake(
     gss_refused = False
     server_name: str | None = None
     while True:
-        message = reader.next_message()
-        if message is NEED_DATA:
-            data = await stream.read()
-            if not data:
-                raise ConnectionResetError("client closed during startup")
-            reader.feed(data)
-            continue
+        message: StartupPacket = await read_next(stream, reader.feed, reader.next_message)
         if isinstance(message, SSLRequest):
             if session_tls is not None:
                 raise ProtocolViolation("SSLRequest received on an encrypted connection")

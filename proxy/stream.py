@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Final, cast
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
 
-__all__ = ["PacketStream"]
+from proxy.protocol.messages import NEED_DATA, NeedData
+
+T = TypeVar("T")
+
+__all__ = ["PacketStream", "PeerClosed", "read_next"]
 
 # Pause the peer once this much unread data piles up during the handshake.
 _READ_BUFFER_LIMIT: Final = 256 * 1024
@@ -29,6 +34,26 @@ def _feed_protocol(protocol: Any, data: bytes) -> None:
             view = view[size:]
     else:
         protocol.data_received(data)
+
+
+class PeerClosed(ConnectionResetError):
+    """The peer closed the connection before the message we waited for arrived."""
+
+
+async def read_next(
+    stream: PacketStream, feed: Callable[[bytes], None], poll: Callable[[], T | NeedData]
+) -> T:
+    """Feed bytes from ``stream`` to a sans-IO reader until ``poll`` returns a message.
+
+    Raises ``PeerClosed`` at EOF, and whatever the reader raises on bad input."""
+    while True:
+        message = poll()
+        if message is not NEED_DATA:
+            return message
+        data = await stream.read()
+        if not data:
+            raise PeerClosed("the peer closed the connection")
+        feed(data)
 
 
 class PacketStream(asyncio.Protocol):
