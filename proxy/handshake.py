@@ -25,7 +25,7 @@ from proxy.protocol.messages import (
 )
 from proxy.protocol.proxy_header import ProxyHeaderReader
 from proxy.protocol.startup import StartupReader
-from proxy.stream import read_next
+from proxy.stream import PeerClosed, read_next
 from proxy.tls import server_name_of
 
 if TYPE_CHECKING:
@@ -108,7 +108,9 @@ async def read_handshake(
             session_tls = tls
             assert stream.transport is not None
             ssl_object = stream.transport.get_extra_info("ssl_object")
-            if ssl_object is None or ssl_object.selected_alpn_protocol() != _ALPN:
+            if ssl_object is None or stream.closed.done():
+                raise PeerClosed("client closed during the TLS handshake")
+            if ssl_object.selected_alpn_protocol() != _ALPN:
                 # As Postgres: direct TLS without ALPN could be a confused non-PG client.
                 raise ProtocolViolation(
                     "received direct SSL connection request without ALPN protocol "

@@ -334,8 +334,7 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
     """Serve one accepted client connection until it closes; never raises but
     ``CancelledError``."""
     conn_id = secrets.token_hex(4)
-    transport = client.transport
-    peername = transport.get_extra_info("peername") if transport else None
+    peername = client.peername
     peer_host = peername[0] if isinstance(peername, tuple) else "local"
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
     started = time.monotonic()

@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 __all__ = ["PacketStream", "PeerClosed", "read_next"]
 
+# How long closing a TLS connection waits for the peer's close_notify. asyncio's default
+# (30 s) lets a silent client hold a socket long after its session ended.
+_TLS_SHUTDOWN_SECONDS: Final = 2.0
 # Pause the peer once this much unread data piles up during the handshake.
 _READ_BUFFER_LIMIT: Final = 256 * 1024
 
@@ -61,6 +64,7 @@ class PacketStream(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.peername: object = None
         self._buffer = bytearray()
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
@@ -72,6 +76,8 @@ class PacketStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast("asyncio.Transport", transport)
+        #: The peer's address, kept: a transport forgets it once closed.
+        self.peername = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -124,7 +130,13 @@ class PacketStream(asyncio.Protocol):
         """Upgrade to TLS as the server side; the stream keeps working on the new transport."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        new_transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        new_transport = await loop.start_tls(
+            self.transport,
+            self,
+            context,
+            server_side=True,
+            ssl_shutdown_timeout=_TLS_SHUTDOWN_SECONDS,
+        )
         if new_transport is None:  # the peer went away during the handshake
             raise ConnectionResetError("client closed during the TLS handshake")
         self.transport = new_transport
@@ -138,7 +150,15 @@ class PacketStream(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         transport = self.transport
-        upgrade = asyncio.ensure_future(loop.start_tls(transport, self, context, server_side=True))
+        upgrade = asyncio.ensure_future(
+            loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_shutdown_timeout=_TLS_SHUTDOWN_SECONDS,
+            )
+        )
         await asyncio.sleep(0)  # start_tls has now swapped in its protocol and queued
         # connection_made; queue the hand-over behind it, before any socket read.
         loop.call_soon(_feed_protocol, transport.get_protocol(), initial)

@@ -520,12 +520,6 @@ def test_tls_garbage(live: Live) -> None:
     live.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="pgwake keeps a TLS socket open up to 30 s after sending a FATAL when the client "
-    "never answers close_notify (asyncio's default ssl_shutdown_timeout)",
-)
 def test_tls_fatal_to_a_silent_client_releases_the_socket(live: Live) -> None:
     socks = []
     try:
@@ -551,12 +545,6 @@ def test_tls_fatal_to_a_silent_client_releases_the_socket(live: Live) -> None:
         settle(live.pgwake, live.baseline_fds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a direct-TLS client that closes mid-ClientHello is logged and counted as a "
-    "missing-ALPN 08P01, though its ClientHello offered ALPN postgresql",
-)
 def test_direct_tls_cut_mid_hello_is_not_reported_as_missing_alpn(live: Live) -> None:
     before = len(live.pgwake.log_text())
     hello = TlsClient(alpn="postgresql").step()
