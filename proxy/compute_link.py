@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from proxy.auth.scram import SCRAM_SHA_256, ScramAuthenticationFailed, ScramClient, ScramError
@@ -24,16 +25,22 @@ from proxy.protocol.framing import (
     parse_backend_key_data,
     parse_error_fields,
 )
-from proxy.protocol.messages import AuthenticationRequest
+from proxy.protocol.messages import AuthenticationRequest, Frame
 from proxy.stream import PacketStream, PeerClosed, read_next
 
 if TYPE_CHECKING:
     from proxy.auth.scram import ScramVerifier
     from proxy.cancel import CancelMap
     from proxy.compute import ComputeAddress
-    from proxy.protocol.messages import Frame
 
-__all__ = ["ComputeRefused", "StaleVerifier", "open_compute", "open_session"]
+__all__ = [
+    "ComputeRefused",
+    "PendingLogin",
+    "StaleVerifier",
+    "begin_login",
+    "open_compute",
+    "open_session",
+]
 
 logger = logging.getLogger(__name__)
 _CONNECT_TIMEOUT: Final = 10.0
@@ -73,11 +80,29 @@ async def _next_frame(stream: PacketStream, reader: MessageReader) -> Frame:
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    """A compute connection that got the startup and answered with its first message."""
+
+    compute: PacketStream
+    reader: MessageReader
+    first: Frame
+
+
+async def begin_login(compute: PacketStream, startup: bytes) -> PendingLogin:
+    """Send the StartupMessage and wait for the compute's first reply (its auth request).
+
+    Run while the client is still busy with its own SCRAM exchange: the compute forks
+    its backend meanwhile, so the client does not wait for that afterwards."""
+    reader = MessageReader()
+    compute.write(startup)
+    return PendingLogin(compute, reader, await _next_frame(compute, reader))
+
+
 async def open_session(
-    compute: PacketStream,
+    login: PendingLogin,
     client: PacketStream,
     *,
-    startup: bytes,
     client_key: bytes,
     verifier: ScramVerifier,
     endpoint: str,
@@ -90,13 +115,14 @@ async def open_session(
     Raises ``ComputeRefused`` after forwarding the compute's ErrorResponse,
     ``StaleVerifier`` when the compute's salt differs from the catalog's, and
     ``CannotConnectNow`` when the compute misbehaves."""
-    reader = MessageReader()
-    compute.write(startup)
+    compute, reader = login.compute, login.reader
     scram: ScramClient | None = None
     cancel_key: tuple[int, int] | None = None
+    frame: Frame | None = login.first
     try:
         while True:
-            frame = await _next_frame(compute, reader)
+            if frame is None:
+                frame = await _next_frame(compute, reader)
             kind = frame.type
             if kind == b"R":
                 request = parse_authentication(frame)
@@ -134,6 +160,7 @@ async def open_session(
                     if rest:
                         compute.unread(rest)
                     return cancel_key
+            frame = None
     except ScramAuthenticationFailed as exc:
         if cancel_key is not None:
             cancels.unregister(cancel_key)

@@ -8,10 +8,14 @@ Postgres). Success yields the ClientKey that logs pgwake in to the compute.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from proxy.auth.scram import (
+    SCRAM_SHA_256,
+    SCRAM_SHA_256_PLUS,
     ScramAuthenticationFailed,
     ScramChannelBindingFailed,
     ScramProtocolError,
@@ -54,6 +58,11 @@ class EdgeAuthResult:
         return "EdgeAuthResult(...)"
 
 
+def offered_mechanisms(channel_binding: bytes | None) -> list[str]:
+    """The SASL mechanisms offered, as ``ScramServer.mechanisms`` orders them."""
+    return [SCRAM_SHA_256_PLUS, SCRAM_SHA_256] if channel_binding else [SCRAM_SHA_256]
+
+
 def password_failed(role: str) -> InvalidPassword:
     """The one refusal for a wrong password, an unknown role or a role without SCRAM."""
     return InvalidPassword(f'password authentication failed for user "{role}"')
@@ -71,11 +80,24 @@ async def authenticate_client(
     reader: MessageReader,
     *,
     role: str,
-    verifier_text: str | None,
+    verifier_lookup: Awaitable[str | None],
     mock_secret: bytes,
     channel_binding: bytes | None,
+    on_client_first: Callable[[], None] | None = None,
 ) -> EdgeAuthResult:
-    """Run SCRAM with the client; return its ClientKey or raise a ``ClientError``."""
+    """Run SCRAM with the client; return its ClientKey or raise a ``ClientError``.
+
+    The verifier is looked up while the client answers AuthenticationSASL, and
+    ``on_client_first`` runs once a well-formed client-first-message has arrived (the
+    session uses it to start the compute's login in parallel)."""
+    stream.write(encode.authentication_sasl(offered_mechanisms(channel_binding)))
+    lookup = asyncio.ensure_future(verifier_lookup)
+    try:
+        first_frame = await _next_client_frame(stream, reader)
+        verifier_text = await lookup
+    finally:
+        if not lookup.done():
+            lookup.cancel()
     verifier: ScramVerifier | None = None
     if verifier_text is not None and role != ADMIN_ROLE:
         try:
@@ -85,10 +107,11 @@ async def authenticate_client(
     server = ScramServer(
         verifier, role=role, mock_secret=mock_secret, channel_binding=channel_binding
     )
-    stream.write(encode.authentication_sasl(server.mechanisms()))
     try:
-        initial = parse_sasl_initial_response(await _next_client_frame(stream, reader))
+        initial = parse_sasl_initial_response(first_frame)
         server_first = server.handle_client_first(initial.mechanism, initial.data)
+        if on_client_first is not None and verifier is not None:
+            on_client_first()
         stream.write(encode.authentication(AuthenticationRequest.SASL_CONTINUE, server_first))
         final = server.handle_client_final(
             parse_sasl_response(await _next_client_frame(stream, reader))

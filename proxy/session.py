@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from proxy import metrics
-from proxy.compute_link import ComputeRefused, StaleVerifier, open_compute, open_session
+from proxy.compute_link import (
+    ComputeRefused,
+    PendingLogin,
+    StaleVerifier,
+    begin_login,
+    open_compute,
+    open_session,
+)
 from proxy.edge_auth import authenticate_client, password_failed
 from proxy.handshake import read_handshake, require_tls_error
 from proxy.protocol import encode
@@ -121,6 +128,7 @@ class _Session:
         self.endpoint: str | None = None
         self.compute: PacketStream | None = None
         self.cancel_key: tuple[int, int] | None = None
+        self.prelogin: asyncio.Future[PendingLogin] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         #: The startup *and* the client's SCRAM exchange must be done by then.
@@ -196,9 +204,11 @@ class _Session:
         metrics.CONNECTIONS_ACTIVE.labels(record.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(record.name).inc()
         try:
-            auth = await self._authenticate(lifecycle, route.role, handshake)
-            parameters = _compute_parameters(message, route.role, route.options)
-            await self._open_compute_session(lifecycle, auth, parameters)
+            startup = encode.startup_message(
+                _compute_parameters(message, route.role, route.options)
+            )
+            auth = await self._authenticate(lifecycle, route.role, handshake, startup)
+            await self._open_compute_session(lifecycle, auth, startup, route.role)
             result = await relay(self.client, self._compute())
             self.bytes_in, self.bytes_out = result.to_compute, result.to_client
         finally:
@@ -209,8 +219,44 @@ class _Session:
         assert self.compute is not None
         return self.compute
 
+    def _begin_prelogin(self, lifecycle: Lifecycle, startup: bytes) -> None:
+        """The client sent a valid client-first for a known role: if the compute runs,
+        connect and send the startup now, so its backend forks while the client computes
+        its proof (PBKDF2), instead of after."""
+        address = lifecycle.address
+        if address is None:
+            return
+
+        async def prelogin() -> PendingLogin:
+            compute = await open_compute(address)
+            try:
+                return await begin_login(compute, startup)
+            except BaseException:
+                compute.close()
+                raise
+
+        self.prelogin = asyncio.ensure_future(prelogin())
+
+    async def _take_prelogin(self) -> PendingLogin | None:
+        task, self.prelogin = self.prelogin, None
+        if task is None:
+            return None
+        try:
+            return await task
+        except (OSError, TimeoutError, ClientError):
+            return None  # the ordinary path below retries, with a wake if needed
+
+    def _drop_prelogin(self) -> None:
+        task, self.prelogin = self.prelogin, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            task.result().compute.close()
+
     async def _authenticate(
-        self, lifecycle: Lifecycle, role: str, handshake: Handshake
+        self, lifecycle: Lifecycle, role: str, handshake: Handshake, startup: bytes
     ) -> EdgeAuthResult:
         throttle = self.ctx.throttle
         endpoint = lifecycle.name
@@ -222,7 +268,6 @@ class _Session:
             )
         reader = MessageReader()
         reader.feed(handshake.trailing)
-        verifier_text = await lifecycle.verifier(role)
         tls = handshake.tls
         try:
             async with asyncio.timeout_at(self.deadline):
@@ -230,9 +275,10 @@ class _Session:
                     self.client,
                     reader,
                     role=role,
-                    verifier_text=verifier_text,
+                    verifier_lookup=lifecycle.verifier(role),
                     mock_secret=self.ctx.mock_secret,
                     channel_binding=tls.end_point_hash if tls is not None else None,
+                    on_client_first=lambda: self._begin_prelogin(lifecycle, startup),
                 )
         except TimeoutError:
             raise ProtocolViolation(
@@ -241,6 +287,7 @@ class _Session:
                 f"{self.ctx.settings.startup_timeout:g} s",
             ) from None
         except ClientError as error:
+            self._drop_prelogin()
             if error.sqlstate in (
                 password_failed(role).sqlstate,
                 InvalidAuthorizationSpecification.sqlstate,
@@ -284,8 +331,17 @@ class _Session:
         return address
 
     async def _open_compute_session(
-        self, lifecycle: Lifecycle, auth: EdgeAuthResult, parameters: dict[str, str]
+        self, lifecycle: Lifecycle, auth: EdgeAuthResult, startup: bytes, role: str
     ) -> None:
+        login = await self._take_prelogin()
+        if login is not None and lifecycle.address is not None:
+            self.compute = login.compute
+            await self._login(
+                lifecycle, auth=auth, login=login, address=lifecycle.address, role=role
+            )
+            return
+        if login is not None:  # the compute went away meanwhile
+            login.compute.close()
         address = await self._wake(lifecycle)
         try:
             self.compute = await open_compute(address)
@@ -300,12 +356,28 @@ class _Session:
                     f'endpoint "{lifecycle.name}" is not reachable',
                     detail=f"connecting to the compute failed: {type(exc).__name__}",
                 ) from None
+        await self._login(
+            lifecycle, auth=auth, login=None, address=address, role=role, startup=startup
+        )
+
+    async def _login(
+        self,
+        lifecycle: Lifecycle,
+        *,
+        auth: EdgeAuthResult,
+        login: PendingLogin | None,
+        address: ComputeAddress,
+        role: str,
+        startup: bytes = b"",
+    ) -> None:
+        assert self.compute is not None
         try:
             async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
+                if login is None:
+                    login = await begin_login(self.compute, startup)
                 self.cancel_key = await open_session(
-                    self.compute,
+                    login,
                     self.client,
-                    startup=encode.startup_message(parameters),
                     client_key=auth.client_key,
                     verifier=auth.verifier,
                     endpoint=lifecycle.name,
@@ -320,9 +392,10 @@ class _Session:
         except StaleVerifier:
             # The password changed since the catalog's copy: refresh it, refuse this one.
             await lifecycle.sync_verifiers()
-            raise password_failed(parameters["user"]) from None
+            raise password_failed(role) from None
 
     def close(self) -> None:
+        self._drop_prelogin()
         if self.cancel_key is not None:
             self.ctx.cancels.unregister(self.cancel_key)
         if self.compute is not None:
