@@ -12,6 +12,7 @@ that gives up does not cancel the start the others wait for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -392,6 +393,13 @@ class Lifecycle:
                 )
         return self._catalog.verifier(self.name, role)
 
+    async def retire(self) -> None:
+        """The endpoint is being deleted: refuse new starts, stop the compute cleanly."""
+        self.closing = True
+        await self.suspend("delete")
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+
     async def close(self) -> None:
         """Refuse new starts and stop the idle timer (server shutdown)."""
         self.closing = True
@@ -427,6 +435,13 @@ class LifecycleManager:
             lifecycle.closing = self._closing
         lifecycle.idle_timeout = idle_timeout
         return lifecycle
+
+    def forget(self, name: str) -> None:
+        """Drop a deleted endpoint's lifecycle and its state gauges."""
+        self._lifecycles.pop(name, None)
+        for state in EndpointState:
+            with contextlib.suppress(KeyError):
+                metrics.ENDPOINT_STATE.remove(name, state.value)
 
     def __iter__(self) -> Iterator[Lifecycle]:
         return iter(self._lifecycles.values())

@@ -13,6 +13,8 @@ __all__ = [
     "CLIENT_ERRORS",
     "CONNECTIONS_ACTIVE",
     "CONNECTIONS_TOTAL",
+    "ENDPOINTS_CREATED",
+    "ENDPOINTS_DELETED",
     "ENDPOINT_STATE",
     "OPEN_CONNECTIONS",
     "STATE_TRANSITIONS",
@@ -65,6 +67,14 @@ CLIENT_ERRORS: Final = Counter(
     "pgwake_client_errors_total",
     "ErrorResponses pgwake itself sent, by SQLSTATE and kind.",
     ["sqlstate", "kind"],
+)
+ENDPOINTS_CREATED: Final = Counter(
+    "pgwake_endpoints_created_total", "Endpoints created (API, CLI or branch)."
+)
+ENDPOINTS_DELETED: Final = Counter(
+    "pgwake_endpoints_deleted_total",
+    "Endpoints deleted, by reason (api, cli, ttl, idle).",
+    ["reason"],
 )
 CANCEL_REQUESTS: Final = Counter(
     "pgwake_cancel_requests_total",

@@ -19,7 +19,18 @@ CREATE TABLE IF NOT EXISTS endpoints (
     last_active   REAL,             -- unix time of the last session end or wake
     state         TEXT NOT NULL DEFAULT 'suspended',
     state_reason  TEXT,
-    allowed_cidrs TEXT              -- comma-separated networks; NULL = any address
+    allowed_cidrs TEXT,             -- comma-separated networks; NULL = any address
+    owner         TEXT,             -- id of the API token that created it; NULL = admin
+    expires_at    REAL,             -- unix time after which the reaper deletes it
+    delete_after_idle REAL          -- seconds suspended/unused before the reaper deletes it
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id            TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL UNIQUE,  -- hex SHA-256 of the secret; never the secret
+    label         TEXT,
+    max_endpoints INTEGER,
+    max_ttl_seconds REAL,
+    created_at    REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS roles (
     endpoint  TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
@@ -47,13 +58,30 @@ class EndpointRecord:
     state_reason: str | None
     #: Networks clients may connect from; empty means any.
     allowed_cidrs: tuple[str, ...] = ()
+    #: The API token that created it (``None``: the admin or the CLI).
+    owner: str | None = None
+    #: Unix time after which the reaper deletes it.
+    expires_at: float | None = None
+    #: Seconds without use after which the reaper deletes it.
+    delete_after_idle: float | None = None
 
 
 def _record(row: tuple[Any, ...]) -> EndpointRecord:
-    name, backend, idle_timeout, created_at, last_active, state, reason, cidrs = row
+    name, backend, idle_timeout, created_at, last_active, state, reason, cidrs, *rest = row
     allowed = tuple(c for c in str(cidrs).split(",") if c) if cidrs else ()
+    owner, expires_at, delete_after_idle = rest
     return EndpointRecord(
-        name, backend, idle_timeout, created_at, last_active, state, reason, allowed
+        name,
+        backend,
+        idle_timeout,
+        created_at,
+        last_active,
+        state,
+        reason,
+        allowed,
+        owner,
+        expires_at,
+        delete_after_idle,
     )
 
 
@@ -71,8 +99,14 @@ class Catalog:
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(endpoints)")}
-        if "allowed_cidrs" not in columns:
-            self._db.execute("ALTER TABLE endpoints ADD COLUMN allowed_cidrs TEXT")
+        for column, kind in (
+            ("allowed_cidrs", "TEXT"),
+            ("owner", "TEXT"),
+            ("expires_at", "REAL"),
+            ("delete_after_idle", "REAL"),
+        ):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE endpoints ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -85,6 +119,11 @@ class Catalog:
         role: str,
         verifier: str,
         allowed_cidrs: tuple[str, ...] = (),
+        *,
+        owner: str | None = None,
+        expires_at: float | None = None,
+        delete_after_idle: float | None = None,
+        roles: dict[str, str] | None = None,
     ) -> EndpointRecord:
         """Insert a new endpoint with its first role; raise ``EndpointExists``."""
         now = time.time()
@@ -93,12 +132,23 @@ class Catalog:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
                     "INSERT INTO endpoints (name, backend, idle_timeout, created_at, "
-                    "allowed_cidrs) VALUES (?, ?, ?, ?, ?)",
-                    (name, backend, idle_timeout, now, ",".join(allowed_cidrs) or None),
+                    "allowed_cidrs, owner, expires_at, delete_after_idle) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        backend,
+                        idle_timeout,
+                        now,
+                        ",".join(allowed_cidrs) or None,
+                        owner,
+                        expires_at,
+                        delete_after_idle,
+                    ),
                 )
-                self._db.execute(
+                all_roles = {role: verifier, **(roles or {})}
+                self._db.executemany(
                     "INSERT INTO roles (endpoint, role, verifier) VALUES (?, ?, ?)",
-                    (name, role, verifier),
+                    [(name, r, v) for r, v in all_roles.items()],
                 )
         except sqlite3.IntegrityError:
             raise EndpointExists(name) from None
@@ -109,7 +159,7 @@ class Catalog:
     def get(self, name: str) -> EndpointRecord | None:
         row = self._db.execute(
             "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs "
+            "allowed_cidrs, owner, expires_at, delete_after_idle "
             "FROM endpoints WHERE name = ?",
             (name,),
         ).fetchone()
@@ -124,7 +174,7 @@ class Catalog:
     def list(self) -> list[EndpointRecord]:
         rows = self._db.execute(
             "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs "
+            "allowed_cidrs, owner, expires_at, delete_after_idle "
             "FROM endpoints ORDER BY name"
         ).fetchall()
         return [_record(row) for row in rows]
@@ -157,6 +207,48 @@ class Catalog:
             "UPDATE endpoints SET allowed_cidrs = ? WHERE name = ?",
             (",".join(cidrs) or None, endpoint),
         )
+
+    def verifiers(self, endpoint: str) -> dict[str, str]:
+        """Every stored role verifier of ``endpoint``."""
+        rows = self._db.execute(
+            "SELECT role, verifier FROM roles WHERE endpoint = ?", (endpoint,)
+        ).fetchall()
+        return {str(role): str(verifier) for role, verifier in rows}
+
+    def count_owned(self, owner: str) -> int:
+        row = self._db.execute("SELECT count(*) FROM endpoints WHERE owner = ?", (owner,))
+        return int(row.fetchone()[0])
+
+    # -- API tokens (only hashes are stored) ---------------------------------------------
+
+    def add_token(
+        self,
+        token_id: str,
+        secret_sha256: str,
+        label: str | None,
+        max_endpoints: int | None,
+        max_ttl_seconds: float | None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO tokens (id, secret_sha256, label, max_endpoints, max_ttl_seconds, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (token_id, secret_sha256, label, max_endpoints, max_ttl_seconds, time.time()),
+        )
+
+    def token_by_hash(
+        self, secret_sha256: str
+    ) -> tuple[str, str | None, int | None, float | None] | None:
+        """(id, label, max_endpoints, max_ttl_seconds) of the token with that hash."""
+        row = self._db.execute(
+            "SELECT id, label, max_endpoints, max_ttl_seconds FROM tokens WHERE secret_sha256 = ?",
+            (secret_sha256,),
+        ).fetchone()
+        return (str(row[0]), row[1], row[2], row[3]) if row else None
+
+    def delete_token(self, token_id: str) -> bool:
+        with self._db:
+            cursor = self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+        return cursor.rowcount > 0
 
     def touch(self, name: str, last_active: float) -> None:
         """Record that a session used the endpoint at ``last_active`` (unix time)."""

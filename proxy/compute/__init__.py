@@ -73,6 +73,9 @@ class ComputeBackend(Protocol):
     async def delete(self, endpoint: str) -> None:
         """Stop the compute if it runs and remove its data."""
 
+    async def branch(self, source: str, target: str) -> None:
+        """Create ``target`` as a consistent copy of the running ``source``'s data."""
+
     async def start(self, endpoint: str, ready_timeout: float) -> ComputeAddress:
         """Start the compute and return once it accepts connections.
 

@@ -159,7 +159,9 @@ class LocalBackend:
             os.chown(path, self._user.uid, self._user.gid)
         path.chmod(mode)
 
-    def _run_as_compute(self, argv: list[str], **kwargs: object) -> None:
+    def _run_as_compute(
+        self, argv: list[str], extra_env: dict[str, str] | None = None, **kwargs: object
+    ) -> None:
         user = (
             {"user": self._user.uid, "group": self._user.gid, "extra_groups": []}
             if self._user
@@ -170,7 +172,7 @@ class LocalBackend:
             check=True,
             capture_output=True,
             timeout=300,
-            env=self._child_env(),
+            env={**self._child_env(), **(extra_env or {})},
             **user,
             **kwargs,
         )  # type: ignore[call-overload]
@@ -269,6 +271,51 @@ class LocalBackend:
                 await self.stop(spec.name)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, endpoint_dir, True)
+            raise
+
+    async def branch(self, source: str, target: str) -> None:
+        """Copy the running ``source`` with ``pg_basebackup`` (a consistent snapshot even
+        under writes); the copy recovers to that point on its first start."""
+        address = self.probe(source)
+        if address is None:
+            raise ComputeStartError("the source compute is not running")
+        target_dir = self._endpoint_dir(target)
+        if target_dir.exists():
+            raise FileExistsError(f"endpoint {target!r} already has a data directory")
+        assert address.unix_socket is not None
+        socket_dir = address.unix_socket.rsplit("/", 1)[0]
+        try:
+            self._mkdir_for_compute(target_dir)
+            argv = [
+                str(self._bindir / "pg_basebackup"),
+                "-h",
+                socket_dir,
+                "-p",
+                str(_PORT),
+                "-U",
+                management.ADMIN_ROLE,
+                "-D",
+                str(self.data_dir(target)),
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-password",
+            ]
+            try:
+                await asyncio.to_thread(
+                    self._run_as_compute,
+                    argv,
+                    cwd=str(target_dir),
+                    extra_env={"PGPASSWORD": self._admin_password()},
+                )
+            except subprocess.CalledProcessError as exc:
+                lines = exc.stderr.decode(errors="replace").strip().splitlines()
+                raise ComputeStartError(
+                    f"pg_basebackup failed: {lines[-1] if lines else '?'}"
+                ) from None
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, target_dir, True)
             raise
 
     async def delete(self, endpoint: str) -> None:

@@ -1,0 +1,409 @@
+"""The control plane: what the HTTP API (and the CLI) can do to endpoints and tokens.
+
+Rule: authorization lives here, not in the HTTP layer. Every call names its caller, a
+``Caller`` (the admin, or a scoped token): a scoped token sees and manages only the
+endpoints it created, within its quotas. An endpoint another token owns is reported as
+not found, so a token cannot even learn that it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from proxy import metrics
+from proxy.auth.scram import make_verifier
+from proxy.catalog import EndpointExists
+from proxy.compute import EndpointSpec
+from proxy.endpoints import DEFAULT_ROLE, connection_uri
+from proxy.lifecycle import EndpointState
+from proxy.names import generate_endpoint_name
+from proxy.routing import is_valid_endpoint_name
+
+if TYPE_CHECKING:
+    from proxy.catalog import Catalog, EndpointRecord
+    from proxy.compute import ComputeBackend
+    from proxy.lifecycle import LifecycleManager
+    from proxy.settings import Settings
+
+__all__ = [
+    "Caller",
+    "ControlError",
+    "ControlPlane",
+    "Created",
+    "EndpointView",
+    "MintedToken",
+]
+
+logger = logging.getLogger(__name__)
+_TOKEN_PREFIX: Final = "pgw_"  # noqa: S105 (a prefix, not a secret)
+_NAME_ATTEMPTS: Final = 8
+
+
+class ControlError(Exception):
+    """A refused request: ``code`` is stable (API clients branch on it), ``status`` the
+    HTTP status the API answers with."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _not_found(name: str) -> ControlError:
+    return ControlError("endpoint_not_found", f'endpoint "{name}" does not exist', 404)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the admin (``token_id`` None) or a scoped token and its quotas."""
+
+    token_id: str | None
+    max_endpoints: int | None = None
+    max_ttl_seconds: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.token_id is None
+
+
+ADMIN: Final = Caller(None)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """An endpoint as the API shows it (never a password)."""
+
+    name: str
+    state: str
+    backend: str
+    idle_timeout_seconds: float | None
+    created_at: float
+    last_active: float | None
+    expires_at: float | None
+    delete_after_idle_seconds: float | None
+    allowed_cidrs: tuple[str, ...]
+    #: A URI without the password.
+    connection_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A new endpoint, with the one response that shows its password."""
+
+    endpoint: EndpointView
+    password: str | None
+    connection_uri: str
+
+    def __repr__(self) -> str:
+        return f"Created({self.endpoint.name})"
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """A new scoped token; ``secret`` is shown once and stored only as a hash."""
+
+    id: str
+    secret: str
+    label: str | None
+    max_endpoints: int | None
+    max_ttl_seconds: float | None
+
+    def __repr__(self) -> str:
+        return f"MintedToken({self.id})"
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ControlPlane:
+    """Endpoint and token operations over the catalog, the backend and the lifecycles."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        backend: ComputeBackend,
+        lifecycles: LifecycleManager,
+        admin_token: str,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.backend = backend
+        self.lifecycles = lifecycles
+        self._admin_token = admin_token
+        self._creating: set[str] = set()
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def authenticate(self, secret: str) -> Caller | None:
+        """The caller a bearer secret stands for, or ``None``."""
+        if hmac.compare_digest(secret.encode(), self._admin_token.encode()):
+            return ADMIN
+        found = self.catalog.token_by_hash(_hash_secret(secret))
+        if found is None:
+            return None
+        token_id, _, max_endpoints, max_ttl = found
+        return Caller(token_id, max_endpoints, max_ttl)
+
+    def mint_token(
+        self,
+        caller: Caller,
+        *,
+        label: str | None,
+        max_endpoints: int | None,
+        max_ttl_seconds: float | None,
+    ) -> MintedToken:
+        """Mint a scoped token (admin only)."""
+        if not caller.is_admin:
+            raise ControlError("forbidden", "only the admin token can mint tokens", 403)
+        token_id = "tok_" + secrets.token_hex(6)
+        secret = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.catalog.add_token(
+            token_id, _hash_secret(secret), label, max_endpoints, max_ttl_seconds
+        )
+        logger.info(
+            "event=token_minted token=%s max_endpoints=%s max_ttl_s=%s",
+            token_id,
+            max_endpoints,
+            max_ttl_seconds,
+        )
+        return MintedToken(token_id, secret, label, max_endpoints, max_ttl_seconds)
+
+    def revoke_token(self, caller: Caller, token_id: str) -> None:
+        if not caller.is_admin:
+            raise ControlError("forbidden", "only the admin token can revoke tokens", 403)
+        if not self.catalog.delete_token(token_id):
+            raise ControlError("token_not_found", f"token {token_id} does not exist", 404)
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    def _visible(self, name: str, caller: Caller) -> EndpointRecord:
+        record = self.catalog.get(name)
+        if record is None or not (caller.is_admin or record.owner == caller.token_id):
+            raise _not_found(name)
+        return record
+
+    def _view(self, record: EndpointRecord) -> EndpointView:
+        lifecycle = self.lifecycles.get(record)
+        return EndpointView(
+            name=record.name,
+            state=lifecycle.state.value,
+            backend=record.backend,
+            idle_timeout_seconds=record.idle_timeout,
+            created_at=record.created_at,
+            last_active=record.last_active,
+            expires_at=record.expires_at,
+            delete_after_idle_seconds=record.delete_after_idle,
+            allowed_cidrs=record.allowed_cidrs,
+            connection_uri=connection_uri(
+                self.settings, record.name, DEFAULT_ROLE, None, DEFAULT_ROLE
+            ),
+        )
+
+    def list_endpoints(self, caller: Caller) -> list[EndpointView]:
+        return [
+            self._view(r)
+            for r in self.catalog.list()
+            if caller.is_admin or r.owner == caller.token_id
+        ]
+
+    def get(self, caller: Caller, name: str) -> EndpointView:
+        return self._view(self._visible(name, caller))
+
+    def _check_quota(self, caller: Caller, ttl_seconds: float | None) -> float | None:
+        if (
+            caller.max_endpoints is not None
+            and caller.token_id is not None
+            and self.catalog.count_owned(caller.token_id) >= caller.max_endpoints
+        ):
+            raise ControlError(
+                "quota_exceeded",
+                f"this token may hold at most {caller.max_endpoints} endpoints",
+                403,
+            )
+        if caller.max_ttl_seconds is not None:
+            if ttl_seconds is None:
+                return caller.max_ttl_seconds  # a token with a TTL cap makes only ephemerals
+            if ttl_seconds > caller.max_ttl_seconds:
+                raise ControlError(
+                    "ttl_too_long", f"ttl_seconds may be at most {caller.max_ttl_seconds:g}", 403
+                )
+        return ttl_seconds
+
+    def _new_name(self, requested: str | None) -> str:
+        if requested is not None:
+            if not is_valid_endpoint_name(requested):
+                raise ControlError(
+                    "invalid_name",
+                    "endpoint names are lowercase letters, digits and hyphens (a DNS label)",
+                    422,
+                )
+            if self.catalog.exists(requested) or requested in self._creating:
+                raise ControlError("endpoint_exists", f'endpoint "{requested}" exists', 409)
+            return requested
+        for _ in range(_NAME_ATTEMPTS):
+            name = generate_endpoint_name()
+            if not self.catalog.exists(name) and name not in self._creating:
+                return name
+        raise ControlError("name_unavailable", "could not generate a free name", 503)
+
+    async def create(
+        self,
+        caller: Caller,
+        *,
+        name: str | None = None,
+        password: str | None = None,
+        idle_timeout: float | None = None,
+        ttl_seconds: float | None = None,
+        delete_after_idle_seconds: float | None = None,
+        allowed_cidrs: tuple[str, ...] = (),
+    ) -> Created:
+        """Create a suspended endpoint; the result holds its password, shown once."""
+        ttl_seconds = self._check_quota(caller, ttl_seconds)
+        name = self._new_name(name)
+        password = password or secrets.token_urlsafe(18)
+        verifier = make_verifier(password)
+        self._creating.add(name)
+        try:
+            await self.backend.create(EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier))
+            try:
+                record = self.catalog.add_endpoint(
+                    name,
+                    self.backend.name,
+                    idle_timeout,
+                    DEFAULT_ROLE,
+                    verifier,
+                    allowed_cidrs,
+                    owner=caller.token_id,
+                    expires_at=time.time() + ttl_seconds if ttl_seconds else None,
+                    delete_after_idle=delete_after_idle_seconds,
+                )
+            except EndpointExists:
+                await self.backend.delete(name)
+                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
+        finally:
+            self._creating.discard(name)
+        metrics.ENDPOINTS_CREATED.inc()
+        logger.info(
+            "event=endpoint_created endpoint=%s owner=%s ttl_s=%s",
+            name,
+            caller.token_id or "admin",
+            ttl_seconds,
+        )
+        return Created(
+            self._view(record),
+            password,
+            connection_uri(self.settings, name, DEFAULT_ROLE, password, DEFAULT_ROLE),
+        )
+
+    async def delete(self, caller: Caller, name: str, *, reason: str = "api") -> None:
+        """Stop the compute if it runs and remove the endpoint with its data."""
+        record = self._visible(name, caller)
+        lifecycle = self.lifecycles.get(record)
+        await lifecycle.retire()
+        await self.backend.delete(name)
+        self.catalog.delete(name)
+        self.lifecycles.forget(name)
+        metrics.ENDPOINTS_DELETED.labels(reason).inc()
+        logger.info("event=endpoint_deleted endpoint=%s reason=%s", name, reason)
+
+    async def suspend(self, caller: Caller, name: str) -> EndpointView:
+        record = self._visible(name, caller)
+        await self.lifecycles.get(record).suspend("api")
+        return self._view(record)
+
+    async def wake(self, caller: Caller, name: str) -> EndpointView:
+        record = self._visible(name, caller)
+        try:
+            async with asyncio.timeout(self.settings.wake_timeout):
+                await self.lifecycles.get(record).wake()
+        except TimeoutError:
+            raise ControlError("wake_timeout", "the compute did not start in time", 504) from None
+        except Exception as exc:  # CannotConnectNow carries a client-safe reason
+            detail = getattr(exc, "detail", None) or str(exc)
+            raise ControlError(
+                "wake_failed", f"the compute could not start: {detail}", 503
+            ) from None
+        return self._view(record)
+
+    async def branch(
+        self,
+        caller: Caller,
+        source: str,
+        *,
+        name: str | None = None,
+        ttl_seconds: float | None = None,
+    ) -> Created:
+        """A new endpoint holding a consistent copy of ``source``'s data (and its roles).
+
+        The source is woken if needed and copied with a base backup, so writes running on
+        it during the copy are either wholly in the branch or not at all."""
+        source_record = self._visible(source, caller)
+        ttl_seconds = self._check_quota(caller, ttl_seconds)
+        name = self._new_name(name)
+        await self.wake(caller, source)
+        self._creating.add(name)
+        try:
+            await self.backend.branch(source, name)
+            roles = self.catalog.verifiers(source)
+            first_role = DEFAULT_ROLE if DEFAULT_ROLE in roles else next(iter(roles), None)
+            if first_role is None:
+                await self.backend.delete(name)
+                raise ControlError("branch_failed", "the source has no login roles", 409)
+            record = self.catalog.add_endpoint(
+                name,
+                self.backend.name,
+                source_record.idle_timeout,
+                first_role,
+                roles[first_role],
+                source_record.allowed_cidrs,
+                owner=caller.token_id,
+                expires_at=time.time() + ttl_seconds if ttl_seconds else None,
+                roles=roles,
+            )
+        finally:
+            self._creating.discard(name)
+        metrics.ENDPOINTS_CREATED.inc()
+        logger.info(
+            "event=endpoint_branched endpoint=%s source=%s owner=%s",
+            name,
+            source,
+            caller.token_id or "admin",
+        )
+        # Same roles and passwords as the source: no password to show.
+        uri = connection_uri(self.settings, name, DEFAULT_ROLE, None, DEFAULT_ROLE)
+        return Created(self._view(record), None, uri)
+
+    # -- the reaper ------------------------------------------------------------------------
+
+    async def reap(self, now: float | None = None) -> list[str]:
+        """Delete every endpoint past its TTL, or unused for ``delete_after_idle``."""
+        now = time.time() if now is None else now
+        reaped = []
+        for record in self.catalog.list():
+            lifecycle = self.lifecycles.get(record)
+            expired = record.expires_at is not None and record.expires_at <= now
+            last_used = record.last_active or record.created_at
+            idle = (
+                record.delete_after_idle is not None
+                and lifecycle.sessions == 0
+                and lifecycle.state is not EndpointState.RUNNING
+                and last_used + record.delete_after_idle <= now
+            )
+            if not (expired or idle):
+                continue
+            try:
+                await self.delete(ADMIN, record.name, reason="ttl" if expired else "idle")
+            except ControlError:
+                continue  # deleted meanwhile
+            reaped.append(record.name)
+        return reaped
