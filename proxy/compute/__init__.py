@@ -67,6 +67,9 @@ class ComputeBackend(Protocol):
     async def prepare(self) -> None:
         """Get ready to create computes (e.g. make the template); idempotent."""
 
+    async def maintain(self) -> None:
+        """Background upkeep while the server runs (e.g. spare copies); until cancelled."""
+
     async def create(self, spec: EndpointSpec) -> None:
         """Create a suspended compute for a new endpoint."""
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -49,6 +50,18 @@ _PORT: Final = 5432
 _MAX_SOCKET_PATH: Final = 100
 _READY_POLL_SECONDS: Final = 0.002
 _TEMPLATE_READY_MARK: Final = "template.ready"
+# Bumped when the template's contents change; an older template is made again.
+# 2: the template holds the default role and database, so creating an endpoint is a copy.
+# 3: 1 MB WAL segments (a smaller copy).
+_TEMPLATE_VERSION: Final = "3"
+_SETUP_FILE: Final = "setup.json"
+# Ready copies of the template kept by a running server (each ~35 MB of disk).
+_SPARE_COPIES: Final = 2
+# Run by a single-user backend on the template: the default role (no password until an
+# endpoint's first start sets its verifier) and its database.
+_TEMPLATE_SQL: Final = (
+    "CREATE ROLE app NOLOGIN CREATEDB CREATEROLE;\nCREATE DATABASE app OWNER app;\n"
+)
 _FALLBACK_ROOT: Final = Path("/var/lib/pgwake")
 
 # Appended to the template's postgresql.conf. Computes listen on a unix socket only.
@@ -75,6 +88,7 @@ class LocalBackend:
         self._root = self._compute_root()
         self._bindir = self._reachable_bindir(find_bindir(settings.pg_bindir))
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._spares_wanted = asyncio.Event()
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -187,9 +201,15 @@ class LocalBackend:
 
     # -- template ------------------------------------------------------------------------
 
+    def _template_ready(self) -> bool:
+        try:
+            return (self._root / _TEMPLATE_READY_MARK).read_text().strip() == _TEMPLATE_VERSION
+        except FileNotFoundError:
+            return False
+
     async def prepare(self) -> None:
         """Make the template data directory once (initdb), guarded by a file lock."""
-        if (self._root / _TEMPLATE_READY_MARK).exists():
+        if self._template_ready():
             return
         await asyncio.to_thread(self._make_template)
 
@@ -199,7 +219,7 @@ class LocalBackend:
         (self._root / "endpoints").mkdir(exist_ok=True, mode=0o711)
         with open(self._root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if (self._root / _TEMPLATE_READY_MARK).exists():
+            if self._template_ready():
                 return
             secret_file = self._state_dir / "admin-password"
             if not secret_file.exists():
@@ -207,6 +227,7 @@ class LocalBackend:
                 with os.fdopen(fd, "w") as out:
                     out.write(secrets.token_urlsafe(32))
             shutil.rmtree(self._template, ignore_errors=True)
+            shutil.rmtree(self._root / "spares", ignore_errors=True)  # copies of the old one
             self._mkdir_for_compute(self._template)
             pwfile = self._root / ".initdb-pw"
             pwfile.write_text(self._admin_password())
@@ -229,6 +250,9 @@ class LocalBackend:
                         "--auth-local=scram-sha-256",
                         "--auth-host=scram-sha-256",
                         "--no-sync",
+                        # 1 MB WAL segments instead of 16: every new endpoint copies the
+                        # template, and a fresh cluster's WAL is one mostly empty segment.
+                        "--wal-segsize=1",
                     ],
                     cwd=str(self._root),
                 )
@@ -238,8 +262,27 @@ class LocalBackend:
                 pwfile.unlink(missing_ok=True)
             with open(self._template / "postgresql.conf", "a") as conf:
                 conf.write(_TEMPLATE_CONF)
+            try:
+                self._run_as_compute(
+                    [
+                        str(self._bindir / "postgres"),
+                        "--single",
+                        "-D",
+                        str(self._template),
+                        "-F",
+                        "-c",
+                        "listen_addresses=",
+                        "postgres",
+                    ],
+                    cwd=str(self._root),
+                    input=_TEMPLATE_SQL.encode(),
+                )
+            except subprocess.CalledProcessError as exc:
+                raise RuntimeError(
+                    f"template setup failed: {exc.stderr.decode(errors='replace')}"
+                ) from exc
             os.sync()  # initdb ran with --no-sync; flush once here instead of per file
-            (self._root / _TEMPLATE_READY_MARK).touch()
+            (self._root / _TEMPLATE_READY_MARK).write_text(_TEMPLATE_VERSION)
             logger.info(
                 "event=template_created ms=%d bindir=%s",
                 (time.monotonic() - started) * 1000,
@@ -255,23 +298,75 @@ class LocalBackend:
             raise FileExistsError(f"endpoint {spec.name!r} already has a data directory")
         try:
             self._mkdir_for_compute(endpoint_dir)
-            # cp -a keeps the compute user's ownership; reflink makes it instant where the
-            # filesystem allows (btrfs, XFS), a plain copy elsewhere.
-            await asyncio.to_thread(
-                subprocess.run,
-                ["cp", "-a", "--reflink=auto", str(self._template), str(self.data_dir(spec.name))],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-            address = await self.start(spec.name, ready_timeout=60)
-            try:
-                await management.setup_endpoint(address, self._admin_password(), spec)
-            finally:
-                await self.stop(spec.name)
+            if not self._take_spare(self.data_dir(spec.name)):
+                await asyncio.to_thread(self._copy_template, self.data_dir(spec.name))
+            self._spares_wanted.set()
+            # The role's verifier is set on the first start (see _apply_setup): creating
+            # an endpoint is just this copy.
+            setup = endpoint_dir / _SETUP_FILE
+            fd = os.open(setup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(
+                    {"role": spec.role, "database": spec.database, "verifier": spec.verifier}, out
+                )
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, endpoint_dir, True)
             raise
+
+    # -- spare copies of the template ----------------------------------------------------
+
+    def _copy_template(self, target: Path) -> None:
+        # cp -a keeps the compute user's ownership; reflink makes it instant where the
+        # filesystem allows (btrfs, XFS), a plain copy (~35 MB) elsewhere.
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(self._template), str(target)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+
+    def _take_spare(self, target: Path) -> bool:
+        """Move a ready copy of the template into place (a rename: instant)."""
+        spares = self._root / "spares"
+        try:
+            names = sorted(p.name for p in spares.iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return False
+        for name in names:
+            try:
+                (spares / name).rename(target)  # atomic: two creators never share one
+            except OSError:
+                continue
+            return True
+        return False
+
+    def _spare_count(self) -> int:
+        try:
+            return sum(1 for p in (self._root / "spares").iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return 0
+
+    def _make_spare(self) -> None:
+        spares = self._root / "spares"
+        spares.mkdir(exist_ok=True, mode=0o711)
+        name = secrets.token_hex(8)
+        partial = spares / f".{name}"
+        try:
+            self._copy_template(partial)
+            partial.rename(spares / name)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    async def maintain(self, spares: int = _SPARE_COPIES) -> None:
+        """Keep ``spares`` copies of the template ready, so that creating an endpoint is a
+        rename rather than a 35 MB copy. Runs until cancelled (the server runs it)."""
+        await self.prepare()
+        while True:
+            while self._spare_count() < spares:
+                await asyncio.to_thread(self._make_spare)
+            self._spares_wanted.clear()
+            await self._spares_wanted.wait()
 
     async def branch(self, source: str, target: str) -> None:
         """Copy the running ``source`` with ``pg_basebackup`` (a consistent snapshot even
@@ -345,7 +440,9 @@ class LocalBackend:
         while True:
             pid_file = read_postmaster_pid(data_dir)
             if pid_file is not None and pid_file.pid == process.pid and pid_file.status == "ready":
-                return self._address(socket_dir)
+                address = self._address(socket_dir)
+                await self._apply_setup(endpoint, address)
+                return address
             if process.poll() is not None:
                 self._children.pop(endpoint, None)
                 raise ComputeStartError(self._failure_reason(log_path, log_offset, data_dir))
@@ -353,6 +450,22 @@ class LocalBackend:
                 await self.stop(endpoint)
                 raise ComputeStartError(f"postgres did not become ready within {ready_timeout:g} s")
             await asyncio.sleep(_READY_POLL_SECONDS)
+
+    async def _apply_setup(self, endpoint: str, address: ComputeAddress) -> None:
+        """First start of a new endpoint: give its role the verifier chosen at create."""
+        setup_path = self._endpoint_dir(endpoint) / _SETUP_FILE
+        try:
+            setup = json.loads(setup_path.read_text())
+        except FileNotFoundError:
+            return
+        spec = EndpointSpec(endpoint, setup["role"], setup["database"], setup["verifier"])
+        try:
+            await management.setup_endpoint(address, self._admin_password(), spec)
+        except Exception as exc:
+            logger.exception("event=endpoint_setup_failed endpoint=%s", endpoint)
+            await self.stop(endpoint)
+            raise ComputeStartError("the endpoint's first-start setup failed") from exc
+        setup_path.unlink()
 
     def _spawn(
         self, data_dir: Path, socket_dir: Path, log_path: Path

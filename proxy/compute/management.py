@@ -122,13 +122,18 @@ class ManagementConnection:
 
 
 async def setup_endpoint(address: ComputeAddress, password: str, spec: EndpointSpec) -> None:
-    """Create the endpoint's login role (from its SCRAM verifier) and its database."""
+    """Give the endpoint's login role its SCRAM verifier, creating the role and database
+    when the template does not already hold them. Idempotent."""
     conn = await _connect(address, password)
     try:
         role = quote_ident(spec.role)
-        await conn.execute(
-            f"CREATE ROLE {role} LOGIN CREATEDB CREATEROLE PASSWORD {quote_literal(spec.verifier)}"
-        )
-        await conn.execute(f"CREATE DATABASE {quote_ident(spec.database)} OWNER {role}")
+        verifier = quote_literal(spec.verifier)
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", spec.role)
+        if exists:
+            await conn.execute(f"ALTER ROLE {role} LOGIN PASSWORD {verifier}")
+        else:
+            await conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB CREATEROLE PASSWORD {verifier}")
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", spec.database):
+            await conn.execute(f"CREATE DATABASE {quote_ident(spec.database)} OWNER {role}")
     finally:
         await conn.close(timeout=_CONNECT_TIMEOUT)

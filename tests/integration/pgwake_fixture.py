@@ -263,7 +263,9 @@ def seeded_state_dir() -> Path:
     )
     shutil.copy2(_template_cache / "admin-password", state_dir / "admin-password")
     (state_dir / "computes" / "endpoints").mkdir(mode=0o711)
-    (state_dir / "computes" / "template.ready").touch()
+    shutil.copy2(
+        _template_cache / "computes" / "template.ready", state_dir / "computes" / "template.ready"
+    )
     return state_dir
 
 

@@ -100,7 +100,7 @@ def test_wrong_password_and_unknown_role_get_one_answer_and_wake_nothing(
 ) -> None:
     pgwake = shared_pgwake
     pgwake.create("cold")
-    assert pgwake.compute_starts("cold") == 1  # the create's own start
+    assert pgwake.compute_starts("cold") == 0  # creating an endpoint starts nothing
 
     # An unknown role gets the same opening as a real one (a mock exchange), no early error.
     for role in ("app", "ghost"):
@@ -120,7 +120,7 @@ def test_wrong_password_and_unknown_role_get_one_answer_and_wake_nothing(
     assert unknown.args[0] == _failed_text("ghost")
     assert _shape(wrong, "app") == _shape(unknown, "ghost")  # no role oracle in any field
 
-    assert pgwake.compute_starts("cold") == 1
+    assert pgwake.compute_starts("cold") == 0
     assert _wakes(pgwake, "cold") == 0
     assert pgwake.state("cold") == "suspended"
 

@@ -185,7 +185,7 @@ def test_allow_list_refuses_before_authentication(capped: Pgwake) -> None:
     assert fields["C"] == "28000"
     assert "allow-list" in fields["M"]
     assert "127.0.0.1" in fields.get("D", "")
-    assert pgwake.compute_starts("fenced") == 1  # only the create's own start
+    assert pgwake.compute_starts("fenced") == 0  # never started
     assert pgwake.state("fenced") == "suspended"
     # The endpoint itself is fine: an endpoint without a list answers the same startup
     # with the SCRAM request.

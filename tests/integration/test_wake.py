@@ -15,7 +15,7 @@ def test_psql_and_asyncpg_wake_a_suspended_endpoint_once(pgwake: Pgwake) -> None
     uri = pgwake.create("alpha")
     pgwake.start()
     assert pgwake.state("alpha") in (None, "suspended")
-    assert pgwake.compute_starts("alpha") == 1  # the start that set up its role at create
+    assert pgwake.compute_starts("alpha") == 0  # creating an endpoint starts nothing
 
     # psql with libpq defaults (sslmode=prefer: TLS with the self-signed certificate).
     psql_uri = uri.replace("6432", str(pgwake.port))
@@ -37,7 +37,7 @@ def test_psql_and_asyncpg_wake_a_suspended_endpoint_once(pgwake: Pgwake) -> None
 
     assert uvloop.run(with_asyncpg()) == "app"
     assert pgwake.metric("pgwake_wakes_total", endpoint="alpha", outcome="success") == 1
-    assert pgwake.compute_starts("alpha") == 2  # create's setup start + exactly one wake
+    assert pgwake.compute_starts("alpha") == 1  # exactly one wake
     assert pgwake.state("alpha") == "running"
 
 
@@ -60,4 +60,4 @@ def test_200_concurrent_connects_to_a_suspended_endpoint_start_it_once(pgwake: P
     assert not failures, failures[:3]
     assert sorted(results) == list(range(200))  # type: ignore[type-var]
     assert pgwake.metric("pgwake_wakes_total", endpoint="crowd", outcome="success") == 1
-    assert pgwake.compute_starts("crowd") == 2  # create's setup start + one wake
+    assert pgwake.compute_starts("crowd") == 1  # one wake
