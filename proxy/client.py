@@ -1,0 +1,209 @@
+"""A small typed client for pgwake's HTTP API (stdlib only).
+
+Creating a database is three lines::
+
+    from proxy.client import PgwakeClient
+    db = PgwakeClient().create_endpoint(ttl_seconds=3600)
+    print(db.connection_uri)  # postgresql://app:...@127.0.0.1:6432/app?options=endpoint%3D...
+
+``PgwakeClient()`` reads ``PGWAKE_API_URL`` (default ``http://127.0.0.1:8080``) and the
+token from ``PGWAKE_TOKEN``, else ``PGWAKE_ADMIN_TOKEN``, else the ``admin-token`` file of
+the local state dir (``PGWAKE_STATE_DIR``, default ``./.pgwake``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["ApiError", "Endpoint", "NewEndpoint", "PgwakeClient", "Token"]
+
+DEFAULT_API_URL: Final = "http://127.0.0.1:8080"
+_TIMEOUT: Final = 60.0
+
+
+class ApiError(Exception):
+    """The API refused a request: ``status``, the stable ``code`` and its ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An endpoint as the API describes it."""
+
+    name: str
+    state: str
+    connection_uri: str
+    backend: str = "local"
+    idle_timeout_seconds: float | None = None
+    created_at: float | None = None
+    last_active: float | None = None
+    expires_at: float | None = None
+    delete_after_idle_seconds: float | None = None
+    allowed_cidrs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEndpoint(Endpoint):
+    """A just-created endpoint: ``connection_uri`` holds the password, shown this once."""
+
+    password: str | None = None
+
+    def __repr__(self) -> str:  # keep the password out of logs and tracebacks
+        return f"NewEndpoint(name={self.name!r}, state={self.state!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A scoped API token; ``token`` is the secret, shown once."""
+
+    id: str
+    token: str
+    label: str | None = None
+    max_endpoints: int | None = None
+    max_ttl_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Token(id={self.id!r})"
+
+
+def _build(cls: type[Any], data: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    return cls(**values)
+
+
+def _default_token() -> str | None:
+    for name in ("PGWAKE_TOKEN", "PGWAKE_ADMIN_TOKEN"):
+        if os.environ.get(name):
+            return os.environ[name]
+    path = Path(os.environ.get("PGWAKE_STATE_DIR", ".pgwake")) / "admin-token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class PgwakeClient:
+    """Synchronous client; every method raises ``ApiError`` on a refused request and
+    ``OSError`` when the server cannot be reached."""
+
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        self.url = (url or os.environ.get("PGWAKE_API_URL") or DEFAULT_API_URL).rstrip("/")
+        self._token = token if token is not None else _default_token()
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = (
+            None
+            if body is None
+            else json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+        )
+        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:  # noqa: S310
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())["error"]
+                raise ApiError(exc.code, error["code"], error["message"]) from None
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(exc.code, "http_error", str(exc.reason)) from None
+        return json.loads(payload) if payload else None
+
+    def create_endpoint(
+        self,
+        name: str | None = None,
+        *,
+        password: str | None = None,
+        idle_timeout_seconds: float | None = None,
+        ttl_seconds: float | None = None,
+        delete_after_idle_seconds: float | None = None,
+        allowed_cidrs: list[str] | None = None,
+    ) -> NewEndpoint:
+        """Create an endpoint (suspended until its first connect)."""
+        data = self._request(
+            "POST",
+            "/v1/endpoints",
+            {
+                "name": name,
+                "password": password,
+                "idle_timeout_seconds": idle_timeout_seconds,
+                "ttl_seconds": ttl_seconds,
+                "delete_after_idle_seconds": delete_after_idle_seconds,
+                "allowed_cidrs": allowed_cidrs,
+            },
+        )
+        result: NewEndpoint = _build(NewEndpoint, data)
+        return result
+
+    def list_endpoints(self) -> list[Endpoint]:
+        data = self._request("GET", "/v1/endpoints")
+        return [_build(Endpoint, item) for item in data["endpoints"]]
+
+    def get_endpoint(self, name: str) -> Endpoint:
+        result: Endpoint = _build(Endpoint, self._request("GET", f"/v1/endpoints/{_q(name)}"))
+        return result
+
+    def delete_endpoint(self, name: str) -> None:
+        self._request("DELETE", f"/v1/endpoints/{_q(name)}")
+
+    def suspend_endpoint(self, name: str) -> Endpoint:
+        result: Endpoint = _build(
+            Endpoint, self._request("POST", f"/v1/endpoints/{_q(name)}/suspend")
+        )
+        return result
+
+    def wake_endpoint(self, name: str) -> Endpoint:
+        result: Endpoint = _build(Endpoint, self._request("POST", f"/v1/endpoints/{_q(name)}/wake"))
+        return result
+
+    def branch_endpoint(
+        self, source: str, name: str | None = None, *, ttl_seconds: float | None = None
+    ) -> NewEndpoint:
+        """A new endpoint holding a consistent copy of ``source`` (same roles)."""
+        data = self._request(
+            "POST",
+            f"/v1/endpoints/{_q(source)}/branches",
+            {"name": name, "ttl_seconds": ttl_seconds},
+        )
+        result: NewEndpoint = _build(NewEndpoint, data)
+        return result
+
+    def mint_token(
+        self,
+        *,
+        label: str | None = None,
+        max_endpoints: int | None = None,
+        max_ttl_seconds: float | None = None,
+    ) -> Token:
+        """Mint a scoped token (needs the admin token)."""
+        data = self._request(
+            "POST",
+            "/v1/tokens",
+            {"label": label, "max_endpoints": max_endpoints, "max_ttl_seconds": max_ttl_seconds},
+        )
+        result: Token = _build(Token, data)
+        return result
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/v1/tokens/{_q(token_id)}")
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
