@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 from proxy import metrics
 from proxy.auth.scram import make_verifier
 from proxy.catalog import EndpointExists
-from proxy.compute import EndpointSpec
+from proxy.compute import ComputeStartError, EndpointSpec
 from proxy.endpoints import DEFAULT_ROLE, connection_uri
 from proxy.lifecycle import EndpointState
 from proxy.names import generate_endpoint_name
@@ -140,7 +141,11 @@ class ControlPlane:
         self.backend = backend
         self.lifecycles = lifecycles
         self._admin_token = admin_token
-        self._creating: set[str] = set()
+        #: Names being created or branched, with the token that asked (``None``: admin).
+        #: They count against that token's quota before the catalog holds them.
+        self._creating: dict[str, str | None] = {}
+        #: Names being deleted: already gone for every caller.
+        self._deleting: set[str] = set()
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -188,7 +193,11 @@ class ControlPlane:
 
     def _visible(self, name: str, caller: Caller) -> EndpointRecord:
         record = self.catalog.get(name)
-        if record is None or not (caller.is_admin or record.owner == caller.token_id):
+        if (
+            record is None
+            or name in self._deleting
+            or not (caller.is_admin or record.owner == caller.token_id)
+        ):
             raise _not_found(name)
         return record
 
@@ -213,23 +222,23 @@ class ControlPlane:
         return [
             self._view(r)
             for r in self.catalog.list()
-            if caller.is_admin or r.owner == caller.token_id
+            if (caller.is_admin or r.owner == caller.token_id) and r.name not in self._deleting
         ]
 
     def get(self, caller: Caller, name: str) -> EndpointView:
         return self._view(self._visible(name, caller))
 
     def _check_quota(self, caller: Caller, ttl_seconds: float | None) -> float | None:
-        if (
-            caller.max_endpoints is not None
-            and caller.token_id is not None
-            and self.catalog.count_owned(caller.token_id) >= caller.max_endpoints
-        ):
-            raise ControlError(
-                "quota_exceeded",
-                f"this token may hold at most {caller.max_endpoints} endpoints",
-                403,
-            )
+        """The TTL to give a new endpoint of ``caller``; raise ``ControlError`` over quota."""
+        if caller.max_endpoints is not None and caller.token_id is not None:
+            # Creates still in flight count too: parallel requests cannot overshoot.
+            in_flight = sum(owner == caller.token_id for owner in self._creating.values())
+            if self.catalog.count_owned(caller.token_id) + in_flight >= caller.max_endpoints:
+                raise ControlError(
+                    "quota_exceeded",
+                    f"this token may hold at most {caller.max_endpoints} endpoints",
+                    403,
+                )
         if caller.max_ttl_seconds is not None:
             if ttl_seconds is None:
                 return caller.max_ttl_seconds  # a token with a TTL cap makes only ephemerals
@@ -239,7 +248,10 @@ class ControlPlane:
                 )
         return ttl_seconds
 
-    def _new_name(self, requested: str | None) -> str:
+    def _reserve_name(self, caller: Caller, requested: str | None) -> str:
+        """A free name (``requested``, or a generated one), held until ``_release_name``.
+
+        Call it with no ``await`` since the quota check, so both see the same state."""
         if requested is not None:
             if not is_valid_endpoint_name(requested):
                 raise ControlError(
@@ -249,12 +261,19 @@ class ControlPlane:
                 )
             if self.catalog.exists(requested) or requested in self._creating:
                 raise ControlError("endpoint_exists", f'endpoint "{requested}" exists', 409)
-            return requested
-        for _ in range(_NAME_ATTEMPTS):
-            name = generate_endpoint_name()
-            if not self.catalog.exists(name) and name not in self._creating:
-                return name
-        raise ControlError("name_unavailable", "could not generate a free name", 503)
+            name = requested
+        else:
+            for _ in range(_NAME_ATTEMPTS):
+                name = generate_endpoint_name()
+                if not self.catalog.exists(name) and name not in self._creating:
+                    break
+            else:
+                raise ControlError("name_unavailable", "could not generate a free name", 503)
+        self._creating[name] = caller.token_id
+        return name
+
+    def _release_name(self, name: str) -> None:
+        self._creating.pop(name, None)
 
     async def create(
         self,
@@ -267,14 +286,25 @@ class ControlPlane:
         delete_after_idle_seconds: float | None = None,
         allowed_cidrs: tuple[str, ...] = (),
     ) -> Created:
-        """Create a suspended endpoint; the result holds its password, shown once."""
-        ttl_seconds = self._check_quota(caller, ttl_seconds)
-        name = self._new_name(name)
-        password = password or secrets.token_urlsafe(18)
-        verifier = make_verifier(password)
-        self._creating.add(name)
+        """Create a suspended endpoint; the result holds its password, shown once.
+
+        Raises ``ControlError``: ``quota_exceeded``/``ttl_too_long`` (403), ``invalid_name``
+        or ``invalid_cidr`` (422), ``endpoint_exists`` (409), ``name_unavailable`` (503)."""
         try:
-            await self.backend.create(EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier))
+            networks = tuple(str(ipaddress.ip_network(c, strict=False)) for c in allowed_cidrs)
+        except ValueError:
+            raise ControlError(
+                "invalid_cidr", "allowed_cidrs holds something that is not a network", 422
+            ) from None
+        ttl_seconds = self._check_quota(caller, ttl_seconds)
+        name = self._reserve_name(caller, name)
+        try:
+            password = password or secrets.token_urlsafe(18)
+            verifier = make_verifier(password)
+            try:
+                await self.backend.create(EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier))
+            except FileExistsError:  # a data directory the catalog does not know
+                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
             try:
                 record = self.catalog.add_endpoint(
                     name,
@@ -282,16 +312,16 @@ class ControlPlane:
                     idle_timeout,
                     DEFAULT_ROLE,
                     verifier,
-                    allowed_cidrs,
+                    networks,
                     owner=caller.token_id,
                     expires_at=time.time() + ttl_seconds if ttl_seconds else None,
                     delete_after_idle=delete_after_idle_seconds,
                 )
-            except EndpointExists:
+            except EndpointExists:  # e.g. `pgwake endpoint create` of the same name
                 await self.backend.delete(name)
                 raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
         finally:
-            self._creating.discard(name)
+            self._release_name(name)
         metrics.ENDPOINTS_CREATED.inc()
         logger.info(
             "event=endpoint_created endpoint=%s owner=%s ttl_s=%s",
@@ -306,13 +336,19 @@ class ControlPlane:
         )
 
     async def delete(self, caller: Caller, name: str, *, reason: str = "api") -> None:
-        """Stop the compute if it runs and remove the endpoint with its data."""
+        """Stop the compute if it runs and remove the endpoint with its data.
+
+        Raises ``ControlError`` ``endpoint_not_found`` (also while another delete runs)."""
         record = self._visible(name, caller)
-        lifecycle = self.lifecycles.get(record)
-        await lifecycle.retire()
-        await self.backend.delete(name)
-        self.catalog.delete(name)
-        self.lifecycles.forget(name)
+        self._deleting.add(name)
+        try:
+            lifecycle = self.lifecycles.get(record)
+            await lifecycle.retire()
+            await self.backend.delete(name)
+            self.catalog.delete(name)
+            self.lifecycles.forget(name)
+        finally:
+            self._deleting.discard(name)
         metrics.ENDPOINTS_DELETED.labels(reason).inc()
         logger.info("event=endpoint_deleted endpoint=%s reason=%s", name, reason)
 
@@ -322,6 +358,10 @@ class ControlPlane:
         return self._view(record)
 
     async def wake(self, caller: Caller, name: str) -> EndpointView:
+        """Start the compute if needed and wait until it runs.
+
+        Raises ``ControlError``: ``endpoint_not_found``, ``wake_failed`` (503),
+        ``wake_timeout`` (504)."""
         record = self._visible(name, caller)
         try:
             async with asyncio.timeout(self.settings.wake_timeout):
@@ -346,32 +386,50 @@ class ControlPlane:
         """A new endpoint holding a consistent copy of ``source``'s data (and its roles).
 
         The source is woken if needed and copied with a base backup, so writes running on
-        it during the copy are either wholly in the branch or not at all."""
+        it during the copy are either wholly in the branch or not at all. Raises
+        ``ControlError`` as ``create`` and ``wake`` do, and ``branch_failed`` (503)."""
         source_record = self._visible(source, caller)
         ttl_seconds = self._check_quota(caller, ttl_seconds)
-        name = self._new_name(name)
-        await self.wake(caller, source)
-        self._creating.add(name)
+        name = self._reserve_name(caller, name)
+        source_lifecycle = self.lifecycles.get(source_record)
+        # Held like a client session while it is copied: neither the idle timer nor the
+        # reaper's idle rule stops the source under pg_basebackup.
+        source_lifecycle.acquire()
         try:
-            await self.backend.branch(source, name)
+            await self.wake(caller, source)
+            try:
+                await self.backend.branch(source, name)
+            except ComputeStartError as exc:
+                raise ControlError(
+                    "branch_failed", f"could not copy {source}: {exc.reason}", 503
+                ) from None
+            except FileExistsError:
+                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
+            # The copy holds the source's roles as they are now: store their verifiers.
+            await source_lifecycle.sync_verifiers()
             roles = self.catalog.verifiers(source)
             first_role = DEFAULT_ROLE if DEFAULT_ROLE in roles else next(iter(roles), None)
             if first_role is None:
                 await self.backend.delete(name)
                 raise ControlError("branch_failed", "the source has no login roles", 409)
-            record = self.catalog.add_endpoint(
-                name,
-                self.backend.name,
-                source_record.idle_timeout,
-                first_role,
-                roles[first_role],
-                source_record.allowed_cidrs,
-                owner=caller.token_id,
-                expires_at=time.time() + ttl_seconds if ttl_seconds else None,
-                roles=roles,
-            )
+            try:
+                record = self.catalog.add_endpoint(
+                    name,
+                    self.backend.name,
+                    source_record.idle_timeout,
+                    first_role,
+                    roles[first_role],
+                    source_record.allowed_cidrs,
+                    owner=caller.token_id,
+                    expires_at=time.time() + ttl_seconds if ttl_seconds else None,
+                    roles=roles,
+                )
+            except EndpointExists:
+                await self.backend.delete(name)
+                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
         finally:
-            self._creating.discard(name)
+            source_lifecycle.release()
+            self._release_name(name)
         metrics.ENDPOINTS_CREATED.inc()
         logger.info(
             "event=endpoint_branched endpoint=%s source=%s owner=%s",
@@ -386,7 +444,8 @@ class ControlPlane:
     # -- the reaper ------------------------------------------------------------------------
 
     async def reap(self, now: float | None = None) -> list[str]:
-        """Delete every endpoint past its TTL, or unused for ``delete_after_idle``."""
+        """Delete every endpoint past its TTL, or unused for ``delete_after_idle``; return
+        their names. One endpoint that cannot be deleted is logged and skipped."""
         now = time.time() if now is None else now
         reaped = []
         for record in self.catalog.list():
@@ -396,7 +455,7 @@ class ControlPlane:
             idle = (
                 record.delete_after_idle is not None
                 and lifecycle.sessions == 0
-                and lifecycle.state is not EndpointState.RUNNING
+                and lifecycle.state in (EndpointState.SUSPENDED, EndpointState.FAILED)
                 and last_used + record.delete_after_idle <= now
             )
             if not (expired or idle):
@@ -405,5 +464,8 @@ class ControlPlane:
                 await self.delete(ADMIN, record.name, reason="ttl" if expired else "idle")
             except ControlError:
                 continue  # deleted meanwhile
+            except Exception:
+                logger.exception("event=reap_failed endpoint=%s", record.name)
+                continue
             reaped.append(record.name)
         return reaped
