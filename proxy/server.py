@@ -1,9 +1,11 @@
 """Listeners, signals and the graceful drain (uvicorn's ``server.py`` order).
 
 Start: lock the state dir, open the catalog, prepare the backend, adopt computes still
-running from an earlier pgwake, serve metrics, listen. Stop (SIGTERM/SIGINT): stop
-accepting, let sessions finish for ``drain_timeout``, then suspend every compute cleanly
-(its fast shutdown ends the remaining sessions with 57P01). A second signal skips the drain.
+running from an earlier pgwake, serve metrics, listen (the proxy, then the HTTP API on the
+same event loop), start the reaper. Stop (SIGTERM/SIGINT): stop accepting, let sessions and
+API requests finish for ``drain_timeout``, stop the reaper, then suspend every compute
+cleanly (its fast shutdown ends the remaining sessions with 57P01). A second signal skips
+the drain.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 
+from proxy.api import ApiServer, bind, create_app
 from proxy.cancel import CancelMap
 from proxy.catalog import Catalog
 from proxy.compute import load_backend
+from proxy.control import ControlPlane
 from proxy.lifecycle import LifecycleManager
 from proxy.session import SessionContext, serve_session
 from proxy.stream import PacketStream
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from proxy.compute import ComputeBackend
     from proxy.settings import Settings
     from proxy.tls import TlsMaterial
 
@@ -41,6 +46,9 @@ __all__ = ["Server", "StartupFailure"]
 
 logger = logging.getLogger(__name__)
 _LISTEN_BACKLOG = 2048
+_ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
+# How long shutdown waits for a reaper sweep in flight before cancelling it.
+_REAPER_STOP_SECONDS = 10.0
 
 
 def _load_secret(path: Path) -> bytes:
@@ -53,6 +61,28 @@ def _load_secret(path: Path) -> bytes:
         with os.fdopen(fd, "wb") as out:
             out.write(secret)
         return secret
+
+
+def _admin_token(settings: Settings, state_dir: Path) -> str:
+    """``admin_token``, else the one in ``<state_dir>/admin-token``, made (0600) on first use.
+
+    The token's path is logged, never its value."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = state_dir / _ADMIN_TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = "pgwa_" + secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        logger.info("event=admin_token_generated path=%s", path)
+        return token
+    if not token:
+        raise StartupFailure(f"{path} is empty; delete it to generate a new admin token")
+    logger.info("event=admin_token_loaded path=%s", path)
+    return token
 
 
 class StartupFailure(Exception):
@@ -79,7 +109,9 @@ class Server:
         self._sessions: set[asyncio.Task[None]] = set()
         self._shutdown = asyncio.Event()
         self._force = False
+        self._listening = False
         self._ctx: SessionContext | None = None
+        self._api: ApiServer | None = None
 
     def start_session(self, stream: PacketStream) -> None:
         if self._ctx is None or self._shutdown.is_set():
@@ -95,9 +127,16 @@ class Server:
             logger.warning("event=shutdown_forced signal=%s", signum)
             for task in list(self._sessions):
                 task.cancel()
+            if self._api is not None:
+                self._api.request_stop(force=True)
             return
         logger.info("event=shutdown_requested signal=%s sessions=%d", signum, len(self._sessions))
+        # The API keeps answering while sessions drain: /readyz says 503 from now on.
         self._shutdown.set()
+
+    def ready(self) -> bool:
+        """Whether pgwake accepts connections (``/readyz``): listening, not shutting down."""
+        return self._listening and not self._shutdown.is_set()
 
     def _load_tls(self, state_dir: Path) -> TlsMaterial:
         settings = self.settings
@@ -137,6 +176,8 @@ class Server:
         lock = self._lock_state_dir(state_dir)
         catalog = Catalog(state_dir / "catalog.sqlite3")
         metrics_server: Any = None
+        reaper: asyncio.Task[None] | None = None
+        upkeep: asyncio.Task[None] | None = None
         try:
             try:
                 backend = load_backend("local", settings)
@@ -151,6 +192,13 @@ class Server:
                 backend, catalog, settings.idle_timeout, settings.wake_timeout
             )
             adopted = lifecycles.adopt_running()
+            # Without the API nobody holds the admin token: an unguessable throwaway.
+            admin_token = (
+                _admin_token(settings, state_dir)
+                if settings.api_address is not None
+                else secrets.token_urlsafe(32)
+            )
+            control = ControlPlane(settings, catalog, backend, lifecycles, admin_token)
             self._ctx = SessionContext(
                 settings,
                 catalog,
@@ -181,13 +229,32 @@ class Server:
                 )
             except OSError as exc:
                 raise StartupFailure(f"cannot listen on {settings.listen}: {exc.strerror}") from exc
+            if settings.api_address is not None:
+                try:
+                    api_socket = bind(*settings.api_address)
+                except OSError as exc:
+                    listener.close()
+                    raise StartupFailure(
+                        f"cannot listen on api {settings.api_listen}: {exc.strerror}"
+                    ) from exc
+                self._api = ApiServer(
+                    create_app(control, ready=self.ready),
+                    api_socket,
+                    debug=settings.log_level == "debug",
+                    graceful_seconds=settings.drain_timeout,
+                )
+                self._api.start()
+            reaper = asyncio.create_task(self._reap(control), name="reaper")
+            upkeep = asyncio.create_task(self._maintain(backend), name="backend-upkeep")
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.request_shutdown, signum)
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls, state_dir)
+            self._listening = True
             logger.info(
-                "event=listening address=%s metrics=%s endpoints=%d adopted=%d backend=%s",
+                "event=listening address=%s metrics=%s api=%s endpoints=%d adopted=%d backend=%s",
                 settings.listen,
                 settings.metrics_listen or "off",
+                self._api.address if self._api is not None else "off",
                 len(catalog.list()),
                 adopted,
                 backend.name,
@@ -195,8 +262,16 @@ class Server:
             if on_ready is not None:
                 on_ready()
             await self._shutdown.wait()
-            await self._drain(listener, lifecycles)
+            await self._drain(listener, lifecycles, reaper)
         finally:
+            self._listening = False
+            if self._api is not None:
+                await self._api.stop()
+            for task in (reaper, upkeep):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     asyncio.get_running_loop().remove_signal_handler(signum)
@@ -205,7 +280,32 @@ class Server:
             catalog.close()
             lock.close()
 
-    async def _drain(self, listener: asyncio.Server, lifecycles: LifecycleManager) -> None:
+    async def _maintain(self, backend: ComputeBackend) -> None:
+        """The backend's upkeep (spare template copies); a failure is logged, not fatal."""
+        try:
+            await backend.maintain()
+        except Exception:
+            logger.exception("event=backend_upkeep_failed backend=%s", backend.name)
+
+    async def _reap(self, control: ControlPlane) -> None:
+        """Every ``reaper_interval`` seconds: delete endpoints past their TTL or idle time."""
+        while not self._shutdown.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.reaper_interval):
+                    await self._shutdown.wait()
+            if self._shutdown.is_set():
+                return
+            try:
+                await control.reap()
+            except Exception:
+                logger.exception("event=reap_failed")
+
+    async def _drain(
+        self,
+        listener: asyncio.Server,
+        lifecycles: LifecycleManager,
+        reaper: asyncio.Task[None] | None,
+    ) -> None:
         listener.close()
         started = time.monotonic()
         if self._sessions and not self._force:
@@ -214,6 +314,14 @@ class Server:
             )
             if pending:
                 logger.warning("event=drain_timeout closing=%d", len(pending))
+        # The API and the reaper stop before the computes: a create, wake or delete in
+        # flight finishes (or is cut off) first, and none starts a compute afterwards.
+        if self._api is not None:
+            await self._api.stop()
+        if reaper is not None:
+            _, pending_reap = await asyncio.wait({reaper}, timeout=_REAPER_STOP_SECONDS)
+            for task in pending_reap:
+                task.cancel()
         # Suspending first lets each compute end its remaining sessions itself: a fast
         # shutdown sends every client a well-framed FATAL 57P01, which the relay forwards.
         await lifecycles.suspend_all()

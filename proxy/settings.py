@@ -12,7 +12,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import (
     BaseSettings,
@@ -23,6 +23,9 @@ from pydantic_settings import (
 )
 
 __all__ = ["Settings", "load_settings", "parse_host_port"]
+
+#: A shorter admin token would be guessable; generated ones have 43 characters.
+_MIN_ADMIN_TOKEN_LENGTH = 16
 
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
 
@@ -75,6 +78,21 @@ class Settings(BaseSettings):
     )
     metrics_listen: str = Field(
         "127.0.0.1:9187", description="Address of the Prometheus /metrics endpoint ('' = off)."
+    )
+    api_listen: str = Field(
+        "127.0.0.1:8080",
+        description="Address of the HTTP control plane (`/v1/...`, health, /metrics) ('' = off).",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token with full control of the HTTP API; generated once into "
+        "`<state_dir>/admin-token` (mode 0600) if unset.",
+    )
+    reaper_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between sweeps that delete endpoints past their TTL or unused "
+        "for their `delete_after_idle_seconds`.",
     )
     base_domain: str | None = Field(
         None,
@@ -150,11 +168,18 @@ class Settings(BaseSettings):
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
-    @field_validator("metrics_listen")
+    @field_validator("metrics_listen", "api_listen")
     @classmethod
-    def _check_metrics_listen(cls, value: str) -> str:
+    def _check_optional_listen(cls, value: str) -> str:
         if value:
             parse_host_port(value)
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < _MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(f"use at least {_MIN_ADMIN_TOKEN_LENGTH} characters")
         return value
 
     @field_validator("base_domain")
@@ -169,6 +194,10 @@ class Settings(BaseSettings):
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         return parse_host_port(self.metrics_listen) if self.metrics_listen else None
+
+    @property
+    def api_address(self) -> tuple[str, int] | None:
+        return parse_host_port(self.api_listen) if self.api_listen else None
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 PASSWORD = "s3cret-pw"
+#: The HTTP API's admin token in every test server (PGWAKE_ADMIN_TOKEN).
+ADMIN_TOKEN = "pgwake-test-admin-token-0123456789"
 _READY_LINE = "database system is ready to accept connections"
 
 
@@ -64,6 +66,7 @@ class Pgwake:
         self.state_dir = state_dir
         self.port = free_port()
         self.metrics_port = free_port()
+        self.api_port = free_port()
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "serve.log"
@@ -76,6 +79,8 @@ class Pgwake:
                 "PGWAKE_STATE_DIR": str(self.state_dir),
                 "PGWAKE_LISTEN": f"127.0.0.1:{self.port}",
                 "PGWAKE_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
+                "PGWAKE_API_LISTEN": f"127.0.0.1:{self.api_port}",
+                "PGWAKE_ADMIN_TOKEN": ADMIN_TOKEN,
                 "PGWAKE_DRAIN_TIMEOUT": "2",
             }
         )
@@ -140,6 +145,11 @@ class Pgwake:
         self.process.kill()
         self.process.wait()
         self.process = None
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the HTTP API (``PGWAKE_API_LISTEN``)."""
+        return f"http://127.0.0.1:{self.api_port}"
 
     def log_text(self) -> str:
         try:

@@ -17,11 +17,12 @@ from tests.integration.pgwake_fixture import Pgwake, free_port, make_state_dir
 
 def test_serve_demo_prints_a_working_connection_string() -> None:
     workdir = make_state_dir("pgwake-demo-")
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, api_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "PGWAKE_LISTEN": f"127.0.0.1:{port}",
         "PGWAKE_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+        "PGWAKE_API_LISTEN": f"127.0.0.1:{api_port}",
     }
     # Default state dir: ./.pgwake in the working directory, as a user would run it.
     process = subprocess.Popen(

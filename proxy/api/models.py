@@ -1,0 +1,227 @@
+"""The HTTP API's request and response bodies: the OpenAPI document is generated from them.
+
+Rule: requests are validated here, completely (``extra="forbid"``, bounds on every number,
+patterns on every name), so that a request the control plane receives is well-formed and
+anything malformed is a 422, never a 500. Responses are built from the control plane's
+dataclasses by the ``from_*`` constructors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from proxy.lifecycle import EndpointState
+
+if TYPE_CHECKING:
+    from proxy.control import Created, EndpointView, MintedToken
+
+__all__ = [
+    "ENDPOINT_NAME_PATTERN",
+    "MAX_SECONDS",
+    "TOKEN_ID_PATTERN",
+    "BranchCreate",
+    "EndpointCreate",
+    "EndpointCreated",
+    "EndpointList",
+    "EndpointOut",
+    "ErrorBody",
+    "ErrorResponse",
+    "Health",
+    "Readiness",
+    "TokenCreate",
+    "TokenMinted",
+]
+
+#: A lowercase DNS label (``proxy.routing.ENDPOINT_NAME_PATTERN``, anchored for JSON Schema).
+ENDPOINT_NAME_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+#: Token ids are ``tok_`` and 12 hex digits; the pattern is a little wider on purpose.
+TOKEN_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"  # noqa: S105 (a pattern, not a secret)
+#: Ten years: the upper bound of every duration (they are stored as REAL unix times).
+MAX_SECONDS: Final = 10 * 365 * 24 * 3600
+#: An allow-list longer than this is a mistake, not a policy.
+_MAX_CIDRS: Final = 64
+#: Postgres truncates nothing, but a longer password is a mistake, not a secret.
+_MAX_PASSWORD_LENGTH: Final = 1024
+
+
+def _text(value: str) -> str:
+    """Refuse strings that cannot be stored or sent: lone surrogates and NUL characters."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError("must be a network in CIDR notation, e.g. 10.0.0.0/8") from None
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+EndpointName = Annotated[str, Field(pattern=ENDPOINT_NAME_PATTERN, max_length=63)]
+Network = Annotated[
+    str,
+    Field(min_length=1, max_length=49, examples=["10.0.0.0/8", "2001:db8::/32"]),
+    AfterValidator(_network),
+]
+StateName = Literal["suspended", "starting", "running", "suspending", "failed"]
+assert {state.value for state in EndpointState} == set(get_args(StateName))
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+class EndpointCreate(_Request):
+    """A new endpoint. Every field is optional: ``{}`` makes one with a generated name."""
+
+    name: EndpointName | None = Field(
+        default=None,
+        description="A lowercase DNS label; generated (`quiet-river-k3x9q2`) if omitted.",
+    )
+    password: Annotated[Text, Field(min_length=8, max_length=_MAX_PASSWORD_LENGTH)] | None = Field(
+        default=None, description="Password of the role `app`; generated if omitted."
+    )
+    idle_timeout_seconds: Seconds | None = Field(
+        default=None, description="Seconds without sessions before the compute is suspended."
+    )
+    ttl_seconds: Seconds | None = Field(
+        default=None, description="Delete the endpoint this many seconds after its creation."
+    )
+    delete_after_idle_seconds: Seconds | None = Field(
+        default=None, description="Delete the endpoint once it has been unused this many seconds."
+    )
+    allowed_cidrs: list[Network] = Field(
+        default_factory=list,
+        max_length=_MAX_CIDRS,
+        description="Networks clients may connect from; empty means any address.",
+    )
+
+
+class BranchCreate(_Request):
+    """A copy of an endpoint's data; it keeps the source's roles and passwords."""
+
+    name: EndpointName | None = Field(default=None, description="Generated if omitted.")
+    ttl_seconds: Seconds | None = Field(
+        default=None, description="Delete the branch this many seconds after its creation."
+    )
+
+
+class TokenCreate(_Request):
+    """A scoped token: it sees only the endpoints it creates, within its quotas."""
+
+    label: Annotated[Text, Field(max_length=200)] | None = Field(
+        default=None, description="A note for people."
+    )
+    max_endpoints: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="Endpoints the token may hold at once."
+    )
+    max_ttl_seconds: Seconds | None = Field(
+        default=None,
+        description="Longest TTL the token may ask for; its endpoints always get one.",
+    )
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class EndpointOut(_Response):
+    """An endpoint; ``connection_uri`` has no password in it."""
+
+    name: str
+    state: StateName
+    backend: str
+    idle_timeout_seconds: float | None = Field(description="`null`: the server's default.")
+    created_at: float = Field(description="Unix time.")
+    last_active: float | None = Field(description="Unix time of the last use, if any.")
+    expires_at: float | None = Field(description="Unix time the reaper deletes it at.")
+    delete_after_idle_seconds: float | None
+    allowed_cidrs: list[str]
+    connection_uri: str
+
+    @classmethod
+    def from_view(cls, view: EndpointView) -> EndpointOut:
+        return cls(
+            name=view.name,
+            state=view.state,  # type: ignore[arg-type]  # one of EndpointState's values
+            backend=view.backend,
+            idle_timeout_seconds=view.idle_timeout_seconds,
+            created_at=view.created_at,
+            last_active=view.last_active,
+            expires_at=view.expires_at,
+            delete_after_idle_seconds=view.delete_after_idle_seconds,
+            allowed_cidrs=list(view.allowed_cidrs),
+            connection_uri=view.connection_uri,
+        )
+
+
+class EndpointCreated(EndpointOut):
+    """A new endpoint: the one response that shows its password (in ``connection_uri``
+    too). ``password`` is ``null`` for a branch, which keeps its source's roles."""
+
+    password: str | None
+
+    @classmethod
+    def from_created(cls, created: Created) -> EndpointCreated:
+        fields = EndpointOut.from_view(created.endpoint).model_dump()
+        fields["connection_uri"] = created.connection_uri
+        return cls(**fields, password=created.password)
+
+
+class EndpointList(_Response):
+    endpoints: list[EndpointOut]
+
+
+class TokenMinted(_Response):
+    """A new token; ``token`` is its secret, shown only here."""
+
+    id: str
+    token: str
+    label: str | None
+    max_endpoints: int | None
+    max_ttl_seconds: float | None
+
+    @classmethod
+    def from_minted(cls, minted: MintedToken) -> TokenMinted:
+        return cls(
+            id=minted.id,
+            token=minted.secret,
+            label=minted.label,
+            max_endpoints=minted.max_endpoints,
+            max_ttl_seconds=minted.max_ttl_seconds,
+        )
+
+
+class ErrorBody(_Response):
+    code: str = Field(description="Stable; clients branch on it.", examples=["endpoint_not_found"])
+    message: str = Field(description="For people.")
+
+
+class ErrorResponse(_Response):
+    """Every error the API answers with."""
+
+    error: ErrorBody
+
+
+class Health(_Response):
+    status: Literal["ok"]
+
+
+class Readiness(_Response):
+    status: Literal["ready"]
