@@ -16,16 +16,10 @@ from typing import TYPE_CHECKING, Any, Final
 import pydantic
 
 from proxy import __version__
-from proxy.catalog import Catalog, EndpointExists
+from proxy.catalog import Catalog
+from proxy.cli_endpoints import add_endpoint_commands, run_endpoint_command
 from proxy.compute import load_backend
-from proxy.endpoints import (
-    InvalidEndpointRequest,
-    connection_uri,
-    create_endpoint,
-    delete_endpoint,
-    format_age,
-    list_endpoints,
-)
+from proxy.endpoints import connection_uri, create_endpoint
 from proxy.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -35,7 +29,15 @@ __all__ = ["main"]
 
 #: Exit status when pgwake cannot start (uvicorn's STARTUP_FAILURE).
 STARTUP_FAILURE: Final = 3
-_ENDPOINT_SETTINGS: Final = ("state_dir", "listen", "pg_bindir", "compute_user", "stop_timeout")
+_ENDPOINT_SETTINGS: Final = (
+    "state_dir",
+    "listen",
+    "pg_bindir",
+    "compute_user",
+    "stop_timeout",
+    "api_listen",
+    "wake_timeout",
+)
 
 
 def _add_settings_flags(
@@ -85,30 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(serve)
 
-    endpoint = commands.add_parser("endpoint", help="Manage endpoints.")
+    endpoint = commands.add_parser(
+        "endpoint",
+        help="Manage endpoints.",
+        description="Through the running server's API when there is one (PGWAKE_API_URL, "
+        "or a server on this state dir), else on the local catalog.",
+    )
     actions = endpoint.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="Create an endpoint; prints its URI last.")
-    create.add_argument("name")
-    create.add_argument("--password", help="Password of role 'app' (generated if omitted).")
-    create.add_argument(
-        "--allow",
-        action="append",
-        metavar="CIDR",
-        help="Only accept clients from this network (repeatable); default: any address.",
-    )
-    create.add_argument(
-        "--idle-timeout",
-        dest="endpoint_idle_timeout",
-        type=float,
-        metavar="SECONDS",
-        help="Suspend after this many idle seconds.",
-    )
-    _add_settings_flags(create, _ENDPOINT_SETTINGS)
-    listing = actions.add_parser("list", help="List endpoints.")
-    _add_settings_flags(listing, _ENDPOINT_SETTINGS)
-    delete = actions.add_parser("delete", help="Delete an endpoint and its data.")
-    delete.add_argument("name")
-    _add_settings_flags(delete, _ENDPOINT_SETTINGS)
+    add_endpoint_commands(actions, lambda sub: _add_settings_flags(sub, _ENDPOINT_SETTINGS))
     return parser
 
 
@@ -158,52 +144,6 @@ async def _ensure_demo(settings: Settings) -> None:
         catalog.close()
 
 
-async def _endpoint(args: argparse.Namespace, settings: Settings) -> int:
-    catalog = Catalog(settings.state_dir / "catalog.sqlite3")
-    try:
-        backend = load_backend("local", settings)
-        if args.action == "create":
-            try:
-                record, uri = await create_endpoint(
-                    settings,
-                    catalog,
-                    backend,
-                    args.name,
-                    password=args.password,
-                    idle_timeout=args.endpoint_idle_timeout,
-                    allowed_cidrs=tuple(args.allow or ()),
-                )
-            except EndpointExists:
-                print(f"pgwake: endpoint {args.name!r} already exists", file=sys.stderr)
-                return 1
-            except InvalidEndpointRequest as exc:
-                print(f"pgwake: {exc}", file=sys.stderr)
-                return 1
-            print(f"created endpoint {record.name} (suspended until the first connect)")
-            print(uri)
-            return 0
-        if args.action == "list":
-            rows = list_endpoints(catalog, backend)
-            print(
-                f"{'NAME':<24} {'STATE':<11} {'BACKEND':<8} {'IDLE':>6} "
-                f"{'LAST ACTIVE':<12} {'DISK':>9}"
-            )
-            for row in rows:
-                idle = f"{row.idle_timeout:g}s" if row.idle_timeout else "default"
-                print(
-                    f"{row.name:<24} {row.state:<11} {row.backend:<8} {idle:>6} "
-                    f"{format_age(row.last_active):<12} {row.disk_bytes / 2**20:>7.1f}MB"
-                )
-            return 0
-        if await delete_endpoint(catalog, backend, args.name):
-            print(f"deleted endpoint {args.name}")
-            return 0
-        print(f"pgwake: endpoint {args.name!r} does not exist", file=sys.stderr)
-        return 1
-    finally:
-        catalog.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgwake`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -217,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = _run(_serve(settings, args.demo))
         return result
     try:
-        status: int = _run(_endpoint(args, settings))
+        status: int = _run(run_endpoint_command(args, settings))
     except Exception as exc:  # one clear line, not a traceback, for operator errors
         print(f"pgwake: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

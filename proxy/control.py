@@ -256,11 +256,12 @@ class ControlPlane:
             if not is_valid_endpoint_name(requested):
                 raise ControlError(
                     "invalid_name",
-                    "endpoint names are lowercase letters, digits and hyphens (a DNS label)",
+                    "invalid endpoint name: use lowercase letters, digits and hyphens "
+                    "(a DNS label of at most 63 characters)",
                     422,
                 )
             if self.catalog.exists(requested) or requested in self._creating:
-                raise ControlError("endpoint_exists", f'endpoint "{requested}" exists', 409)
+                raise ControlError("endpoint_exists", f'endpoint "{requested}" already exists', 409)
             name = requested
         else:
             for _ in range(_NAME_ATTEMPTS):
@@ -304,7 +305,9 @@ class ControlPlane:
             try:
                 await self.backend.create(EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier))
             except FileExistsError:  # a data directory the catalog does not know
-                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
+                raise ControlError(
+                    "endpoint_exists", f'endpoint "{name}" already exists', 409
+                ) from None
             try:
                 record = self.catalog.add_endpoint(
                     name,
@@ -319,7 +322,9 @@ class ControlPlane:
                 )
             except EndpointExists:  # e.g. `pgwake endpoint create` of the same name
                 await self.backend.delete(name)
-                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
+                raise ControlError(
+                    "endpoint_exists", f'endpoint "{name}" already exists', 409
+                ) from None
         finally:
             self._release_name(name)
         metrics.ENDPOINTS_CREATED.inc()
@@ -404,7 +409,9 @@ class ControlPlane:
                     "branch_failed", f"could not copy {source}: {exc.reason}", 503
                 ) from None
             except FileExistsError:
-                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
+                raise ControlError(
+                    "endpoint_exists", f'endpoint "{name}" already exists', 409
+                ) from None
             # The copy holds the source's roles as they are now: store their verifiers.
             await source_lifecycle.sync_verifiers()
             roles = self.catalog.verifiers(source)
@@ -426,7 +433,9 @@ class ControlPlane:
                 )
             except EndpointExists:
                 await self.backend.delete(name)
-                raise ControlError("endpoint_exists", f'endpoint "{name}" exists', 409) from None
+                raise ControlError(
+                    "endpoint_exists", f'endpoint "{name}" already exists', 409
+                ) from None
         finally:
             source_lifecycle.release()
             self._release_name(name)

@@ -42,7 +42,7 @@ _HINT: Final = (
 
 def is_valid_endpoint_name(name: str) -> bool:
     """True when ``name`` can be an endpoint name (a lowercase DNS label)."""
-    return bool(ENDPOINT_NAME_PATTERN.match(name))
+    return bool(ENDPOINT_NAME_PATTERN.fullmatch(name))
 
 
 @dataclass(frozen=True, slots=True)

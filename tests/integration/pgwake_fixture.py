@@ -7,6 +7,7 @@ compute process outlives a graceful stop.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -259,6 +260,7 @@ def seeded_state_dir() -> Path:
             capture_output=True,
         )
         _template_cache = source
+        atexit.register(shutil.rmtree, source, True)
     state_dir = make_state_dir()
     (state_dir / "computes").mkdir(mode=0o711)
     (state_dir / "computes").chmod(0o711)

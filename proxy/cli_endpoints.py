@@ -1,0 +1,297 @@
+"""``pgwake endpoint ...``: through the running server's API, or on the local catalog.
+
+With ``PGWAKE_API_URL`` set, or while a ``pgwake serve`` holds this state dir, every
+command goes through the HTTP API (so the server's lifecycles stay in charge). Otherwise
+the command works on the local catalog and computes directly, as the admin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import os
+import secrets
+import sys
+from typing import TYPE_CHECKING, Any, Protocol
+
+from proxy.catalog import Catalog
+from proxy.client import ApiError, Endpoint, NewEndpoint, PgwakeClient
+from proxy.compute import load_backend
+from proxy.control import ADMIN, ControlError, ControlPlane
+from proxy.endpoints import format_age
+from proxy.lifecycle import LifecycleManager
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
+
+__all__ = ["add_endpoint_commands", "run_endpoint_command"]
+
+
+class _Endpoints(Protocol):
+    async def create(self, args: argparse.Namespace) -> NewEndpoint: ...
+    async def list(self) -> list[Endpoint]: ...
+    async def get(self, name: str) -> Endpoint: ...
+    async def delete(self, name: str) -> None: ...
+    async def suspend(self, name: str) -> Endpoint: ...
+    async def wake(self, name: str) -> Endpoint: ...
+    async def branch(self, source: str, name: str | None) -> NewEndpoint: ...
+    def disk_bytes(self, name: str) -> int | None: ...
+
+
+def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
+    """Register the ``endpoint`` subcommands on ``actions`` (an argparse subparsers)."""
+    create = actions.add_parser("create", help="Create an endpoint; prints its URI last.")
+    create.add_argument("name", nargs="?", help="Name (generated, unguessable, if omitted).")
+    create.add_argument("--password", help="Password of role 'app' (generated if omitted).")
+    create.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help="Only accept clients from this network (repeatable).",
+    )
+    create.add_argument(
+        "--idle-timeout",
+        dest="endpoint_idle_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="Suspend after this many idle seconds.",
+    )
+    create.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="Delete the endpoint this many seconds after creation.",
+    )
+    create.add_argument(
+        "--delete-after-idle",
+        type=float,
+        metavar="SECONDS",
+        help="Delete the endpoint once unused for this many seconds.",
+    )
+    add_settings(create)
+    add_settings(actions.add_parser("list", help="List endpoints."))
+    for action, text in (
+        ("get", "Show one endpoint."),
+        ("delete", "Delete an endpoint and its data."),
+        ("suspend", "Suspend an endpoint's compute now."),
+        ("wake", "Start an endpoint's compute now."),
+    ):
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("name")
+        add_settings(parser)
+    branch = actions.add_parser("branch", help="Copy an endpoint's data into a new endpoint.")
+    branch.add_argument("source")
+    branch.add_argument("name", nargs="?", help="Name of the branch (generated if omitted).")
+    add_settings(branch)
+
+
+class _Remote:
+    def __init__(self, client: PgwakeClient) -> None:
+        self._client = client
+
+    async def create(self, args: argparse.Namespace) -> NewEndpoint:
+        return self._client.create_endpoint(
+            args.name,
+            password=args.password,
+            idle_timeout_seconds=args.endpoint_idle_timeout,
+            ttl_seconds=args.ttl,
+            delete_after_idle_seconds=args.delete_after_idle,
+            allowed_cidrs=args.allow,
+        )
+
+    async def list(self) -> list[Endpoint]:
+        return self._client.list_endpoints()
+
+    async def get(self, name: str) -> Endpoint:
+        return self._client.get_endpoint(name)
+
+    async def delete(self, name: str) -> None:
+        self._client.delete_endpoint(name)
+
+    async def suspend(self, name: str) -> Endpoint:
+        return self._client.suspend_endpoint(name)
+
+    async def wake(self, name: str) -> Endpoint:
+        return self._client.wake_endpoint(name)
+
+    async def branch(self, source: str, name: str | None) -> NewEndpoint:
+        return self._client.branch_endpoint(source, name)
+
+    def disk_bytes(self, name: str) -> int | None:
+        return None
+
+
+def _as(cls: type[Any], view: Any, **extra: Any) -> Any:
+    data = {**dataclasses.asdict(view), **extra}
+    known = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in known})
+
+
+class _Local:
+    def __init__(self, settings: Settings, catalog: Catalog) -> None:
+        self._backend = load_backend("local", settings)
+        lifecycles = LifecycleManager(
+            self._backend, catalog, settings.idle_timeout, settings.wake_timeout
+        )
+        lifecycles.adopt_running()  # so suspend/delete see a compute that runs
+        self._control = ControlPlane(
+            settings, catalog, self._backend, lifecycles, admin_token=secrets.token_urlsafe(32)
+        )
+
+    async def create(self, args: argparse.Namespace) -> NewEndpoint:
+        created = await self._control.create(
+            ADMIN,
+            name=args.name,
+            password=args.password,
+            idle_timeout=args.endpoint_idle_timeout,
+            ttl_seconds=args.ttl,
+            delete_after_idle_seconds=args.delete_after_idle,
+            allowed_cidrs=tuple(args.allow or ()),
+        )
+        result: NewEndpoint = _as(
+            NewEndpoint,
+            created.endpoint,
+            password=created.password,
+            connection_uri=created.connection_uri,
+        )
+        return result
+
+    async def list(self) -> list[Endpoint]:
+        return [_as(Endpoint, view) for view in self._control.list_endpoints(ADMIN)]
+
+    async def get(self, name: str) -> Endpoint:
+        result: Endpoint = _as(Endpoint, self._control.get(ADMIN, name))
+        return result
+
+    async def delete(self, name: str) -> None:
+        await self._control.delete(ADMIN, name, reason="cli")
+
+    async def suspend(self, name: str) -> Endpoint:
+        result: Endpoint = _as(Endpoint, await self._control.suspend(ADMIN, name))
+        return result
+
+    async def wake(self, name: str) -> Endpoint:
+        # Without a server nothing will suspend it: the next `pgwake serve` adopts it.
+        result: Endpoint = _as(Endpoint, await self._control.wake(ADMIN, name))
+        return result
+
+    async def branch(self, source: str, name: str | None) -> NewEndpoint:
+        was_running = self._backend.is_alive(source)
+        created = await self._control.branch(ADMIN, source, name=name)
+        if not was_running:
+            await self._control.suspend(ADMIN, source)  # leave it as we found it
+        result: NewEndpoint = _as(
+            NewEndpoint,
+            created.endpoint,
+            password=created.password,
+            connection_uri=created.connection_uri,
+        )
+        return result
+
+    def disk_bytes(self, name: str) -> int | None:
+        return self._backend.disk_bytes(name)
+
+
+def _server_running(settings: Settings) -> bool:
+    try:
+        with open(settings.state_dir / "server.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _remote_client(settings: Settings) -> PgwakeClient | None:
+    url = os.environ.get("PGWAKE_API_URL")
+    if url:
+        return PgwakeClient(url)
+    api_listen = getattr(settings, "api_listen", "")
+    if api_listen and _server_running(settings):
+        host, _, port = api_listen.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
+        token = os.environ.get("PGWAKE_TOKEN") or settings_admin_token(settings)
+        return PgwakeClient(f"http://{host}:{port}", token)
+    return None
+
+
+def settings_admin_token(settings: Settings) -> str | None:
+    """The admin token a local server uses: the setting, else its token file."""
+    configured = getattr(settings, "admin_token", None)
+    if configured is not None:
+        secret = (
+            configured.get_secret_value()
+            if hasattr(configured, "get_secret_value")
+            else str(configured)
+        )
+        if secret:
+            return str(secret)
+    try:
+        return (settings.state_dir / "admin-token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _print_endpoint(endpoint: Endpoint) -> None:
+    for field in dataclasses.fields(endpoint):
+        if field.name == "password":
+            continue
+        print(f"{field.name}: {getattr(endpoint, field.name)}")
+
+
+async def run_endpoint_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one ``pgwake endpoint`` subcommand; return the exit status."""
+    client = _remote_client(settings)
+    catalog: Catalog | None = None
+    endpoints: _Endpoints
+    if client is not None:
+        endpoints = _Remote(client)
+    else:
+        catalog = Catalog(settings.state_dir / "catalog.sqlite3")
+        endpoints = _Local(settings, catalog)
+    try:
+        return await _dispatch(args, endpoints)
+    except (ApiError, ControlError) as exc:
+        print(f"pgwake: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        if catalog is not None:
+            catalog.close()
+
+
+async def _dispatch(args: argparse.Namespace, endpoints: _Endpoints) -> int:
+    action = args.action
+    if action == "create":
+        created = await endpoints.create(args)
+        print(f"created endpoint {created.name} (suspended until the first connect)")
+        print(created.connection_uri)
+    elif action == "branch":
+        created = await endpoints.branch(args.source, args.name)
+        print(
+            f"created endpoint {created.name}, a branch of {args.source} (same roles and passwords)"
+        )
+        print(created.connection_uri)
+    elif action == "list":
+        print(
+            f"{'NAME':<24} {'STATE':<11} {'BACKEND':<8} {'IDLE':>6} {'LAST ACTIVE':<12} {'DISK':>9}"
+        )
+        for row in await endpoints.list():
+            idle = f"{row.idle_timeout_seconds:g}s" if row.idle_timeout_seconds else "default"
+            disk = endpoints.disk_bytes(row.name)
+            size = f"{disk / 2**20:>7.1f}MB" if disk is not None else f"{'-':>9}"
+            print(
+                f"{row.name:<24} {row.state:<11} {row.backend:<8} {idle:>6} "
+                f"{format_age(row.last_active):<12} {size}"
+            )
+    elif action == "get":
+        _print_endpoint(await endpoints.get(args.name))
+    elif action == "delete":
+        await endpoints.delete(args.name)
+        print(f"deleted endpoint {args.name}")
+    elif action in ("suspend", "wake"):
+        method = endpoints.suspend if action == "suspend" else endpoints.wake
+        endpoint = await method(args.name)
+        print(f"endpoint {endpoint.name}: {endpoint.state}")
+    return 0
