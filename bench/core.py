@@ -946,8 +946,12 @@ def main() -> int:
         try:
             log(f"work directory {workdir}")
             create_endpoints(setup)
-            make_raw_copy(setup)
             start_pgwake(setup)
+            # A new endpoint's role gets its password on the first start: make that
+            # happen (and let it suspend) before copying the data dir for the raw runs.
+            timed_connect_select(setup.via_pgwake(COLD_ENDPOINT))
+            setup.wait_suspended(COLD_ENDPOINT)
+            make_raw_copy(setup)
             timed_connect_select(setup.via_pgwake(WARM_ENDPOINT))  # wake the warm endpoint
             if "cold" not in args.skip:
                 log(f"cold connect: {args.runs} runs")
