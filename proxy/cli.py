@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -19,7 +20,9 @@ from proxy import __version__
 from proxy.catalog import Catalog
 from proxy.cli_endpoints import add_endpoint_commands, run_endpoint_command
 from proxy.compute import load_backend
-from proxy.endpoints import connection_uri, create_endpoint
+from proxy.control import ADMIN, ControlPlane
+from proxy.endpoints import connection_uri
+from proxy.lifecycle import LifecycleManager
 from proxy.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -137,9 +140,15 @@ async def _ensure_demo(settings: Settings) -> None:
             print(connection_uri(settings, "demo", "app", None, "app"))
             return
         backend = load_backend("local", settings)
-        _, uri = await create_endpoint(settings, catalog, backend, "demo")
+        lifecycles = LifecycleManager(
+            backend, catalog, settings.idle_timeout, settings.wake_timeout
+        )
+        control = ControlPlane(
+            settings, catalog, backend, lifecycles, admin_token=secrets.token_urlsafe(32)
+        )
+        created = await control.create(ADMIN, name="demo")
         print("created endpoint demo; connect with:")
-        print(uri, flush=True)
+        print(created.connection_uri, flush=True)
     finally:
         catalog.close()
 
