@@ -8,6 +8,8 @@ whose role has the same verifier. Also: the verifier Postgres makes itself from 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import signal
@@ -30,16 +32,24 @@ from proxy.auth.scram import (
     make_verifier,
     parse_verifier,
 )
+from proxy.compute.local import LocalBackend
+from proxy.settings import load_settings
 
-BINDIR = Path("/usr/lib/postgresql/15/bin")
+
+@functools.cache
+def bindir() -> Path:
+    """The server binaries pgwake itself would use (system, or the pgserver wheel copied
+    where the unprivileged user can run them): this test never skips."""
+    state = Path(tempfile.mkdtemp(prefix="pgwake-scram-bin-", dir="/tmp"))
+    state.chmod(0o711)
+    atexit.register(shutil.rmtree, state, True)
+    return LocalBackend(load_settings(state_dir=state)).bindir
+
+
 PORT = 5432  # the socket sits in a private directory, so the port cannot clash
 SUPERUSER = "postgres"
 # Postgres must not run as root: as root, run it as this unprivileged user.
 RUN_AS = "pgwake" if os.geteuid() == 0 else None
-
-pytestmark = pytest.mark.skipif(
-    not (BINDIR / "postgres").exists(), reason=f"no PostgreSQL 15 in {BINDIR}"
-)
 
 # AuthenticationRequest codes (protocol docs): 0 Ok, 10 SASL, 11 SASLContinue, 12 SASLFinal.
 AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 10, 11, 12
@@ -87,7 +97,7 @@ def cluster() -> Iterator[Cluster]:
             if RUN_AS is not None:
                 shutil.chown(directory, RUN_AS, RUN_AS)
         _run(
-            str(BINDIR / "initdb"),
+            str(bindir() / "initdb"),
             "-D",
             str(data_dir),
             "-U",
@@ -102,7 +112,7 @@ def cluster() -> Iterator[Cluster]:
         )
         server = subprocess.Popen(
             [
-                str(BINDIR / "postgres"),
+                str(bindir() / "postgres"),
                 "-D",
                 str(data_dir),
                 "-p",
