@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ADMIN_ROLE",
     "ManagementConnection",
-    "count_client_sessions",
     "quote_ident",
     "quote_literal",
     "setup_endpoint",
@@ -55,16 +54,6 @@ async def _connect(address: ComputeAddress, password: str) -> asyncpg.Connection
         ssl=False,
         server_settings={"application_name": "pgwake"},
     )
-
-
-async def count_client_sessions(address: ComputeAddress, password: str) -> int:
-    """Return how many client sessions the compute has besides this one."""
-    conn = await _connect(address, password)
-    try:
-        count: int = await conn.fetchval(_COUNT_SESSIONS_SQL)
-        return count
-    finally:
-        await conn.close(timeout=_CONNECT_TIMEOUT)
 
 
 # Login roles with a SCRAM verifier; pgwake's own role never reaches the edge.
