@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from typing import Final, Literal
 
+from proxy.protocol.buffer import ReceiveBuffer
 from proxy.protocol.errors import ProtocolViolation
 from proxy.protocol.messages import (
     NEED_DATA,
@@ -39,22 +40,12 @@ _HEADER = struct.Struct("!ci")
 _INT32 = struct.Struct("!i")
 
 
-class MessageReader:
+class MessageReader(ReceiveBuffer):
     """Splits a byte stream into ``Frame`` objects."""
 
     def __init__(self, max_length: int = MAX_STARTUP_PHASE_MESSAGE_LENGTH) -> None:
-        self._buffer = bytearray()
+        super().__init__()
         self._max_length = max_length
-
-    def feed(self, data: bytes) -> None:
-        """Store ``data``; it is parsed by the next ``next_message()`` call."""
-        self._buffer += data
-
-    def take_remaining(self) -> bytes:
-        """Return and forget the bytes not yet parsed (handed to the relay)."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
 
     def next_message(self) -> Frame | NeedData:
         """Return the next whole message, or ``NEED_DATA``; raise on a bad length."""

@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from proxy.protocol.buffer import ReceiveBuffer
 from proxy.protocol.errors import ProtocolViolation
 from proxy.protocol.messages import NEED_DATA, NeedData
 
@@ -115,23 +116,14 @@ class ProxyHeader:
     tlvs: dict[int, bytes] = field(default_factory=dict)
 
 
-class ProxyHeaderReader:
-    """Reads the single PROXY protocol header that starts a connection."""
+class ProxyHeaderReader(ReceiveBuffer):
+    """Reads the single PROXY protocol header that starts a connection; the bytes after
+    it (``take_remaining``) are Postgres protocol."""
 
     def __init__(self, max_v2_length: int = MAX_V2_LENGTH) -> None:
-        self._buffer = bytearray()
+        super().__init__()
         self._max_v2_length = max_v2_length
         self._done = False
-
-    def feed(self, data: bytes) -> None:
-        """Store ``data``; it is parsed by the next ``next_header()`` call."""
-        self._buffer += data
-
-    def take_remaining(self) -> bytes:
-        """Return and forget the bytes not yet parsed (after the header: Postgres bytes)."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
 
     def next_header(self) -> ProxyHeader | NeedData:
         """Return the header once it is complete, or ``NEED_DATA`` while the buffer is a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from proxy.protocol.buffer import ReceiveBuffer
 from proxy.protocol.errors import (
     FeatureNotSupported,
     InvalidAuthorizationSpecification,
@@ -42,15 +43,8 @@ _INT32 = struct.Struct("!i")
 _CANCEL = struct.Struct("!iII")
 
 
-class StartupReader:
+class StartupReader(ReceiveBuffer):
     """Reads SSLRequest, GSSENCRequest, CancelRequest and StartupMessage packets."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        """Store ``data``; it is parsed by the next ``next_message()`` call."""
-        self._buffer += data
 
     @property
     def trailing_data(self) -> bytes:
