@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.catalog import Catalog
-from proxy.client import ApiError, Endpoint, NewEndpoint, PgwakeClient
+from proxy.client import ApiError, Endpoint, NewEndpoint, PgwakeClient, build
 from proxy.compute import load_backend
 from proxy.control import ADMIN, ControlError, ControlPlane
 from proxy.endpoints import format_age
@@ -123,9 +123,7 @@ class _Remote:
 
 
 def _as(cls: type[Any], view: Any, **extra: Any) -> Any:
-    data = {**dataclasses.asdict(view), **extra}
-    known = {field.name for field in dataclasses.fields(cls)}
-    return cls(**{key: value for key, value in data.items() if key in known})
+    return build(cls, {**dataclasses.asdict(view), **extra})
 
 
 class _Local:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["ApiError", "Endpoint", "NewEndpoint", "PgwakeClient", "Token"]
+__all__ = ["ApiError", "Endpoint", "NewEndpoint", "PgwakeClient", "Token", "build"]
 
 DEFAULT_API_URL: Final = "http://127.0.0.1:8080"
 _TIMEOUT: Final = 60.0
@@ -78,7 +78,9 @@ class Token:
         return f"Token(id={self.id!r})"
 
 
-def _build(cls: type[Any], data: dict[str, Any]) -> Any:
+def build(cls: type[Any], data: dict[str, Any]) -> Any:
+    """Make ``cls`` (one of this module's dataclasses) from a JSON-like mapping, ignoring
+    keys it does not know (newer servers may send more)."""
     known = {f.name for f in fields(cls)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
     return cls(**values)
@@ -149,28 +151,28 @@ class PgwakeClient:
                 "allowed_cidrs": allowed_cidrs,
             },
         )
-        result: NewEndpoint = _build(NewEndpoint, data)
+        result: NewEndpoint = build(NewEndpoint, data)
         return result
 
     def list_endpoints(self) -> list[Endpoint]:
         data = self._request("GET", "/v1/endpoints")
-        return [_build(Endpoint, item) for item in data["endpoints"]]
+        return [build(Endpoint, item) for item in data["endpoints"]]
 
     def get_endpoint(self, name: str) -> Endpoint:
-        result: Endpoint = _build(Endpoint, self._request("GET", f"/v1/endpoints/{_q(name)}"))
+        result: Endpoint = build(Endpoint, self._request("GET", f"/v1/endpoints/{_q(name)}"))
         return result
 
     def delete_endpoint(self, name: str) -> None:
         self._request("DELETE", f"/v1/endpoints/{_q(name)}")
 
     def suspend_endpoint(self, name: str) -> Endpoint:
-        result: Endpoint = _build(
+        result: Endpoint = build(
             Endpoint, self._request("POST", f"/v1/endpoints/{_q(name)}/suspend")
         )
         return result
 
     def wake_endpoint(self, name: str) -> Endpoint:
-        result: Endpoint = _build(Endpoint, self._request("POST", f"/v1/endpoints/{_q(name)}/wake"))
+        result: Endpoint = build(Endpoint, self._request("POST", f"/v1/endpoints/{_q(name)}/wake"))
         return result
 
     def branch_endpoint(
@@ -182,7 +184,7 @@ class PgwakeClient:
             f"/v1/endpoints/{_q(source)}/branches",
             {"name": name, "ttl_seconds": ttl_seconds},
         )
-        result: NewEndpoint = _build(NewEndpoint, data)
+        result: NewEndpoint = build(NewEndpoint, data)
         return result
 
     def mint_token(
@@ -198,7 +200,7 @@ class PgwakeClient:
             "/v1/tokens",
             {"label": label, "max_endpoints": max_endpoints, "max_ttl_seconds": max_ttl_seconds},
         )
-        result: Token = _build(Token, data)
+        result: Token = build(Token, data)
         return result
 
     def revoke_token(self, token_id: str) -> None:

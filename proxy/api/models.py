@@ -8,6 +8,7 @@ dataclasses by the ``from_*`` constructors.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
 
@@ -157,18 +158,8 @@ class EndpointOut(_Response):
 
     @classmethod
     def from_view(cls, view: EndpointView) -> EndpointOut:
-        return cls(
-            name=view.name,
-            state=view.state,  # type: ignore[arg-type]  # one of EndpointState's values
-            backend=view.backend,
-            idle_timeout_seconds=view.idle_timeout_seconds,
-            created_at=view.created_at,
-            last_active=view.last_active,
-            expires_at=view.expires_at,
-            delete_after_idle_seconds=view.delete_after_idle_seconds,
-            allowed_cidrs=list(view.allowed_cidrs),
-            connection_uri=view.connection_uri,
-        )
+        # Same fields by design; validation also checks ``state`` is a known state.
+        return cls.model_validate(dataclasses.asdict(view))
 
 
 class EndpointCreated(EndpointOut):
