@@ -104,7 +104,7 @@ async def read_handshake(
                 raise ProtocolViolation("unexpected TLS handshake")
             initial = reader.trailing_data
             reader = StartupReader()
-            await stream.start_tls_with(tls.context, initial)
+            await stream.start_tls(tls.context, initial)
             session_tls = tls
             assert stream.transport is not None
             ssl_object = stream.transport.get_extra_info("ssl_object")

@@ -126,44 +126,29 @@ class PacketStream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        """Upgrade to TLS as the server side; the stream keeps working on the new transport."""
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        new_transport = await loop.start_tls(
-            self.transport,
-            self,
-            context,
-            server_side=True,
-            ssl_shutdown_timeout=_TLS_SHUTDOWN_SECONDS,
-        )
-        if new_transport is None:  # the peer went away during the handshake
-            raise ConnectionResetError("client closed during the TLS handshake")
-        self.transport = new_transport
+    async def start_tls(self, context: ssl.SSLContext, initial: bytes = b"") -> None:
+        """Upgrade to TLS as the server side; the stream keeps working on the new transport.
 
-    async def start_tls_with(self, context: ssl.SSLContext, initial: bytes) -> None:
-        """Upgrade to TLS when the first TLS bytes were already read (direct TLS).
-
-        ``loop.start_tls`` reads the handshake from the socket, but the ClientHello that
-        told us this is TLS is already in our buffer. So start the upgrade, and once the
-        TLS protocol is connected, hand it those bytes as if it had read them itself."""
+        ``initial`` holds TLS bytes already read (direct TLS: the ClientHello that told us
+        this is TLS is in our buffer, but ``loop.start_tls`` reads from the socket). Once
+        the TLS protocol is connected it gets them as if it had read them itself."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         transport = self.transport
-        upgrade = asyncio.ensure_future(
-            loop.start_tls(
-                transport,
-                self,
-                context,
-                server_side=True,
-                ssl_shutdown_timeout=_TLS_SHUTDOWN_SECONDS,
-            )
+        starting = loop.start_tls(
+            transport, self, context, server_side=True, ssl_shutdown_timeout=_TLS_SHUTDOWN_SECONDS
         )
-        await asyncio.sleep(0)  # start_tls has now swapped in its protocol and queued
-        # connection_made; queue the hand-over behind it, before any socket read.
-        loop.call_soon(_feed_protocol, transport.get_protocol(), initial)
-        new_transport = await upgrade
-        if new_transport is None:
+        if initial:
+            upgrade = asyncio.ensure_future(starting)
+            await asyncio.sleep(0)  # start_tls has now swapped in its protocol and queued
+            # connection_made; queue the hand-over behind it, before any socket read.
+            loop.call_soon(_feed_protocol, transport.get_protocol(), initial)
+            new_transport = await upgrade
+        else:
+            # Awaited directly: start_tls swaps protocols before we yield, so no byte of
+            # the ClientHello can reach this stream's buffer first.
+            new_transport = await starting
+        if new_transport is None:  # the peer went away during the handshake
             raise ConnectionResetError("client closed during the TLS handshake")
         self.transport = new_transport
 
