@@ -19,7 +19,7 @@ import pydantic
 from proxy import __version__
 from proxy.catalog import Catalog
 from proxy.cli_endpoints import add_endpoint_commands, run_endpoint_command
-from proxy.compute import load_backend
+from proxy.compute import Backends
 from proxy.control import ADMIN, ControlPlane
 from proxy.endpoints import connection_uri
 from proxy.lifecycle import LifecycleManager
@@ -139,14 +139,17 @@ async def _ensure_demo(settings: Settings) -> None:
             print("endpoint demo exists (its password was shown when it was created):")
             print(connection_uri(settings, "demo", "app", None, "app"))
             return
-        backend = load_backend("local", settings)
+        backends = Backends(settings)
         lifecycles = LifecycleManager(
-            backend, catalog, settings.idle_timeout, settings.wake_timeout
+            backends, catalog, settings.idle_timeout, settings.wake_timeout
         )
         control = ControlPlane(
-            settings, catalog, backend, lifecycles, admin_token=secrets.token_urlsafe(32)
+            settings, catalog, backends, lifecycles, admin_token=secrets.token_urlsafe(32)
         )
-        created = await control.create(ADMIN, name="demo")
+        try:
+            created = await control.create(ADMIN, name="demo")
+        finally:
+            await backends.close()
         print("created endpoint demo; connect with:")
         print(created.connection_uri, flush=True)
     finally:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.catalog import Catalog
 from proxy.client import ApiError, Endpoint, NewEndpoint, PgwakeClient, build
-from proxy.compute import load_backend
+from proxy.compute import Backends
 from proxy.control import ADMIN, ControlError, ControlPlane
 from proxy.endpoints import format_age
 from proxy.lifecycle import LifecycleManager
@@ -69,6 +69,18 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
         metavar="SECONDS",
         help="Delete the endpoint once unused for this many seconds.",
     )
+    create.add_argument(
+        "--backend",
+        choices=("local", "docker"),
+        help="Where the compute runs (default: the compute_backend setting).",
+    )
+    create.add_argument("--image", help="Docker image (docker; default: docker_image).")
+    create.add_argument(
+        "--memory", help="Container memory limit, e.g. 512m (docker; default: docker_memory)."
+    )
+    create.add_argument(
+        "--cpus", type=float, help="Container CPU limit (docker; default: docker_cpus)."
+    )
     add_settings(create)
     add_settings(actions.add_parser("list", help="List endpoints."))
     for action, text in (
@@ -98,6 +110,8 @@ class _Remote:
             ttl_seconds=args.ttl,
             delete_after_idle_seconds=args.delete_after_idle,
             allowed_cidrs=args.allow,
+            backend=args.backend,
+            **_compute_options(args),
         )
 
     async def list(self) -> list[Endpoint]:
@@ -128,14 +142,23 @@ def _as(cls: type[Any], view: Any, **extra: Any) -> Any:
 
 class _Local:
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
-        self._backend = load_backend("local", settings)
-        lifecycles = LifecycleManager(
-            self._backend, catalog, settings.idle_timeout, settings.wake_timeout
+        self._backends = Backends(settings)
+        self._lifecycles = LifecycleManager(
+            self._backends, catalog, settings.idle_timeout, settings.wake_timeout
         )
-        lifecycles.adopt_running()  # so suspend/delete see a compute that runs
         self._control = ControlPlane(
-            settings, catalog, self._backend, lifecycles, admin_token=secrets.token_urlsafe(32)
+            settings,
+            catalog,
+            self._backends,
+            self._lifecycles,
+            admin_token=secrets.token_urlsafe(32),
         )
+
+    async def open(self) -> None:
+        await self._lifecycles.adopt_running()  # so suspend/delete see a compute that runs
+
+    async def close(self) -> None:
+        await self._backends.close()
 
     async def create(self, args: argparse.Namespace) -> NewEndpoint:
         created = await self._control.create(
@@ -146,6 +169,8 @@ class _Local:
             ttl_seconds=args.ttl,
             delete_after_idle_seconds=args.delete_after_idle,
             allowed_cidrs=tuple(args.allow or ()),
+            backend=args.backend,
+            compute_options=_compute_options(args),
         )
         result: NewEndpoint = _as(
             NewEndpoint,
@@ -175,7 +200,9 @@ class _Local:
         return result
 
     async def branch(self, source: str, name: str | None) -> NewEndpoint:
-        was_running = self._backend.is_alive(source)
+        was_running = self._lifecycles.get(self._control.record(ADMIN, source)).state.value == (
+            "running"
+        )
         created = await self._control.branch(ADMIN, source, name=name)
         if not was_running:
             await self._control.suspend(ADMIN, source)  # leave it as we found it
@@ -188,7 +215,15 @@ class _Local:
         return result
 
     def disk_bytes(self, name: str) -> int | None:
-        return self._backend.disk_bytes(name)
+        return self._lifecycles.get(self._control.record(ADMIN, name)).backend.disk_bytes(name)
+
+
+def _compute_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The backend options given on the command line (``None`` = the server's default)."""
+    options = {"image": args.image, "memory": args.memory}
+    if args.cpus is not None:
+        options["cpus"] = f"{args.cpus:g}"
+    return options
 
 
 def _server_running(settings: Settings) -> bool:
@@ -243,18 +278,23 @@ async def run_endpoint_command(args: argparse.Namespace, settings: Settings) -> 
     """Run one ``pgwake endpoint`` subcommand; return the exit status."""
     client = _remote_client(settings)
     catalog: Catalog | None = None
+    local: _Local | None = None
     endpoints: _Endpoints
     if client is not None:
         endpoints = _Remote(client)
     else:
         catalog = Catalog(settings.state_dir / "catalog.sqlite3")
-        endpoints = _Local(settings, catalog)
+        endpoints = local = _Local(settings, catalog)
     try:
+        if local is not None:
+            await local.open()
         return await _dispatch(args, endpoints)
     except (ApiError, ControlError) as exc:
         print(f"pgwake: {exc.message}", file=sys.stderr)
         return 1
     finally:
+        if local is not None:
+            await local.close()
         if catalog is not None:
             catalog.close()
 

@@ -18,7 +18,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,6 +52,8 @@ class Endpoint:
     expires_at: float | None = None
     delete_after_idle_seconds: float | None = None
     allowed_cidrs: tuple[str, ...] = ()
+    #: The backend's choices (docker: ``image``, ``memory``, ``cpus``).
+    compute_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +139,13 @@ class PgwakeClient:
         ttl_seconds: float | None = None,
         delete_after_idle_seconds: float | None = None,
         allowed_cidrs: list[str] | None = None,
+        backend: str | None = None,
+        image: str | None = None,
+        memory: str | None = None,
+        cpus: str | float | None = None,
     ) -> NewEndpoint:
-        """Create an endpoint (suspended until its first connect)."""
+        """Create an endpoint (suspended until its first connect); ``backend`` and the
+        docker options default to the server's settings."""
         data = self._request(
             "POST",
             "/v1/endpoints",
@@ -149,6 +156,10 @@ class PgwakeClient:
                 "ttl_seconds": ttl_seconds,
                 "delete_after_idle_seconds": delete_after_idle_seconds,
                 "allowed_cidrs": allowed_cidrs,
+                "backend": backend,
+                "image": image,
+                "memory": memory,
+                "cpus": float(cpus) if cpus is not None else None,
             },
         )
         result: NewEndpoint = build(NewEndpoint, data)

@@ -29,7 +29,7 @@ from proxy.routing import is_valid_endpoint_name
 
 if TYPE_CHECKING:
     from proxy.catalog import Catalog, EndpointRecord
-    from proxy.compute import ComputeBackend
+    from proxy.compute import Backends
     from proxy.lifecycle import LifecycleManager
     from proxy.settings import Settings
 
@@ -91,6 +91,8 @@ class EndpointView:
     expires_at: float | None
     delete_after_idle_seconds: float | None
     allowed_cidrs: tuple[str, ...]
+    #: The backend's choices (docker: ``image``, ``memory``, ``cpus``).
+    compute_options: dict[str, str]
     #: A URI without the password.
     connection_uri: str
 
@@ -132,13 +134,13 @@ class ControlPlane:
         self,
         settings: Settings,
         catalog: Catalog,
-        backend: ComputeBackend,
+        backends: Backends,
         lifecycles: LifecycleManager,
         admin_token: str,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.backend = backend
+        self.backends = backends
         self.lifecycles = lifecycles
         self._admin_token = admin_token
         #: Names being created or branched, with the token that asked (``None``: admin).
@@ -213,6 +215,7 @@ class ControlPlane:
             expires_at=record.expires_at,
             delete_after_idle_seconds=record.delete_after_idle,
             allowed_cidrs=record.allowed_cidrs,
+            compute_options=record.compute_options,
             connection_uri=connection_uri(
                 self.settings, record.name, DEFAULT_ROLE, None, DEFAULT_ROLE
             ),
@@ -224,6 +227,10 @@ class ControlPlane:
             for r in self.catalog.list()
             if (caller.is_admin or r.owner == caller.token_id) and r.name not in self._deleting
         ]
+
+    def record(self, caller: Caller, name: str) -> EndpointRecord:
+        """The catalog record of an endpoint ``caller`` may see (``endpoint_not_found``)."""
+        return self._visible(name, caller)
 
     def get(self, caller: Caller, name: str) -> EndpointView:
         return self._view(self._visible(name, caller))
@@ -286,11 +293,26 @@ class ControlPlane:
         ttl_seconds: float | None = None,
         delete_after_idle_seconds: float | None = None,
         allowed_cidrs: tuple[str, ...] = (),
+        backend: str | None = None,
+        compute_options: dict[str, str | None] | None = None,
     ) -> Created:
         """Create a suspended endpoint; the result holds its password, shown once.
 
+        ``backend`` defaults to the server's ``compute_backend``; ``compute_options`` are
+        that backend's (docker: ``image``, ``memory``, ``cpus``).
+
         Raises ``ControlError``: ``quota_exceeded``/``ttl_too_long`` (403), ``invalid_name``
-        or ``invalid_cidr`` (422), ``endpoint_exists`` (409), ``name_unavailable`` (503)."""
+        or ``invalid_cidr`` (422), ``invalid_backend``/``invalid_option`` (422),
+        ``endpoint_exists`` (409), ``name_unavailable`` (503), ``create_failed`` (503)."""
+        backend_name = backend or self.backends.default
+        try:
+            compute = self.backends.get(backend_name)
+        except ValueError as exc:
+            raise ControlError("invalid_backend", str(exc), 422) from None
+        try:
+            options = compute.resolve_options(dict(compute_options or {}))
+        except ValueError as exc:
+            raise ControlError("invalid_option", str(exc), 422) from None
         try:
             networks = tuple(str(ipaddress.ip_network(c, strict=False)) for c in allowed_cidrs)
         except ValueError:
@@ -302,16 +324,19 @@ class ControlPlane:
         try:
             password = password or secrets.token_urlsafe(18)
             verifier = make_verifier(password)
+            spec = EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier, options)
             try:
-                await self.backend.create(EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier))
+                await compute.create(spec)
             except FileExistsError:  # a data directory the catalog does not know
                 raise ControlError(
                     "endpoint_exists", f'endpoint "{name}" already exists', 409
                 ) from None
+            except ComputeStartError as exc:
+                raise ControlError("create_failed", exc.reason, 503) from None
             try:
                 record = self.catalog.add_endpoint(
                     name,
-                    self.backend.name,
+                    compute.name,
                     idle_timeout,
                     DEFAULT_ROLE,
                     verifier,
@@ -319,9 +344,10 @@ class ControlPlane:
                     owner=caller.token_id,
                     expires_at=time.time() + ttl_seconds if ttl_seconds else None,
                     delete_after_idle=delete_after_idle_seconds,
+                    compute_options=options,
                 )
             except EndpointExists:  # e.g. `pgwake endpoint create` of the same name
-                await self.backend.delete(name)
+                await compute.delete(name)
                 raise ControlError(
                     "endpoint_exists", f'endpoint "{name}" already exists', 409
                 ) from None
@@ -349,7 +375,7 @@ class ControlPlane:
         try:
             lifecycle = self.lifecycles.get(record)
             await lifecycle.retire()
-            await self.backend.delete(name)
+            await lifecycle.backend.delete(name)
             self.catalog.delete(name)
             self.lifecycles.forget(name)
         finally:
@@ -397,13 +423,14 @@ class ControlPlane:
         ttl_seconds = self._check_quota(caller, ttl_seconds)
         name = self._reserve_name(caller, name)
         source_lifecycle = self.lifecycles.get(source_record)
+        compute = source_lifecycle.backend
         # Held like a client session while it is copied: neither the idle timer nor the
         # reaper's idle rule stops the source under pg_basebackup.
         source_lifecycle.acquire()
         try:
             await self.wake(caller, source)
             try:
-                await self.backend.branch(source, name)
+                await compute.branch(source, name)
             except ComputeStartError as exc:
                 raise ControlError(
                     "branch_failed", f"could not copy {source}: {exc.reason}", 503
@@ -417,12 +444,12 @@ class ControlPlane:
             roles = self.catalog.verifiers(source)
             first_role = DEFAULT_ROLE if DEFAULT_ROLE in roles else next(iter(roles), None)
             if first_role is None:
-                await self.backend.delete(name)
+                await compute.delete(name)
                 raise ControlError("branch_failed", "the source has no login roles", 409)
             try:
                 record = self.catalog.add_endpoint(
                     name,
-                    self.backend.name,
+                    compute.name,
                     source_record.idle_timeout,
                     first_role,
                     roles[first_role],
@@ -430,9 +457,10 @@ class ControlPlane:
                     owner=caller.token_id,
                     expires_at=time.time() + ttl_seconds if ttl_seconds else None,
                     roles=roles,
+                    compute_options=source_record.compute_options,
                 )
             except EndpointExists:
-                await self.backend.delete(name)
+                await compute.delete(name)
                 raise ControlError(
                     "endpoint_exists", f'endpoint "{name}" already exists', 409
                 ) from None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from proxy.catalog import Catalog, EndpointRecord
-    from proxy.compute import ComputeAddress, ComputeBackend
+    from proxy.compute import Backends, ComputeAddress, ComputeBackend
     from proxy.compute.management import ManagementConnection
 
 __all__ = [
@@ -272,9 +272,12 @@ class Lifecycle:
         self._management = self.backend.management(self.name)
         self._monitor_task = asyncio.create_task(self._monitor(), name=f"monitor:{self.name}")
 
-    def compute_unreachable(self) -> None:
+    async def compute_unreachable(self) -> None:
         """A session could not connect to a compute we think runs: recheck it now."""
-        if self.state is EndpointState.RUNNING and not self.backend.is_alive(self.name):
+        if self.state is not EndpointState.RUNNING:
+            return
+        alive = await self.backend.is_alive(self.name)
+        if not alive and self.state is EndpointState.RUNNING:
             self._crashed()
 
     def _crashed(self) -> None:
@@ -320,7 +323,14 @@ class Lifecycle:
             await asyncio.sleep(tick)
             if self.state is not EndpointState.RUNNING:
                 return
-            if not self.backend.is_alive(self.name):
+            try:
+                alive = await self.backend.is_alive(self.name)
+            except Exception as exc:  # e.g. the Docker engine is briefly unreachable
+                logger.warning("event=liveness_check_failed endpoint=%s error=%s", self.name, exc)
+                continue
+            if self.state is not EndpointState.RUNNING:
+                return
+            if not alive:
                 self._crashed()
                 return
             ticks += 1
@@ -412,12 +422,12 @@ class LifecycleManager:
 
     def __init__(
         self,
-        backend: ComputeBackend,
+        backends: Backends,
         catalog: Catalog,
         default_idle_timeout: float,
         wake_timeout: float,
     ) -> None:
-        self.backend = backend
+        self.backends = backends
         self._catalog = catalog
         self._default_idle_timeout = default_idle_timeout
         self._wake_timeout = wake_timeout
@@ -429,7 +439,11 @@ class LifecycleManager:
         idle_timeout = record.idle_timeout or self._default_idle_timeout
         if lifecycle is None:
             lifecycle = Lifecycle(
-                record.name, self.backend, self._catalog, idle_timeout, self._wake_timeout
+                record.name,
+                self.backends.get(record.backend),
+                self._catalog,
+                idle_timeout,
+                self._wake_timeout,
             )
             self._lifecycles[record.name] = lifecycle
             lifecycle.closing = self._closing
@@ -446,12 +460,21 @@ class LifecycleManager:
     def __iter__(self) -> Iterator[Lifecycle]:
         return iter(self._lifecycles.values())
 
-    def adopt_running(self) -> int:
+    async def adopt_running(self) -> int:
         """Adopt every compute still running from an earlier pgwake; return how many."""
         adopted = 0
         for record in self._catalog.list():
             lifecycle = self.get(record)  # also publishes its state gauge from the start
-            address = self.backend.probe(record.name)
+            try:
+                address = await lifecycle.backend.probe(record.name)
+            except Exception as exc:  # an engine that is down: its endpoints stay suspended
+                logger.warning(
+                    "event=adopt_failed endpoint=%s backend=%s error=%s",
+                    record.name,
+                    record.backend,
+                    exc,
+                )
+                address = None
             if address is not None:
                 lifecycle.adopt(address)
                 adopted += 1

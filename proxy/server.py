@@ -26,7 +26,7 @@ import prometheus_client
 from proxy.api import ApiServer, bind, create_app
 from proxy.cancel import CancelMap
 from proxy.catalog import Catalog
-from proxy.compute import load_backend
+from proxy.compute import Backends
 from proxy.control import ControlPlane
 from proxy.lifecycle import LifecycleManager
 from proxy.session import SessionContext, serve_session
@@ -112,6 +112,7 @@ class Server:
         self._listening = False
         self._ctx: SessionContext | None = None
         self._api: ApiServer | None = None
+        self._upkeep: list[asyncio.Task[None]] = []
 
     def start_session(self, stream: PacketStream) -> None:
         if self._ctx is None or self._shutdown.is_set():
@@ -177,28 +178,31 @@ class Server:
         catalog = Catalog(state_dir / "catalog.sqlite3")
         metrics_server: Any = None
         reaper: asyncio.Task[None] | None = None
-        upkeep: asyncio.Task[None] | None = None
+        backends: Backends | None = None
         try:
-            try:
-                backend = load_backend("local", settings)
-                await backend.prepare()
-            except Exception as exc:
-                raise StartupFailure(f"compute backend not usable: {exc}") from exc
+            backends = Backends(settings, on_load=self._start_upkeep)
+            # The default backend and every backend an endpoint uses must load now; a
+            # Docker engine that is down only fails that backend's wakes (57P03), later.
+            for name in sorted({settings.compute_backend} | {r.backend for r in catalog.list()}):
+                try:
+                    await backends.get(name).prepare()
+                except Exception as exc:
+                    raise StartupFailure(f"compute backend {name} not usable: {exc}") from exc
             try:
                 tls = self._load_tls(state_dir)
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise StartupFailure(f"cannot load the TLS certificate: {exc}") from exc
             lifecycles = LifecycleManager(
-                backend, catalog, settings.idle_timeout, settings.wake_timeout
+                backends, catalog, settings.idle_timeout, settings.wake_timeout
             )
-            adopted = lifecycles.adopt_running()
+            adopted = await lifecycles.adopt_running()
             # Without the API nobody holds the admin token: an unguessable throwaway.
             admin_token = (
                 _admin_token(settings, state_dir)
                 if settings.api_address is not None
                 else secrets.token_urlsafe(32)
             )
-            control = ControlPlane(settings, catalog, backend, lifecycles, admin_token)
+            control = ControlPlane(settings, catalog, backends, lifecycles, admin_token)
             self._ctx = SessionContext(
                 settings,
                 catalog,
@@ -245,19 +249,20 @@ class Server:
                 )
                 self._api.start()
             reaper = asyncio.create_task(self._reap(control), name="reaper")
-            upkeep = asyncio.create_task(self._maintain(backend), name="backend-upkeep")
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.request_shutdown, signum)
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls, state_dir)
             self._listening = True
             logger.info(
-                "event=listening address=%s metrics=%s api=%s endpoints=%d adopted=%d backend=%s",
+                "event=listening address=%s metrics=%s api=%s endpoints=%d adopted=%d "
+                "backends=%s default_backend=%s",
                 settings.listen,
                 settings.metrics_listen or "off",
                 self._api.address if self._api is not None else "off",
                 len(catalog.list()),
                 adopted,
-                backend.name,
+                ",".join(backend.name for backend in backends.loaded()),
+                settings.compute_backend,
             )
             if on_ready is not None:
                 on_ready()
@@ -267,11 +272,13 @@ class Server:
             self._listening = False
             if self._api is not None:
                 await self._api.stop()
-            for task in (reaper, upkeep):
+            for task in (reaper, *self._upkeep):
                 if task is not None and not task.done():
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            if backends is not None:
+                await backends.close()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     asyncio.get_running_loop().remove_signal_handler(signum)
@@ -279,6 +286,10 @@ class Server:
                 metrics_server.shutdown()
             catalog.close()
             lock.close()
+
+    def _start_upkeep(self, backend: ComputeBackend) -> None:
+        task = asyncio.create_task(self._maintain(backend), name=f"upkeep:{backend.name}")
+        self._upkeep.append(task)
 
     async def _maintain(self, backend: ComputeBackend) -> None:
         """The backend's upkeep (spare template copies); a failure is logged, not fatal."""

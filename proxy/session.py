@@ -347,7 +347,7 @@ class _Session:
             self.compute = await open_compute(address)
         except (OSError, TimeoutError):
             # The compute died after we saw it running: recheck it and wake once more.
-            lifecycle.compute_unreachable()
+            await lifecycle.compute_unreachable()
             address = await self._wake(lifecycle)
             try:
                 self.compute = await open_compute(address)

@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "parse_host_port"]
+__all__ = ["Settings", "load_settings", "parse_host_port", "parse_memory"]
 
 #: A shorter admin token would be guessable; generated ones have 43 characters.
 _MIN_ADMIN_TOKEN_LENGTH = 16
@@ -38,6 +38,24 @@ def parse_host_port(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
+
+
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+#: Postgres with shared_buffers of 32 MB does not start in less.
+_MIN_MEMORY_BYTES = 64 * 1024**2
+
+
+def parse_memory(value: str) -> int:
+    """Bytes in a Docker-style size (``512m``, ``1g``, ``268435456``); ``ValueError`` if
+    malformed or under 64 MiB."""
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = (text[:-1], text[-1]) if text[-1:].isalpha() else (text, "")
+    if not number.isdigit() or unit not in _MEMORY_UNITS:
+        raise ValueError(f"expected a size such as 512m or 1g, got {value!r}")
+    size = int(number) * _MEMORY_UNITS[unit]
+    if size < _MIN_MEMORY_BYTES:
+        raise ValueError(f"memory {value!r} is under the 64m a compute needs")
+    return size
 
 
 class Settings(BaseSettings):
@@ -111,6 +129,25 @@ class Settings(BaseSettings):
         description="OS user computes run as when pgwake runs as root (default pgwake; "
         "created if missing).",
     )
+    compute_backend: Literal["local", "docker"] = Field(
+        "local", description="Backend of new endpoints unless `endpoint create --backend` says."
+    )
+    docker_image: str = Field(
+        "postgres:17",
+        description="Image of new docker endpoints; it must have `initdb` and `postgres` on "
+        "PATH and a `postgres` user (official `postgres:NN` and deploy/docker images do).",
+    )
+    docker_memory: str = Field(
+        "512m", description="Memory limit of new docker endpoints' containers (e.g. 256m, 1g)."
+    )
+    docker_cpus: float = Field(
+        1.0, gt=0, le=512, description="CPU limit of new docker endpoints' containers."
+    )
+    docker_ports: str = Field(
+        "21000-21999",
+        description="Loopback port range docker computes listen on (host networking); keep "
+        "it outside the kernel's ephemeral range.",
+    )
     require_tls: bool | None = Field(
         None,
         description="Refuse plaintext startups with 28000. Unset: on unless `listen` is a "
@@ -132,6 +169,20 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+
+    @field_validator("docker_ports")
+    @classmethod
+    def _check_docker_ports(cls, value: str) -> str:
+        first, sep, last = value.partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and 0 < int(first) <= int(last) < 65536):
+            raise ValueError(f"expected FIRST-LAST ports, got {value!r}")
+        return value
+
+    @field_validator("docker_memory")
+    @classmethod
+    def _check_docker_memory(cls, value: str) -> str:
+        parse_memory(value)
+        return value
 
     @field_validator("listen")
     @classmethod

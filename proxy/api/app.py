@@ -151,6 +151,12 @@ async def create_endpoint(
         ttl_seconds=body.ttl_seconds,
         delete_after_idle_seconds=body.delete_after_idle_seconds,
         allowed_cidrs=tuple(body.allowed_cidrs),
+        backend=body.backend,
+        compute_options={
+            "image": body.image,
+            "memory": body.memory,
+            "cpus": f"{body.cpus:g}" if body.cpus is not None else None,
+        },
     )
     return EndpointCreated.from_created(created)
 

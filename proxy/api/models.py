@@ -113,6 +113,18 @@ class EndpointCreate(_Request):
         max_length=_MAX_CIDRS,
         description="Networks clients may connect from; empty means any address.",
     )
+    backend: Literal["local", "docker"] | None = Field(
+        default=None, description="Where the compute runs; the server's default if omitted."
+    )
+    image: Annotated[Text, Field(min_length=1, max_length=255)] | None = Field(
+        default=None, description="Docker image (docker endpoints only)."
+    )
+    memory: Annotated[Text, Field(pattern=r"^[0-9]+[bkmgBKMG]?$", max_length=20)] | None = Field(
+        default=None, description="Container memory limit such as `512m` (docker only)."
+    )
+    cpus: float | None = Field(
+        default=None, gt=0, le=512, description="Container CPU limit (docker only)."
+    )
 
 
 class BranchCreate(_Request):
@@ -154,6 +166,9 @@ class EndpointOut(_Response):
     expires_at: float | None = Field(description="Unix time the reaper deletes it at.")
     delete_after_idle_seconds: float | None
     allowed_cidrs: list[str]
+    compute_options: dict[str, str] = Field(
+        description="The backend's choices (docker: image, memory, cpus)."
+    )
     connection_uri: str
 
     @classmethod

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,7 +23,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     allowed_cidrs TEXT,             -- comma-separated networks; NULL = any address
     owner         TEXT,             -- id of the API token that created it; NULL = admin
     expires_at    REAL,             -- unix time after which the reaper deletes it
-    delete_after_idle REAL          -- seconds suspended/unused before the reaper deletes it
+    delete_after_idle REAL,         -- seconds suspended/unused before the reaper deletes it
+    compute_options TEXT            -- JSON object of backend choices (docker: image, memory, cpus)
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id            TEXT PRIMARY KEY,
@@ -64,12 +66,14 @@ class EndpointRecord:
     expires_at: float | None = None
     #: Seconds without use after which the reaper deletes it.
     delete_after_idle: float | None = None
+    #: The backend's choices for this endpoint (docker: ``image``, ``memory``, ``cpus``).
+    compute_options: dict[str, str] = field(default_factory=dict)
 
 
 def _record(row: tuple[Any, ...]) -> EndpointRecord:
     name, backend, idle_timeout, created_at, last_active, state, reason, cidrs, *rest = row
     allowed = tuple(c for c in str(cidrs).split(",") if c) if cidrs else ()
-    owner, expires_at, delete_after_idle = rest
+    owner, expires_at, delete_after_idle, options = rest
     return EndpointRecord(
         name,
         backend,
@@ -82,6 +86,7 @@ def _record(row: tuple[Any, ...]) -> EndpointRecord:
         owner,
         expires_at,
         delete_after_idle,
+        json.loads(options) if options else {},
     )
 
 
@@ -104,6 +109,7 @@ class Catalog:
             ("owner", "TEXT"),
             ("expires_at", "REAL"),
             ("delete_after_idle", "REAL"),
+            ("compute_options", "TEXT"),
         ):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE endpoints ADD COLUMN {column} {kind}")
@@ -124,6 +130,7 @@ class Catalog:
         expires_at: float | None = None,
         delete_after_idle: float | None = None,
         roles: dict[str, str] | None = None,
+        compute_options: dict[str, str] | None = None,
     ) -> EndpointRecord:
         """Insert a new endpoint with its first role; raise ``EndpointExists``."""
         now = time.time()
@@ -132,8 +139,8 @@ class Catalog:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
                     "INSERT INTO endpoints (name, backend, idle_timeout, created_at, "
-                    "allowed_cidrs, owner, expires_at, delete_after_idle) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         backend,
@@ -143,6 +150,7 @@ class Catalog:
                         owner,
                         expires_at,
                         delete_after_idle,
+                        json.dumps(compute_options) if compute_options else None,
                     ),
                 )
                 all_roles = {role: verifier, **(roles or {})}
@@ -159,7 +167,7 @@ class Catalog:
     def get(self, name: str) -> EndpointRecord | None:
         row = self._db.execute(
             "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs, owner, expires_at, delete_after_idle "
+            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options "
             "FROM endpoints WHERE name = ?",
             (name,),
         ).fetchone()
@@ -174,7 +182,7 @@ class Catalog:
     def list(self) -> list[EndpointRecord]:
         rows = self._db.execute(
             "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs, owner, expires_at, delete_after_idle "
+            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options "
             "FROM endpoints ORDER BY name"
         ).fetchall()
         return [_record(row) for row in rows]

@@ -8,15 +8,18 @@ the way uvicorn names its loops, and loaded once at startup.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from proxy.compute.management import ManagementConnection
     from proxy.settings import Settings
 
 __all__ = [
     "BACKENDS",
+    "Backends",
     "ComputeAddress",
     "ComputeBackend",
     "ComputeStartError",
@@ -25,7 +28,10 @@ __all__ = [
 ]
 
 #: Backend name -> "module:Class". Unknown names are refused at startup.
-BACKENDS: Final = {"local": "proxy.compute.local:LocalBackend"}
+BACKENDS: Final = {
+    "local": "proxy.compute.local:LocalBackend",
+    "docker": "proxy.compute.docker:DockerBackend",
+}
 
 
 class ComputeStartError(Exception):
@@ -57,12 +63,18 @@ class EndpointSpec:
     database: str
     #: SCRAM-SHA-256 verifier (``SCRAM-SHA-256$...``) for ``role``; never a plaintext.
     verifier: str
+    #: Backend-specific choices made at create (docker: ``image``, ``memory``, ``cpus``).
+    options: dict[str, str] = field(default_factory=dict)
 
 
 class ComputeBackend(Protocol):
     """What lifecycle needs from a place that runs computes."""
 
     name: str
+
+    def resolve_options(self, requested: dict[str, str | None]) -> dict[str, str]:
+        """The options a new endpoint gets: ``requested`` with the server's defaults filled
+        in. ``ValueError`` (a message for the user) when one is unknown or invalid."""
 
     async def prepare(self) -> None:
         """Get ready to create computes (e.g. make the template); idempotent."""
@@ -87,10 +99,10 @@ class ComputeBackend(Protocol):
     async def stop(self, endpoint: str) -> None:
         """Shut the compute down cleanly (checkpoint; no data lost)."""
 
-    def probe(self, endpoint: str) -> ComputeAddress | None:
+    async def probe(self, endpoint: str) -> ComputeAddress | None:
         """Return the address of a compute that runs now (to adopt it), else ``None``."""
 
-    def is_alive(self, endpoint: str) -> bool:
+    async def is_alive(self, endpoint: str) -> bool:
         """True while the compute's server process lives."""
 
     def management(self, endpoint: str) -> ManagementConnection | None:
@@ -98,7 +110,10 @@ class ComputeBackend(Protocol):
         running."""
 
     def disk_bytes(self, endpoint: str) -> int:
-        """Bytes of storage the endpoint holds."""
+        """Bytes of storage the endpoint holds (0 when the backend cannot tell)."""
+
+    async def close(self) -> None:
+        """Release what the backend holds (engine connections); the computes keep running."""
 
 
 def load_backend(name: str, settings: Settings) -> ComputeBackend:
@@ -112,3 +127,42 @@ def load_backend(name: str, settings: Settings) -> ComputeBackend:
     backend_class = getattr(importlib.import_module(module_name), class_name)
     backend: ComputeBackend = backend_class(settings)
     return backend
+
+
+class Backends:
+    """The backends one server uses, each loaded when an endpoint first needs it.
+
+    Loading is lazy so a server whose endpoints are all local never touches a Docker
+    engine, and an engine that is down does not stop pgwake from starting."""
+
+    def __init__(
+        self, settings: Settings, on_load: Callable[[ComputeBackend], None] | None = None
+    ) -> None:
+        self._settings = settings
+        self._loaded: dict[str, ComputeBackend] = {}
+        #: Called once per backend when it is first loaded (the server starts its upkeep).
+        self.on_load = on_load
+        #: The backend of new endpoints that do not name one.
+        self.default = settings.compute_backend
+
+    def add(self, backend: ComputeBackend, *, default: bool = False) -> None:
+        """Use an already built backend under its own name (tests, embedding)."""
+        self._loaded[backend.name] = backend
+        if default:
+            self.default = backend.name
+
+    def get(self, name: str) -> ComputeBackend:
+        """The backend called ``name``; ``ValueError`` (listing valid names) if unknown."""
+        backend = self._loaded.get(name)
+        if backend is None:
+            backend = self._loaded[name] = load_backend(name, self._settings)
+            if self.on_load is not None:
+                self.on_load(backend)
+        return backend
+
+    def loaded(self) -> list[ComputeBackend]:
+        return list(self._loaded.values())
+
+    async def close(self) -> None:
+        for backend in self._loaded.values():
+            await backend.close()

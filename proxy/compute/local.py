@@ -207,6 +207,12 @@ class LocalBackend:
         except FileNotFoundError:
             return False
 
+    def resolve_options(self, requested: dict[str, str | None]) -> dict[str, str]:
+        given = sorted(key for key, value in requested.items() if value is not None)
+        if given:
+            raise ValueError(f"local endpoints take no {', '.join(given)} (docker ones do)")
+        return {}
+
     async def prepare(self) -> None:
         """Make the template data directory once (initdb), guarded by a file lock."""
         if self._template_ready():
@@ -221,11 +227,7 @@ class LocalBackend:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._template_ready():
                 return
-            secret_file = self._state_dir / "admin-password"
-            if not secret_file.exists():
-                fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_urlsafe(32))
+            management.admin_password(self._state_dir)
             shutil.rmtree(self._template, ignore_errors=True)
             shutil.rmtree(self._root / "spares", ignore_errors=True)  # copies of the old one
             self._mkdir_for_compute(self._template)
@@ -371,7 +373,7 @@ class LocalBackend:
     async def branch(self, source: str, target: str) -> None:
         """Copy the running ``source`` with ``pg_basebackup`` (a consistent snapshot even
         under writes); the copy recovers to that point on its first start."""
-        address = self.probe(source)
+        address = self._probe(source)
         if address is None:
             raise ComputeStartError("the source compute is not running")
         target_dir = self._endpoint_dir(target)
@@ -414,7 +416,7 @@ class LocalBackend:
             raise
 
     async def delete(self, endpoint: str) -> None:
-        if self.is_alive(endpoint):
+        if self._postmaster_pid(endpoint) is not None:
             await self.stop(endpoint)
         await asyncio.to_thread(shutil.rmtree, self._endpoint_dir(endpoint), True)
         with contextlib.suppress(OSError):
@@ -426,7 +428,7 @@ class LocalBackend:
         data_dir = self.data_dir(endpoint)
         if not data_dir.is_dir():
             raise ComputeStartError("the endpoint has no data directory")
-        running = self.probe(endpoint)
+        running = self._probe(endpoint)
         if running is not None:
             return running
         socket_dir = self._socket_dir(endpoint)
@@ -550,7 +552,10 @@ class LocalBackend:
 
     # -- observation ---------------------------------------------------------------------
 
-    def probe(self, endpoint: str) -> ComputeAddress | None:
+    async def probe(self, endpoint: str) -> ComputeAddress | None:
+        return self._probe(endpoint)
+
+    def _probe(self, endpoint: str) -> ComputeAddress | None:
         pid = self._postmaster_pid(endpoint)
         if pid is None:
             return None
@@ -559,14 +564,17 @@ class LocalBackend:
             return None
         return self._address(pid_file.socket_dir)
 
-    def is_alive(self, endpoint: str) -> bool:
+    async def is_alive(self, endpoint: str) -> bool:
         return self._postmaster_pid(endpoint) is not None
 
     def management(self, endpoint: str) -> management.ManagementConnection | None:
-        address = self.probe(endpoint)
+        address = self._probe(endpoint)
         if address is None:
             return None
         return management.ManagementConnection(address, self._admin_password())
+
+    async def close(self) -> None:
+        """Nothing to release: computes are plain processes that outlive pgwake."""
 
     def disk_bytes(self, endpoint: str) -> int:
         total = 0

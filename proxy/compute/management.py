@@ -7,6 +7,10 @@ state directory; client sessions never use this role's credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import asyncpg
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ADMIN_ROLE",
     "ManagementConnection",
+    "admin_password",
     "quote_ident",
     "quote_literal",
     "setup_endpoint",
@@ -30,6 +35,17 @@ _COUNT_SESSIONS_SQL: Final = (
     "SELECT count(*) FROM pg_stat_activity "
     "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
 )
+
+
+def admin_password(state_dir: Path) -> str:
+    """The management role's password, made once per state dir (every backend's computes
+    share it; it never leaves pgwake and its computes)."""
+    path = state_dir / "admin-password"
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def quote_ident(name: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from proxy import metrics
 from proxy.catalog import Catalog
-from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec
+from proxy.compute import Backends, ComputeAddress, ComputeStartError, EndpointSpec
 from proxy.control import ADMIN, Caller, ControlError, ControlPlane
 from proxy.lifecycle import LifecycleManager
 from proxy.settings import load_settings
@@ -56,11 +56,17 @@ class SlowBackend:
     async def stop(self, endpoint: str) -> None:
         self.running.discard(endpoint)
 
-    def probe(self, endpoint: str) -> ComputeAddress | None:
+    async def probe(self, endpoint: str) -> ComputeAddress | None:
         return None
 
-    def is_alive(self, endpoint: str) -> bool:
+    async def is_alive(self, endpoint: str) -> bool:
         return endpoint in self.running
+
+    def resolve_options(self, requested: dict[str, str | None]) -> dict[str, str]:
+        return {}
+
+    async def close(self) -> None:
+        pass
 
     def management(self, endpoint: str) -> None:
         return None
@@ -73,8 +79,10 @@ def _control(tmp_path: Path) -> tuple[ControlPlane, SlowBackend, Catalog]:
     settings = load_settings(state_dir=str(tmp_path))
     catalog = Catalog(tmp_path / "catalog.sqlite3")
     backend = SlowBackend()
-    lifecycles = LifecycleManager(backend, catalog, 300, 30)  # type: ignore[arg-type]
-    control = ControlPlane(settings, catalog, backend, lifecycles, ADMIN_TOKEN)  # type: ignore[arg-type]
+    backends = Backends(settings)
+    backends.add(backend, default=True)  # type: ignore[arg-type]
+    lifecycles = LifecycleManager(backends, catalog, 300, 30)
+    control = ControlPlane(settings, catalog, backends, lifecycles, ADMIN_TOKEN)
     return control, backend, catalog
 
 

@@ -65,7 +65,7 @@ class FakeBackend:
     async def stop(self, endpoint: str) -> None:
         self.stops += 1
 
-    def is_alive(self, endpoint: str) -> bool:
+    async def is_alive(self, endpoint: str) -> bool:
         return True
 
     def management(self, endpoint: str) -> None:
