@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -34,6 +36,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxy.client import PgwakeClient
 
+REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"
 
 
@@ -60,18 +63,82 @@ def du_bytes(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--creates", type=int, default=100)
-    parser.add_argument("--density", type=int, default=200)
-    parser.add_argument("--wakes", type=int, default=50)
-    args = parser.parse_args()
+@dataclass
+class ControlResults:
+    """What ``run_control`` measured; times in ms, sizes in bytes unless named."""
 
+    create_ms: list[float] = field(default_factory=list)
+    first_query_ms: list[float] = field(default_factory=list)
+    #: One sample per density create: (endpoints existing, create ms, pgwake RSS KiB or 0
+    #: when not sampled at that point); the first is the start (no create, RSS sampled).
+    density: list[tuple[int, float, int]] = field(default_factory=list)
+    endpoints_total: int = 0
+    density_rss_kib: int = 0
+    catalog_bytes: int = 0
+    disk_per_endpoint_bytes: float = 0.0
+    wake_ms: list[float] = field(default_factory=list)
+    rss_after_wakes_kib: int = 0
+    baseline_rss_kib: int = 0
+    not_suspended_at_end: int = 0
+
+    def rows(self) -> list[tuple[str, str]]:
+        rows: list[tuple[str, str]] = []
+        if self.create_ms:
+            rows.append(
+                (
+                    "create latency p50 / p90 (ms)",
+                    f"{statistics.median(self.create_ms):.1f} / {pct(self.create_ms, 0.9):.1f}",
+                )
+            )
+        if self.first_query_ms:
+            rows.append(
+                (
+                    "create -> first SELECT 1 p50 / p90 (ms)",
+                    f"{statistics.median(self.first_query_ms):.1f}"
+                    f" / {pct(self.first_query_ms, 0.9):.1f}",
+                )
+            )
+        rows.append(("endpoints created (all suspended)", str(self.endpoints_total)))
+        rows.append(("pgwake RSS at start (MiB)", f"{self.baseline_rss_kib / 1024:.1f}"))
+        rows.append(("pgwake RSS with them (MiB)", f"{self.density_rss_kib / 1024:.1f}"))
+        rows.append(("catalog size (KiB)", f"{self.catalog_bytes / 1024:.0f}"))
+        rows.append(
+            ("disk per suspended endpoint (MiB)", f"{self.disk_per_endpoint_bytes / 2**20:.1f}")
+        )
+        if self.wake_ms:
+            rows.append(
+                (
+                    f"{len(self.wake_ms)} woken one after another: wake p50 / p90 (ms)",
+                    f"{statistics.median(self.wake_ms):.1f} / {pct(self.wake_ms, 0.9):.1f}",
+                )
+            )
+        rows.append(("pgwake RSS after the wakes (MiB)", f"{self.rss_after_wakes_kib / 1024:.1f}"))
+        rows.append(("endpoints not suspended at the end", str(self.not_suspended_at_end)))
+        return rows
+
+
+def run_control(
+    creates: int = 100,
+    density: int = 1000,
+    wakes: int = 100,
+    *,
+    first_queries: int = 20,
+    rss_every: int = 50,
+    progress: Callable[[str], None] | None = None,
+) -> ControlResults:
+    """Start a ``pgwake serve`` of its own, measure, stop it and remove its state dir.
+
+    ``density`` counts every endpoint made (the ``creates`` and ``first_queries`` ones
+    too); pgwake's RSS is sampled every ``rss_every`` endpoints while they are made.
+    Raises ``RuntimeError`` when pgwake does not come up.
+    """
+    say = progress or (lambda message: None)
     work = Path(tempfile.mkdtemp(prefix="pgwake-bench-control-", dir="/tmp"))
     work.chmod(0o711)
     port, api_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "PGWAKE_STATE_DIR": str(work / "state"),
         "PGWAKE_LISTEN": f"127.0.0.1:{port}",
         "PGWAKE_API_LISTEN": f"127.0.0.1:{api_port}",
@@ -86,9 +153,10 @@ def main() -> int:
         env=env,
         stdout=log,
         stderr=log,
+        cwd=work,
         start_new_session=True,
     )
-    rows: list[tuple[str, str]] = []
+    results = ControlResults()
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -97,83 +165,86 @@ def main() -> int:
                     break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("pgwake did not become ready") from None
+                    raise RuntimeError("pgwake did not become ready") from None
                 time.sleep(0.1)
         client = PgwakeClient(f"http://127.0.0.1:{api_port}", TOKEN)
         time.sleep(2)  # let the spare template copies be made
+        results.baseline_rss_kib = rss_kib(server.pid)
 
-        create_ms = []
-        for _ in range(args.creates):
+        say(f"control: {creates} sequential creates")
+        for _ in range(creates):
             started = time.perf_counter()
             client.create_endpoint()
-            create_ms.append((time.perf_counter() - started) * 1000)
-        rows.append(
-            (
-                "create latency p50 / p90 (ms)",
-                f"{statistics.median(create_ms):.1f} / {pct(create_ms, 0.9):.1f}",
-            )
-        )
+            results.create_ms.append((time.perf_counter() - started) * 1000)
 
-        first_query_ms = []
-        for _ in range(20):
+        say(f"control: {first_queries} x create -> first SELECT 1")
+        for _ in range(first_queries):
             started = time.perf_counter()
             created = client.create_endpoint()
             uri = created.connection_uri.replace("?", "?sslmode=disable&", 1)
             with psycopg.connect(uri, connect_timeout=60) as conn:
                 conn.execute("select 1").fetchone()
-            first_query_ms.append((time.perf_counter() - started) * 1000)
+            results.first_query_ms.append((time.perf_counter() - started) * 1000)
             client.suspend_endpoint(created.name)
-        rows.append(
-            (
-                "create -> first SELECT 1 p50 / p90 (ms)",
-                f"{statistics.median(first_query_ms):.1f} / {pct(first_query_ms, 0.9):.1f}",
-            )
-        )
 
         names = [e.name for e in client.list_endpoints()]
-        while len(names) < args.density:
+        say(f"control: density, {len(names)} -> {density} endpoints")
+        results.endpoints_total = len(names)
+        results.density.append((len(names), 0.0, rss_kib(server.pid)))
+        while len(names) < density:
+            started = time.perf_counter()
             names.append(client.create_endpoint(password="bench-password").name)
-        dense = names[: args.density]
+            elapsed = (time.perf_counter() - started) * 1000
+            sample = rss_kib(server.pid) if len(names) % rss_every == 0 else 0
+            results.density.append((len(names), elapsed, sample))
+            results.endpoints_total = len(names)
+            if len(names) % 200 == 0:
+                say(f"control: {len(names)} endpoints")
+        dense = names[:density]
         computes = work / "state" / "computes" / "endpoints"
         disk = [du_bytes(computes / name) for name in dense[:20]]
-        rows.append(("endpoints created (all suspended)", str(len(names))))
-        rows.append(("pgwake RSS with them (MiB)", f"{rss_kib(server.pid) / 1024:.1f}"))
-        rows.append(
-            (
-                "catalog size (KiB)",
-                f"{(work / 'state' / 'catalog.sqlite3').stat().st_size / 1024:.0f}",
-            )
-        )
-        rows.append(("disk per suspended endpoint (MiB)", f"{statistics.median(disk) / 2**20:.1f}"))
+        results.density_rss_kib = rss_kib(server.pid)
+        results.catalog_bytes = (work / "state" / "catalog.sqlite3").stat().st_size
+        results.disk_per_endpoint_bytes = statistics.median(disk)
 
-        wake_ms = []
-        woken = [n for n in dense if n not in {e.name for e in []}][-args.wakes :]
+        woken = dense[-wakes:] if wakes else []
+        say(f"control: {len(woken)} wakes one after another")
         for name in woken:
             started = time.perf_counter()
             client.wake_endpoint(name)
-            wake_ms.append((time.perf_counter() - started) * 1000)
+            results.wake_ms.append((time.perf_counter() - started) * 1000)
             client.suspend_endpoint(name)
-        rows.append(
-            (
-                f"{len(woken)} woken one after another: wake p50 / p90 (ms)",
-                f"{statistics.median(wake_ms):.1f} / {pct(wake_ms, 0.9):.1f}",
-            )
+        results.rss_after_wakes_kib = rss_kib(server.pid)
+        results.not_suspended_at_end = sum(
+            1 for e in client.list_endpoints() if e.state != "suspended"
         )
-        rows.append(("pgwake RSS after the wakes (MiB)", f"{rss_kib(server.pid) / 1024:.1f}"))
-        running = [e.name for e in client.list_endpoints() if e.state != "suspended"]
-        rows.append(("endpoints not suspended at the end", str(len(running))))
     finally:
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(120)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
+    return results
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--creates", type=int, default=100)
+    parser.add_argument("--density", type=int, default=200)
+    parser.add_argument("--wakes", type=int, default=50)
+    args = parser.parse_args()
+    results = run_control(
+        args.creates,
+        args.density,
+        args.wakes,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     print("| metric | value |")
     print("|---|---|")
-    for metric, value in rows:
+    for metric, value in results.rows():
         print(f"| {metric} | {value} |")
     return 0
 

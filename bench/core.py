@@ -28,9 +28,11 @@ import os
 import platform
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,15 +46,34 @@ from typing import Any
 
 from psycopg import pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from proxy.client import ApiError, PgwakeClient
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 ROLE = "app"
-PASSWORD = "s3cret"  # a throwaway endpoint on loopback
+PASSWORD = "s3cret-bench"  # throwaway endpoints on loopback (the API wants >= 8 characters)
 DATABASE = "app"
 WARM_ENDPOINT = "bench"
 COLD_ENDPOINT = "cold"
 COLD_IDLE_TIMEOUT = 0.3
 COMPUTE_USER = "pgwake"
 COMPUTE_PORT = 5432
-DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
+
+
+def _newest_debian_bindir() -> Path:
+    """The newest ``/usr/lib/postgresql/<major>/bin`` with a ``postgres`` (Debian's layout)."""
+    found = [
+        path
+        for path in Path("/usr/lib/postgresql").glob("*/bin")
+        if path.parent.name.isdigit() and (path / "postgres").is_file()
+    ]
+    if not found:
+        return Path("/usr/lib/postgresql/15/bin")
+    return max(found, key=lambda path: int(path.parent.name))
+
+
+DEFAULT_BINDIR = _newest_debian_bindir()
 
 # Targets (design.md §6 and the task that asked for this script).
 COLD_P50_TARGET_MS = 100.0
@@ -285,8 +306,12 @@ class Setup:
     procs: Processes
     proxy_port: int = 0
     metrics_port: int = 0
+    api_port: int = 0
     pgbouncer_port: int = 0
     metrics_errors: int = 0
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(24))
+    pgwake_process: subprocess.Popen[bytes] | None = None
+    pgbouncer_process: subprocess.Popen[bytes] | None = None
     raw_data: Path = field(init=False)
     raw_run: Path = field(init=False)
 
@@ -304,13 +329,31 @@ class Setup:
     def pgwake_env(self) -> dict[str, str]:
         return {
             **os.environ,
+            # pgwake from this checkout, whatever else is installed.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
             "PGWAKE_STATE_DIR": str(self.state_dir),
             "PGWAKE_PG_BINDIR": str(self.bindir),
+            "PGWAKE_ADMIN_TOKEN": self.admin_token,
         }
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def verifier(self, endpoint: str, role: str = ROLE) -> str:
+        """The SCRAM verifier pgwake's catalog holds for ``role`` (the compute has the same)."""
+        with contextlib.closing(sqlite3.connect(self.state_dir / "catalog.sqlite3")) as db:
+            row = db.execute(
+                "SELECT verifier FROM roles WHERE endpoint = ? AND role = ?", (endpoint, role)
+            ).fetchone()
+        if row is None:
+            raise BenchError(f"no verifier for role {role} of endpoint {endpoint} in the catalog")
+        return str(row[0])
+
     def pgwake_argv(self) -> list[str]:
-        exe = shutil.which("pgwake")
-        return [exe] if exe else [sys.executable, "-m", "proxy.cli"]
+        return [sys.executable, "-m", "proxy.cli"]
 
     def via_pgwake(self, endpoint: str, **extra: str | int) -> bytes:
         return conninfo(
@@ -373,31 +416,24 @@ class Setup:
         return dirs
 
 
+def api(setup: Setup) -> PgwakeClient:
+    """A client of the running pgwake's HTTP API, with the admin token."""
+    return PgwakeClient(setup.api_url, setup.admin_token)
+
+
+def create_endpoint(setup: Setup, name: str, idle_timeout: float) -> None:
+    """Create ``name`` (role ``app``, password ``PASSWORD``) through the API."""
+    started = time.monotonic()
+    try:
+        api(setup).create_endpoint(name, password=PASSWORD, idle_timeout_seconds=idle_timeout)
+    except (ApiError, OSError) as exc:
+        raise BenchError(f"creating endpoint {name} failed: {exc}") from exc
+    log(f"created endpoint {name} in {(time.monotonic() - started) * 1000:.0f} ms")
+
+
 def create_endpoints(setup: Setup) -> None:
-    setup.state_dir.mkdir(mode=0o711)
-    setup.state_dir.chmod(0o711)
     for name, idle in ((WARM_ENDPOINT, 600.0), (COLD_ENDPOINT, COLD_IDLE_TIMEOUT)):
-        started = time.monotonic()
-        result = subprocess.run(
-            [
-                *setup.pgwake_argv(),
-                "endpoint",
-                "create",
-                name,
-                "--password",
-                PASSWORD,
-                "--idle-timeout",
-                f"{idle:g}",
-            ],
-            env=setup.pgwake_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"pgwake endpoint create {name} failed:\n{result.stderr}")
-        log(f"created endpoint {name} in {time.monotonic() - started:.2f} s")
+        create_endpoint(setup, name, idle)
 
 
 def make_raw_copy(setup: Setup) -> None:
@@ -412,9 +448,15 @@ def make_raw_copy(setup: Setup) -> None:
     chown_to(setup.raw_run, setup.user)
 
 
-def start_pgwake(setup: Setup) -> None:
+def start_pgwake(setup: Setup, extra_args: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``pgwake serve`` on free loopback ports (proxy, metrics, API); wait until it
+    listens. ``extra_args`` are more ``serve`` flags."""
     setup.proxy_port = free_port()
     setup.metrics_port = free_port()
+    setup.api_port = free_port()
+    if not setup.state_dir.exists():
+        setup.state_dir.mkdir(mode=0o711)
+        setup.state_dir.chmod(0o711)
     log_path = setup.workdir / "pgwake-serve.log"
     process = setup.procs.start(
         "pgwake serve",
@@ -425,41 +467,81 @@ def start_pgwake(setup: Setup) -> None:
             f"127.0.0.1:{setup.proxy_port}",
             "--metrics-listen",
             f"127.0.0.1:{setup.metrics_port}",
+            "--api-listen",
+            f"127.0.0.1:{setup.api_port}",
+            *(extra_args or []),
         ],
         log_path=log_path,
         env=setup.pgwake_env(),
         cwd=setup.workdir,
         grace=45.0,
     )
+    setup.pgwake_process = process
 
     def up() -> bool:
         if process.poll() is not None:
             raise BenchError(f"pgwake serve exited ({process.returncode}):\n{tail(log_path)}")
-        return tcp_open(setup.proxy_port) and tcp_open(setup.metrics_port)
+        return tcp_open(setup.proxy_port) and tcp_open(setup.metrics_port) and _ready(setup)
 
-    wait_for(up, 30, "pgwake serve to listen")
-    log(f"pgwake serve listening on 127.0.0.1:{setup.proxy_port}")
+    wait_for(up, 60, "pgwake serve to listen", step=0.05)
+    log(f"pgwake serve (pid {process.pid}) listening on 127.0.0.1:{setup.proxy_port}")
+    return process
 
 
-def start_pgbouncer(setup: Setup, socket_dir: Path, pool_size: int) -> None:
+def _ready(setup: Setup) -> bool:
+    try:
+        with urllib.request.urlopen(f"{setup.api_url}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def start_pgbouncer(
+    setup: Setup,
+    socket_dir: Path | None = None,
+    pool_size: int = 20,
+    *,
+    databases: dict[str, Path] | None = None,
+    secret: str = PASSWORD,
+    max_client_conn: int = 200,
+    name: str = "pgbouncer",
+) -> subprocess.Popen[bytes]:
+    """Start PgBouncer (session mode, SCRAM) in front of compute sockets; wait until it
+    answers a ``SELECT 1``.
+
+    ``databases`` maps a PgBouncer database name to a compute's socket directory (each
+    forwards to that compute's database ``app``); ``socket_dir`` alone means ``{"app":
+    socket_dir}``. ``secret`` goes into the auth_file: the role's SCRAM verifier (the
+    same one the compute holds, so PgBouncer logs into the compute with the client's
+    SCRAM keys and never sees a password) or the plaintext password (needed when the
+    computes' verifiers differ, as each endpoint salts its own).
+    """
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    directory = setup.workdir / "pgbouncer"
+    if databases is None:
+        if socket_dir is None:
+            raise ValueError("start_pgbouncer needs socket_dir or databases")
+        databases = {DATABASE: socket_dir}
+    directory = setup.workdir / name
     directory.mkdir(mode=0o700)
-    setup.pgbouncer_port = free_port()
-    # Plaintext in auth_file lets PgBouncer do SCRAM with both the client and the server.
-    (directory / "userlist.txt").write_text(f'"{ROLE}" "{PASSWORD}"\n')
+    port = free_port()
+    (directory / "userlist.txt").write_text(f'"{ROLE}" "{secret}"\n')
+    entries = "\n".join(
+        f"{db} = host={sock} port={COMPUTE_PORT} dbname={DATABASE}"
+        for db, sock in databases.items()
+    )
     (directory / "pgbouncer.ini").write_text(
         f"""[databases]
-{DATABASE} = host={socket_dir} port={COMPUTE_PORT} dbname={DATABASE}
+{entries}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = {setup.pgbouncer_port}
+listen_port = {port}
+listen_backlog = 2048
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {directory}/userlist.txt
 pool_mode = session
-max_client_conn = 200
+max_client_conn = {max_client_conn}
 default_pool_size = {pool_size}
 ignore_startup_parameters = extra_float_digits
 logfile = {directory}/pgbouncer.log
@@ -468,9 +550,9 @@ pidfile = {directory}/pgbouncer.pid
     )
     for path in (directory, directory / "userlist.txt", directory / "pgbouncer.ini"):
         chown_to(path, setup.user)
-    log_path = setup.workdir / "pgbouncer.stdout.log"
+    log_path = setup.workdir / f"{name}.stdout.log"
     process = setup.procs.start(
-        "pgbouncer",
+        name,
         [exe, str(directory / "pgbouncer.ini")],
         log_path=log_path,
         user=setup.user,
@@ -484,11 +566,15 @@ pidfile = {directory}/pgbouncer.pid
                 f"pgbouncer exited ({process.returncode}):\n{tail(log_path)}\n"
                 f"{tail(directory / 'pgbouncer.log')}"
             )
-        return tcp_open(setup.pgbouncer_port)
+        return tcp_open(port)
 
     wait_for(up, 15, "pgbouncer to listen")
-    timed_connect_select_close(conninfo(host="127.0.0.1", port=setup.pgbouncer_port))
-    log(f"pgbouncer listening on 127.0.0.1:{setup.pgbouncer_port}")
+    first = next(iter(databases))
+    timed_connect_select_close(conninfo(host="127.0.0.1", port=port, dbname=first))
+    setup.pgbouncer_port = port
+    setup.pgbouncer_process = process
+    log(f"{name} (pid {process.pid}) listening on 127.0.0.1:{port}")
+    return process
 
 
 # -- measurement 1: cold connect vs raw start --------------------------------------------
@@ -627,7 +713,12 @@ def measure_warm(setup: Setup, runs: int) -> WarmResults:
 
 # -- measurement 3: pgbench --------------------------------------------------------------
 
-_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|excluding)", re.M)
+# "without initial connection time" (pgbench 14+) or "excluding ..." (older); with -C,
+# "including reconnection times" (connecting is what -C measures).
+_TPS = re.compile(
+    r"^tps = ([0-9.]+) \((?:without initial connection time|excluding|including reconnection)",
+    re.M,
+)
 
 
 def pgbench_env(host: str, port: int, options: str | None = None) -> dict[str, str]:
@@ -657,17 +748,28 @@ def run_pgbench(args: list[str], env: dict[str, str], timeout: float) -> str:
 
 
 def measure_pgbench(
-    setup: Setup, seconds: int, rounds: int, clients: int, threads: int
+    setup: Setup,
+    seconds: int,
+    rounds: int,
+    clients: int,
+    threads: int,
+    extra: list[str] | None = None,
+    *,
+    initialise: bool = True,
 ) -> dict[str, list[float]]:
+    """TPS per round of ``pgbench -S`` (plus ``extra``, e.g. ``-C``) through pgwake,
+    directly and through PgBouncer, rounds alternated and their order rotated."""
     socket_dir = setup.compute_socket_dir(WARM_ENDPOINT)
     envs = {
         "pgwake": pgbench_env("127.0.0.1", setup.proxy_port, f"endpoint={WARM_ENDPOINT}"),
         "direct": pgbench_env(str(socket_dir), COMPUTE_PORT),
         "pgbouncer": pgbench_env("127.0.0.1", setup.pgbouncer_port),
     }
-    log("pgbench -i -s 1 (direct)")
-    run_pgbench(["-i", "-s", "1", "-q"], envs["direct"], timeout=300)
-    base = ["-S", "-n", "-c", str(clients), "-j", str(threads)]
+    if initialise:
+        log("pgbench -i -s 1 (direct)")
+        run_pgbench(["-i", "-s", "1", "-q"], envs["direct"], timeout=300)
+    base = ["-S", "-n", "-c", str(clients), "-j", str(threads), *(extra or [])]
+    label = " ".join(["pgbench -S", *(extra or [])])
     for env in envs.values():  # warm-up: pools filled, caches hot
         run_pgbench([*base, "-T", "1"], env, timeout=60)
     tps: dict[str, list[float]] = {name: [] for name in envs}
@@ -681,7 +783,7 @@ def measure_pgbench(
                 raise BenchError(f"no tps line in pgbench output:\n{out}")
             tps[name].append(float(match.group(1)))
         log(
-            f"pgbench round {round_no + 1}/{rounds}: "
+            f"{label} round {round_no + 1}/{rounds}: "
             + ", ".join(f"{name} {values[-1]:.0f}" for name, values in tps.items())
         )
     return tps
@@ -919,80 +1021,127 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, action)
 
 
-def main() -> int:
-    args = _parse_args()
+def preflight(bindir: Path | None, *, need_pgbouncer: bool = True) -> str | None:
+    """None when this machine can run the bench; otherwise what is missing, and how to
+    get it."""
     if os.geteuid() != 0:
-        print("bench/core.py runs as root (computes and PgBouncer run as user pgwake)")
-        return 2
-    if args.pg_bindir is None or not (args.pg_bindir / "postgres").is_file():
-        print(f"no postgres in {args.pg_bindir}; pass --pg-bindir")
-        return 2
+        return "the bench runs as root (computes and PgBouncer run as user pgwake)"
+    if bindir is None or not (bindir / "postgres").is_file():
+        return f"no postgres in {bindir}; pass --pg-bindir (Debian: apt-get install postgresql)"
+    if shutil.which("pgbench") is None:
+        return "pgbench is not on PATH (Debian: apt-get install postgresql-client)"
+    if (
+        need_pgbouncer
+        and shutil.which("pgbouncer") is None
+        and not Path("/usr/sbin/pgbouncer").is_file()
+    ):
+        return "PgBouncer is missing: apt-get install pgbouncer (or run bench/install.sh)"
+    return None
+
+
+def compute_user() -> pwd.struct_passwd:
+    """The OS user computes run as; made the way ``pgwake serve`` makes it when missing."""
     try:
-        user = pwd.getpwnam(COMPUTE_USER)
+        return pwd.getpwnam(COMPUTE_USER)
     except KeyError:
-        print(f"user {COMPUTE_USER} is missing (pgwake creates it on first use)")
-        return 2
-    info = machine_info(args.pg_bindir)
+        from proxy.compute.osuser import resolve_compute_user  # noqa: PLC0415
+
+        resolve_compute_user(COMPUTE_USER)
+        return pwd.getpwnam(COMPUTE_USER)
+
+
+@contextlib.contextmanager
+def environment(bindir: Path, *, keep: bool = False) -> Iterator[Setup]:
+    """A fresh work directory under /tmp and the bookkeeping of what runs in it.
+
+    On the way out everything started is stopped (pgwake first suspends its computes),
+    with Ctrl-C and SIGTERM ignored meanwhile; the directory is removed unless ``keep``
+    or the block failed (its logs tell why), but kept for a Ctrl-C only with ``keep``.
+    """
+    user = compute_user()
     workdir = Path(tempfile.mkdtemp(prefix="pgwake-bench-", dir="/tmp"))
     workdir.chmod(0o711)
-    procs = Processes()
-    setup = Setup(workdir, args.pg_bindir, user, procs)
+    setup = Setup(workdir, bindir, user, Processes())
+    log(f"work directory {workdir}")
+    failed = False
+    try:
+        yield setup
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        # No second Ctrl-C or SIGTERM may cut the cleanup short.
+        previous = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            log("stopping everything started here")
+            setup.procs.stop_all()
+            stop_stray_postmasters(setup.all_data_dirs())
+            if keep or failed:
+                log(f"work directory kept: {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            for sig, action in previous.items():
+                signal.signal(sig, action)
+
+
+def prepare_core(setup: Setup, serve_args: list[str] | None = None) -> None:
+    """Create the warm and cold endpoints, start pgwake, give the cold endpoint its
+    first start (and let it suspend) before copying it for the raw baseline, and leave
+    the warm endpoint running."""
+    start_pgwake(setup, serve_args)
+    create_endpoints(setup)
+    # A new endpoint's role gets its password on the first start: make that happen
+    # (and let it suspend) before copying the data dir for the raw runs.
+    timed_connect_select(setup.via_pgwake(COLD_ENDPOINT))
+    setup.wait_suspended(COLD_ENDPOINT)
+    make_raw_copy(setup)
+    timed_connect_select(setup.via_pgwake(WARM_ENDPOINT))  # wake the warm endpoint
+
+
+def main() -> int:
+    args = _parse_args()
+    problem = preflight(args.pg_bindir, need_pgbouncer="pgbench" not in args.skip)
+    if problem:
+        print(problem)
+        return 2
+    info = machine_info(args.pg_bindir)
     cold = warm = None
     tps = None
     wake_ms = None
-    failed = True
-    keep = args.keep
+    metrics_errors = 0
     with interruptible():
         try:
-            log(f"work directory {workdir}")
-            create_endpoints(setup)
-            start_pgwake(setup)
-            # A new endpoint's role gets its password on the first start: make that
-            # happen (and let it suspend) before copying the data dir for the raw runs.
-            timed_connect_select(setup.via_pgwake(COLD_ENDPOINT))
-            setup.wait_suspended(COLD_ENDPOINT)
-            make_raw_copy(setup)
-            timed_connect_select(setup.via_pgwake(WARM_ENDPOINT))  # wake the warm endpoint
-            if "cold" not in args.skip:
-                log(f"cold connect: {args.runs} runs")
-                cold = measure_cold(setup, args.runs, args.settle)
-                wake_ms = mean_wake_ms(setup.metrics_text())
-            if "warm" not in args.skip:
-                log(f"warm connect: {args.warm_runs} alternated runs")
-                warm = measure_warm(setup, args.warm_runs)
-            if "pgbench" not in args.skip:
-                start_pgbouncer(
-                    setup, setup.compute_socket_dir(WARM_ENDPOINT), pool_size=args.clients + 4
-                )
-                tps = measure_pgbench(
-                    setup, args.pgbench_seconds, args.pgbench_rounds, args.clients, args.threads
-                )
-            failed = False
+            with environment(args.pg_bindir, keep=args.keep) as setup:
+                prepare_core(setup)
+                if "cold" not in args.skip:
+                    log(f"cold connect: {args.runs} runs")
+                    cold = measure_cold(setup, args.runs, args.settle)
+                    wake_ms = mean_wake_ms(setup.metrics_text())
+                if "warm" not in args.skip:
+                    log(f"warm connect: {args.warm_runs} alternated runs")
+                    warm = measure_warm(setup, args.warm_runs)
+                if "pgbench" not in args.skip:
+                    start_pgbouncer(
+                        setup,
+                        setup.compute_socket_dir(WARM_ENDPOINT),
+                        pool_size=args.clients + 4,
+                        secret=setup.verifier(WARM_ENDPOINT),
+                    )
+                    tps = measure_pgbench(
+                        setup, args.pgbench_seconds, args.pgbench_rounds, args.clients, args.threads
+                    )
+                metrics_errors = setup.metrics_errors
         except KeyboardInterrupt:
-            log("interrupted; cleaning up")
-        except BaseException as exc:
-            keep = True  # the logs in the work directory tell what went wrong
+            log("interrupted; cleaned up")
+            return 1
+        except BenchError as exc:
             log(f"FAILED: {exc}")
-            if not isinstance(exc, BenchError):
-                raise
-        finally:
-            # No second Ctrl-C or SIGTERM may cut the cleanup short.
-            previous = {
-                sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
-            }
-            try:
-                log("stopping everything started here")
-                procs.stop_all()
-                stop_stray_postmasters(setup.all_data_dirs())
-                if keep:
-                    log(f"work directory kept: {workdir}")
-                else:
-                    shutil.rmtree(workdir, ignore_errors=True)
-            finally:
-                for sig, action in previous.items():
-                    signal.signal(sig, action)
-    if failed:
-        return 1
+            return 1
     params = {
         "runs": args.runs,
         "warm_runs": args.warm_runs,
@@ -1002,8 +1151,8 @@ def main() -> int:
         "threads": args.threads,
     }
     info["loadavg at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    if setup.metrics_errors:
-        info["GET /metrics failures (retried)"] = str(setup.metrics_errors)
+    if metrics_errors:
+        info["GET /metrics failures (retried)"] = str(metrics_errors)
     text, data = report(info, cold, warm, tps, params, wake_ms)
     print(text)
     if args.json:
