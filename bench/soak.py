@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,9 @@ class SessionError:
     message: str
     verdict: str  # expected-killed, expected-broken, unexpected
     since_kill_ms: int | None  # time since the last kill on this endpoint, if any (<10 s)
+    started: float = 0.0  # when the session began (seconds since the load started)
+    #: The endpoint's state in pgwake's log when the session began (filled in at the end).
+    pgwake_state: str | None = None
 
 
 @dataclass
@@ -321,9 +326,10 @@ class SoakReport:
             out += ["", "Unexpected errors (first 15):", ""]
             for e in self.unexpected_errors[:15]:
                 since = f" {e.since_kill_ms} ms after a kill" if e.since_kill_ms is not None else ""
+                state = f" [pgwake: {e.pgwake_state} at connect]" if e.pgwake_state else ""
                 out.append(
                     f"- t={e.t:.2f} s {e.endpoint} session {e.session} {e.phase}:"
-                    f" {e.error_class}{since}: {e.message}"
+                    f" {e.error_class}{since}: {e.message}{state}"
                 )
         if self.orphans:
             out += ["", "Orphans:", *[f"- {o}" for o in self.orphans]]
@@ -465,6 +471,34 @@ def postgres_processes(state_dir: Path) -> dict[int, str]:
     return found
 
 
+_TRANSITION = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ proxy\.lifecycle "
+    r"event=transition endpoint=(\S+) from=\w+ to=(\w+)",
+    re.MULTILINE,
+)
+
+
+def annotate_states(errors: list[SessionError], log_path: Path, t0_wall: float) -> None:
+    """Set each error's ``pgwake_state``: the endpoint's state, per pgwake's transition
+    log lines (millisecond timestamps, local time), when the session began."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return
+    history: dict[str, list[tuple[float, str]]] = {}
+    for stamp, endpoint, state in _TRANSITION.findall(text):
+        when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        history.setdefault(endpoint, []).append((when, state))
+    for error in errors:
+        began = t0_wall + error.started
+        state = "suspended"
+        for when, to in history.get(error.endpoint, []):
+            if when > began:
+                break
+            state = to
+        error.pgwake_state = state
+
+
 def scan_log(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(errors="replace")
@@ -517,6 +551,7 @@ class Soak:
         self._txn_ids = itertools.count(1)
         self._row_ids = itertools.count(1)
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()
         self.deadline = self.t0
 
     def now(self) -> float:
@@ -655,6 +690,7 @@ class Soak:
                 message,
                 verdict,
                 since_kill,
+                round(started, 3),
             )
         )
 
@@ -703,11 +739,20 @@ class Soak:
             await asyncio.to_thread(conf.write_text, original + BROKEN_LINE)
             ep.broken.broken_at = round(self.now(), 3)
             log(f"broke {ep.name}'s postgresql.conf (its next start fails)")
-            await asyncio.sleep(max(0.0, repair_at - self.now()))
+            # However the load falls, a start is tried (and fails) while it is broken: a
+            # session every second once the compute is down.
+            while self.now() < repair_at:
+                if self.running_postmaster(ep) is None:
+                    await self.session(ep)
+                await asyncio.sleep(min(1.0, max(0.0, repair_at - self.now())))
         finally:
             await asyncio.to_thread(conf.write_text, original)
         ep.broken.repaired_at = round(self.now(), 3)
         log(f"repaired {ep.name}'s postgresql.conf")
+        # And one session a second until it works again (the start back-off may still run).
+        while not ep.broken.recovered and time.monotonic() < self.deadline:
+            await self.session(ep)
+            await asyncio.sleep(1.0)
 
     async def monitor(self) -> None:
         for tick in itertools.count(1):
@@ -878,7 +923,7 @@ async def run_soak(
         if failures:
             raise RuntimeError(f"setting up endpoints failed: {failures[0]!r}")
 
-        soak.t0 = time.monotonic()
+        soak.t0, soak.t0_wall = time.monotonic(), time.time()
         soak.deadline = soak.t0 + duration
         # The broken endpoints are taken from the cold end (the hot ones stay healthy).
         for index, name in enumerate(names[::-1][:broken]):
@@ -920,6 +965,7 @@ async def run_soak(
         }
         await _stop_and_check(server, report)
         report.pgwake_log = scan_log(server.log_path)
+        annotate_states(report.errors, server.log_path, soak.t0_wall)
 
         # Read every endpoint's rows back through a fresh pgwake on the same state dir.
         reader = Server(procs, work, "verify")
