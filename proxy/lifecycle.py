@@ -164,11 +164,12 @@ class Lifecycle:
             else logger.info
         )
         log(
-            "event=transition endpoint=%s from=%s to=%s trigger=%s%s%s",
+            "event=transition endpoint=%s from=%s to=%s trigger=%s backend=%s%s%s",
             self.name,
             old_state.value,
             new_state.value,
             trigger.value,
+            self.backend.name,
             extra,
             f" reason={reason!r}" if reason else "",
         )
@@ -177,6 +178,7 @@ class Lifecycle:
         self._catalog.set_state(self.name, new_state.value, reason, last_active=time.time())
 
     def _publish_state(self) -> None:
+        metrics.ENDPOINT_INFO.labels(self.name, self.backend.name).set(1)
         for state in EndpointState:
             metrics.ENDPOINT_STATE.labels(self.name, state.value).set(state is self.state)
 
@@ -307,6 +309,8 @@ class Lifecycle:
             await management.close()
         try:
             await self.backend.stop(self.name)
+        except ComputeStartError as exc:  # e.g. the Docker engine went away
+            logger.error("event=stop_error endpoint=%s reason=%r", self.name, exc.reason)
         except Exception:
             logger.exception("event=stop_error endpoint=%s", self.name)
         self.address = None
@@ -452,7 +456,10 @@ class LifecycleManager:
 
     def forget(self, name: str) -> None:
         """Drop a deleted endpoint's lifecycle and its state gauges."""
-        self._lifecycles.pop(name, None)
+        lifecycle = self._lifecycles.pop(name, None)
+        if lifecycle is not None:
+            with contextlib.suppress(KeyError):
+                metrics.ENDPOINT_INFO.remove(name, lifecycle.backend.name)
         for state in EndpointState:
             with contextlib.suppress(KeyError):
                 metrics.ENDPOINT_STATE.remove(name, state.value)

@@ -15,6 +15,7 @@ __all__ = [
     "CONNECTIONS_TOTAL",
     "ENDPOINTS_CREATED",
     "ENDPOINTS_DELETED",
+    "ENDPOINT_INFO",
     "ENDPOINT_STATE",
     "OPEN_CONNECTIONS",
     "STATE_TRANSITIONS",
@@ -54,6 +55,11 @@ ENDPOINT_STATE: Final = Gauge(
     "pgwake_endpoint_state",
     "1 for the state an endpoint is in, 0 for the others.",
     ["endpoint", "state"],
+)
+ENDPOINT_INFO: Final = Gauge(
+    "pgwake_endpoint_info",
+    "Always 1; labels describe the endpoint (join on `endpoint` for per-backend views).",
+    ["endpoint", "backend"],
 )
 STATE_TRANSITIONS: Final = Counter(
     "pgwake_endpoint_transitions_total", "Lifecycle transitions, by trigger.", ["trigger"]

@@ -143,7 +143,7 @@ class Backends:
         #: Called once per backend when it is first loaded (the server starts its upkeep).
         self.on_load = on_load
         #: The backend of new endpoints that do not name one.
-        self.default = settings.compute_backend
+        self.default: str = settings.compute_backend
 
     def add(self, backend: ComputeBackend, *, default: bool = False) -> None:
         """Use an already built backend under its own name (tests, embedding)."""

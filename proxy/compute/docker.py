@@ -63,6 +63,8 @@ _PGDATA: Final = f"{_MOUNT}/pgdata"
 #: The container's private tmpfs: the unix socket and initdb's password file live there.
 _CONTAINER_TMP: Final = "/tmp"  # noqa: S108 (inside the container, not this host)
 _READY_POLL_SECONDS: Final = 0.005
+#: aiodocker's status for "could not connect to the engine" (not an HTTP status).
+_UNREACHABLE: Final = 900
 _ENGINE_TIMEOUT: Final = 30.0
 _INIT_TIMEOUT: Final = 120.0
 # Kept in the container's own log (docker logs) and rotated by the engine.
@@ -134,11 +136,26 @@ class DockerBackend:
         return self._docker
 
     @contextlib.asynccontextmanager
-    async def _engine_call(self, what: str) -> AsyncIterator[aiodocker.Docker]:
-        """Run engine calls, turning an unreachable engine into a client-safe reason."""
+    async def _engine_call(
+        self, what: str, bound: float = _ENGINE_TIMEOUT
+    ) -> AsyncIterator[aiodocker.Docker]:
+        """Run engine calls, turning engine failures into client-safe reasons."""
         try:
-            async with asyncio.timeout(_ENGINE_TIMEOUT):
+            async with asyncio.timeout(bound):
                 yield self._engine()
+        except aiodocker.DockerError as exc:
+            if exc.status != _UNREACHABLE:
+                logger.warning(
+                    "event=docker_engine_error action=%s status=%s error=%r",
+                    what,
+                    exc.status,
+                    exc.message,
+                )
+                raise ComputeStartError(
+                    f"the Docker engine refused to {what} the compute: {exc.message[:200]}"
+                ) from None
+            logger.warning("event=docker_engine_unreachable action=%s error=%r", what, exc.message)
+            raise ComputeStartError(f"the Docker engine is unreachable (during {what})") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("event=docker_engine_unreachable action=%s error=%r", what, exc)
             raise ComputeStartError(
@@ -319,7 +336,8 @@ class DockerBackend:
 
     async def delete(self, endpoint: str) -> None:
         name = self._resource(endpoint)
-        async with self._engine_call("delete") as docker:
+        bound = self._settings.stop_timeout + 20 + _ENGINE_TIMEOUT
+        async with self._engine_call("delete", bound) as docker:
             for container in await docker.containers.list(
                 all=True,
                 filters={
@@ -511,11 +529,12 @@ class DockerBackend:
             await asyncio.sleep(_READY_POLL_SECONDS)
 
     async def stop(self, endpoint: str) -> None:
-        async with self._engine_call("stop") as docker:
+        # The kill-and-wait sequence may take stop_timeout and two more bounded waits.
+        bound = self._settings.stop_timeout + 20 + _ENGINE_TIMEOUT
+        async with self._engine_call("stop", bound) as docker:
             found = await self._container(docker, endpoint)
-        if found is None:
-            return
-        await self._stop_container(endpoint, found[0])
+            if found is not None:
+                await self._stop_container(endpoint, found[0])
 
     async def _stop_container(
         self, endpoint: str, container: aiodocker.containers.DockerContainer
