@@ -369,13 +369,18 @@ class ControlPlane:
     async def delete(self, caller: Caller, name: str, *, reason: str = "api") -> None:
         """Stop the compute if it runs and remove the endpoint with its data.
 
-        Raises ``ControlError`` ``endpoint_not_found`` (also while another delete runs)."""
+        Raises ``ControlError`` ``endpoint_not_found`` (also while another delete runs),
+        ``delete_failed`` (503) when the backend cannot remove the compute now."""
         record = self._visible(name, caller)
         self._deleting.add(name)
         try:
             lifecycle = self.lifecycles.get(record)
             await lifecycle.retire()
-            await lifecycle.backend.delete(name)
+            try:
+                await lifecycle.backend.delete(name)
+            except ComputeStartError as exc:  # e.g. the Docker engine is unreachable
+                lifecycle.closing = False  # still there: it may serve again
+                raise ControlError("delete_failed", exc.reason, 503) from None
             self.catalog.delete(name)
             self.lifecycles.forget(name)
         finally:

@@ -178,7 +178,7 @@ async def get_endpoint(control: ControlDep, caller: CallerDep, name: EndpointNam
     status_code=204,
     response_class=Response,
     summary="Delete an endpoint",
-    responses=_errors(401, 404, 422),
+    responses=_errors(401, 404, 422, 503),
 )
 async def delete_endpoint(control: ControlDep, caller: CallerDep, name: EndpointName) -> Response:
     """Stop the compute if it runs and delete the endpoint with its data."""
