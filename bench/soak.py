@@ -294,7 +294,9 @@ class SoakReport:
             rows.append(
                 (
                     f"broken endpoint {item.endpoint}",
-                    f"{window}, {item.failed_starts} x 57P03 ({item.reason}), {recovery}",
+                    f"{window}, {item.failed_starts} x 57P03 ({item.reason}), {recovery}"
+                    if item.failed_starts
+                    else f"{window}, fault not exercised (no start while broken)",
                 )
             )
         for stop in self.stops:
@@ -526,6 +528,8 @@ class Endpoint:
     killed_at: float | None = None
     broken: BrokenEndpoint | None = None
     committed: list[int] = field(default_factory=list)  # row ids, in commit order
+    #: Clients leave it alone (just broken, its compute still running: let it suspend).
+    avoid: bool = False
 
 
 @dataclass
@@ -558,9 +562,14 @@ class Soak:
         return time.monotonic() - self.t0
 
     def pick(self) -> Endpoint:
-        if self.rng.random() < HOT_SHARE:
-            return self.endpoints[self.rng.choice(self.names[:HOT_ENDPOINTS])]
-        return self.endpoints[self.rng.choice(self.names)]
+        for _ in range(100):  # bounded: with every endpoint avoided, take one anyway
+            if self.rng.random() < HOT_SHARE:
+                ep = self.endpoints[self.rng.choice(self.names[:HOT_ENDPOINTS])]
+            else:
+                ep = self.endpoints[self.rng.choice(self.names)]
+            if not ep.avoid:
+                break
+        return ep
 
     # -- one client ----------------------------------------------------------------------
 
@@ -668,7 +677,7 @@ class Soak:
         elif (
             broken is not None
             and broken.broken_at is not None
-            and started >= broken.broken_at
+            and self.now() >= broken.broken_at  # the failed start came after the break
             and (broken.recovered_at is None or started < broken.recovered_at)
             and error_class == "57P03"
             and "could not start" in message
@@ -739,13 +748,16 @@ class Soak:
             await asyncio.to_thread(conf.write_text, original + BROKEN_LINE)
             ep.broken.broken_at = round(self.now(), 3)
             log(f"broke {ep.name}'s postgresql.conf (its next start fails)")
-            # However the load falls, a start is tried (and fails) while it is broken: a
-            # session every second once the compute is down.
+            # However the load falls, a start is tried (and fails) while it is broken:
+            # clients leave it alone until its compute is down, then a session a second.
+            ep.avoid = True
             while self.now() < repair_at:
                 if self.running_postmaster(ep) is None:
+                    ep.avoid = False
                     await self.session(ep)
                 await asyncio.sleep(min(1.0, max(0.0, repair_at - self.now())))
         finally:
+            ep.avoid = False
             await asyncio.to_thread(conf.write_text, original)
         ep.broken.repaired_at = round(self.now(), 3)
         log(f"repaired {ep.name}'s postgresql.conf")
