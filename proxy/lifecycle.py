@@ -296,6 +296,9 @@ class Lifecycle:
             await asyncio.shield(self._start_task)
         if self.state is EndpointState.RUNNING:
             self._transition(Trigger.SUSPEND, reason)
+            # From now on no new session may use the compute: they wait for the stop,
+            # then wake it again (design §3), instead of logging in to a dying server.
+            self.address = None
             self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.name}")
         if self.state is EndpointState.SUSPENDING and self._stop_task is not None:
             await asyncio.shield(self._stop_task)

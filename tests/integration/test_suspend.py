@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from pathlib import Path
 
 import asyncpg
 import uvloop
@@ -116,3 +119,49 @@ def test_fifty_suspend_wake_cycles_keep_every_committed_row(pgwake: Pgwake) -> N
     # Every stop was a clean shutdown: the server never had to recover from a crash.
     assert "was interrupted" not in log
     assert "database system was not properly shut down" not in log
+
+
+def _child_named(parent: int, name: bytes) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == parent and name in cmdline:
+            return int(entry.name)
+    raise AssertionError(f"no child {name!r} of {parent}")
+
+
+def test_a_connect_while_suspending_waits_for_the_stop_then_wakes(pgwake: Pgwake) -> None:
+    """Found by bench/soak.py: a session that arrived during a suspend logged in to the
+    dying compute and got 57P03 "shutting down" (or a session killed a moment later)."""
+    pgwake.create("racy", idle_timeout=1)
+    pgwake.start()
+
+    async def scenario() -> int:
+        conn = await _connect(pgwake, "racy")
+        await conn.close()
+        pid_file = pgwake.compute_dir("racy") / "data" / "postmaster.pid"
+        checkpointer = _child_named(int(pid_file.read_text().split()[0]), b"checkpointer")
+        os.kill(checkpointer, signal.SIGSTOP)  # the shutdown checkpoint waits: suspending lasts
+        try:
+            while pgwake.state("racy") != "suspending":
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)  # the postmaster has its SIGINT by now
+            arriving = asyncio.create_task(_connect(pgwake, "racy"))
+            await asyncio.sleep(0.5)
+            assert not arriving.done()  # it waits for the stop instead of failing
+        finally:
+            os.kill(checkpointer, signal.SIGCONT)
+        conn = await arriving
+        try:
+            return int(await conn.fetchval("SELECT 7"))
+        finally:
+            await conn.close()
+
+    assert uvloop.run(scenario()) == 7
+    assert pgwake.compute_starts("racy") == 2
+    assert pgwake.metric("pgwake_suspends_total", endpoint="racy", reason="idle") == 1
