@@ -469,15 +469,7 @@ class DockerBackend:
         avoid: set[int] = set()
         for attempt in range(2):
             async with self._engine_call("start") as docker:
-                found = await self._container(docker, endpoint)
-                if found is None:
-                    container = await self._create_container(docker, endpoint, avoid)
-                    running = False
-                else:
-                    container, info = found
-                    running = bool(info.get("State", {}).get("Running"))
-                if not running:
-                    await container.start()
+                container = await self._start_container(docker, endpoint, avoid)
             port = self._ports[endpoint]
             try:
                 await self._wait_ready(endpoint, container, port, deadline)
@@ -497,6 +489,31 @@ class DockerBackend:
                 raise
             return ComputeAddress(host="127.0.0.1", port=port)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _start_container(
+        self, docker: aiodocker.Docker, endpoint: str, avoid: set[int]
+    ) -> aiodocker.containers.DockerContainer:
+        """Start the endpoint's container, creating it if it is missing. When its port is
+        known the start is one engine call (a running container answers 304, no error)."""
+        if endpoint in self._ports and not avoid:
+            container = docker.containers.container(self._resource(endpoint))
+            try:
+                await container.start()
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                self._ports.pop(endpoint, None)  # removed behind our back: make it again
+            else:
+                return container
+        found = await self._container(docker, endpoint)
+        if found is None:
+            container = await self._create_container(docker, endpoint, avoid)
+        else:
+            container, info = found
+            if info.get("State", {}).get("Running"):
+                return container
+        await container.start()
+        return container
 
     async def _wait_ready(
         self,
