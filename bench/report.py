@@ -153,11 +153,13 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
             f"{at:.0f} MiB" if measured else f"{at:.0f} MiB (extrapolated from {idle.connections})"
         )
         per = idle.per_connection_bytes["rss"] / 1024
+        first, last = idle.samples[0], idle.samples[-1]
         rows.append(
             (
                 f"{IDLE_TARGET_CONNECTIONS:,} idle client connections: pgwake RSS "
                 f"< {IDLE_RSS_TARGET_MIB:g} MB",
-                f"{text}; {per:.1f} KiB per connection",
+                f"{text} (with none: {first.rss_kib / 1024:.0f} MiB; USS {first.uss_kib / 1024:.0f}"
+                f" -> {last.uss_kib / 1024:.0f} MiB); {per:.1f} KiB per connection",
                 _met(at < IDLE_RSS_TARGET_MIB) if measured else "n/a (quick)",
             )
         )
@@ -248,7 +250,19 @@ def plot_all(results: Results, out: Path, prefix: str) -> dict[str, Path]:
         fig, ax = plt.subplots(figsize=(6, 3.0))
         for i, times in enumerate(results.burst.first_result_ms):
             if times:
-                cdf(ax, times, f"repetition {i + 1}")
+                cdf(
+                    ax,
+                    times,
+                    f"cold, repetition {i + 1}",
+                    color=COLOURS["pgwake"],
+                    alpha=0.5 + 0.5 * i / max(1, len(results.burst.first_result_ms) - 1),
+                )
+        warm = [t for series in results.burst.warm_ms for t in series]
+        direct = [t for series in results.burst.direct_ms for t in series]
+        if warm:
+            cdf(ax, warm, "warm via pgwake (all repetitions)", color="tab:green", ls="--")
+        if direct:
+            cdf(ax, direct, "direct (all repetitions)", color=COLOURS["direct"], ls=":")
         ax.set_xlabel("ms from the common start to the client's first SELECT 1 row")
         ax.set_ylabel("fraction of clients")
         ax.set_title(f"{results.burst.clients} clients at once on a suspended endpoint")
@@ -462,8 +476,24 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             " runs in that one client process too."
         )
         out.append("")
-        header = ("repetition", "ok", "p50 ms", "p90 ms", "max ms", "compute starts", "wake ms")
+        header = (
+            "repetition",
+            "ok",
+            "p50 ms",
+            "p90 ms",
+            "max ms",
+            "compute starts",
+            "wake ms",
+            "warm via pgwake p50 / max",
+            "direct p50 / max",
+        )
         rows = []
+
+        def p50_max(series: list[list[float]], i: int) -> str:
+            if i >= len(series) or not series[i]:
+                return "-"
+            return f"{_p(series[i], 0.5):.0f} / {max(series[i]):.0f}"
+
         for i, times in enumerate(burst.first_result_ms):
             starts = burst.starts[i]
             start_text = f"{starts.get('success', 0):.0f}" + (
@@ -478,6 +508,8 @@ def render(results: Results, plots: dict[str, Path]) -> str:
                     f"{max(times):.0f}" if times else "-",
                     start_text,
                     f"{burst.wake_ms[i]:.0f}",
+                    p50_max(burst.warm_ms, i),
+                    p50_max(burst.direct_ms, i),
                 )
             )
         out += _table(header, rows)
@@ -486,9 +518,17 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             "All clients succeeded, exactly one compute start each time: "
             + ("**yes**" if burst.all_ok else "**no**")
         )
+        out.append("")
+        out.append(
+            "The two right-hand columns are the same burst right after, on the running"
+            " compute (through pgwake, and straight to its unix socket): the part of the"
+            " time that is connecting that many clients at all, not the wake."
+        )
         for i, errors in enumerate(burst.errors):
             if errors:
                 out.append(f"- repetition {i + 1} errors (first): `{errors[0]}`")
+        for error in burst.baseline_errors[:3]:
+            out.append(f"- baseline error: `{error}`")
         _image(out, plots, "burst", "time to first result")
 
     if results.idle:

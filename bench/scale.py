@@ -117,6 +117,11 @@ class BurstResult:
     errors: list[list[str]] = field(default_factory=list)
     #: pgwake's own wake duration (ms) per repetition, from its histogram's sum.
     wake_ms: list[float] = field(default_factory=list)
+    #: Baselines right after each cold burst, same clients, compute running: through
+    #: pgwake (warm) and straight to the compute's unix socket (direct).
+    warm_ms: list[list[float]] = field(default_factory=list)
+    direct_ms: list[list[float]] = field(default_factory=list)
+    baseline_errors: list[str] = field(default_factory=list)
 
     @property
     def all_ok(self) -> bool:
@@ -152,7 +157,9 @@ async def _burst_once(kwargs: dict[str, Any], clients: int) -> tuple[list[float]
 
 def burst(setup: core.Setup, endpoint: str, clients: int, repeats: int) -> BurstResult:
     """``repeats`` times: make sure ``endpoint`` is suspended, then ``clients`` clients
-    connect at once; count the compute starts pgwake reports for each repetition."""
+    connect at once; count the compute starts pgwake reports for each repetition. After
+    each, the same burst on the running compute, through pgwake and directly (in rotating
+    order): how much of the time is the wake, how much is connecting 500 clients at all."""
     result = BurstResult(clients)
     api = core.api(setup)
     kwargs = asyncpg_kwargs(setup, endpoint)
@@ -178,6 +185,22 @@ def burst(setup: core.Setup, endpoint: str, clients: int, repeats: int) -> Burst
         )
         if errors:
             core.log(f"burst errors (first): {errors[0]}")
+        direct_kwargs = {
+            "host": str(setup.compute_socket_dir(endpoint)),
+            "port": core.COMPUTE_PORT,
+            "user": core.ROLE,
+            "password": core.PASSWORD,
+            "database": core.DATABASE,
+        }
+        baselines = [("warm", kwargs, result.warm_ms), ("direct", direct_kwargs, result.direct_ms)]
+        for name, target, into in baselines[repeat % 2 :] + baselines[: repeat % 2]:
+            times, errors = run_async(lambda target=target: _burst_once(target, clients))
+            into.append(times)
+            result.baseline_errors += [f"{name}: {error}" for error in errors[:5]]
+            core.log(
+                f"burst {repeat + 1}/{repeats} {name}: {len(times)}/{clients} ok, "
+                f"p50 {core.percentile(times, 0.5) if times else float('nan'):.0f} ms"
+            )
     return result
 
 
