@@ -15,11 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from proxy.auth.scram import tls_server_end_point
 
 __all__ = [
@@ -39,6 +34,12 @@ def ensure_self_signed(directory: Path) -> tuple[Path, Path]:
     cert_path, key_path = directory / "server.crt", directory / "server.key"
     if cert_path.is_file() and key_path.is_file():
         return cert_path, key_path
+    # Imported here: only the first start needs it, and it costs every process ~8 MB.
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgwake self-signed")])
@@ -102,9 +103,19 @@ class TlsMaterial:
 def load_tls(cert: Path, key: Path) -> TlsMaterial:
     """Load ``cert``/``key``; raise ``OSError``/``ValueError``/``ssl.SSLError`` if unusable."""
     context = build_server_context(cert, key)
-    leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
-    der = leaf.public_bytes(serialization.Encoding.DER)
-    return TlsMaterial(context, tls_server_end_point(der), cert)
+    return TlsMaterial(context, tls_server_end_point(_leaf_der(cert.read_text())), cert)
+
+
+_PEM_END: Final = "-----END CERTIFICATE-----"
+
+
+def _leaf_der(pem_chain: str) -> bytes:
+    """The DER of the first certificate in a PEM chain (the leaf, as TLS sends it)."""
+    begin = pem_chain.find("-----BEGIN CERTIFICATE-----")
+    end = pem_chain.find(_PEM_END, begin)
+    if begin < 0 or end < 0:
+        raise ValueError("no PEM certificate in the certificate file")
+    return ssl.PEM_cert_to_DER_cert(pem_chain[begin : end + len(_PEM_END)])
 
 
 def build_server_context(cert: Path, key: Path) -> ssl.SSLContext:

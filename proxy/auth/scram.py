@@ -50,9 +50,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from proxy.auth.certhash import binding_hash_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -262,16 +260,7 @@ class ChannelBinding(enum.Enum):
         (``be_tls_get_certificate_hash``) refuses those; RFC 5929 does not cover them.
         Raises ``ValueError`` for bytes that are no DER certificate or an unknown
         signature algorithm."""
-        certificate = x509.load_der_x509_certificate(certificate_der)
-        try:
-            algorithm = certificate.signature_hash_algorithm
-        except UnsupportedAlgorithm as error:
-            raise ValueError("unknown certificate signature algorithm") from error
-        if algorithm is None or isinstance(algorithm, hashes.MD5 | hashes.SHA1):
-            algorithm = hashes.SHA256()
-        digest = hashes.Hash(algorithm)
-        digest.update(certificate_der)
-        return digest.finalize()
+        return hashlib.new(binding_hash_name(certificate_der), certificate_der).digest()
 
 
 tls_server_end_point: Final = ChannelBinding.tls_server_end_point
