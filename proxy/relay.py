@@ -4,30 +4,27 @@ Nothing here parses: after ``ReadyForQuery`` bytes are copied as they come. When
 side's write buffer passes its high-water mark, reading from the other side pauses until
 it drains (uvicorn's ``flow_control.py``), so a slow client never makes pgwake buffer a
 large result. Either side closing closes the other once its pending bytes are written.
+
+A relayed session is only its two transports, two pumps and one ``Relay``: the session's
+coroutine has ended by then (its frames, the handshake and the SCRAM state are freed), and
+``on_done`` is called once both sides have closed. That keeps an idle session at a few KB.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from proxy.stream import PacketStream
 
-__all__ = ["RelayResult", "relay"]
+__all__ = ["Relay", "Relays", "start_relay"]
 
 # Larger than asyncio's 64 KiB default: fewer pause/resume flips on big results.
 _HIGH_WATER: Final = 512 * 1024
 _LOW_WATER: Final = 128 * 1024
-
-
-@dataclass(slots=True)
-class RelayResult:
-    """Bytes moved in each direction."""
-
-    to_compute: int = 0
-    to_client: int = 0
 
 
 class _Pump(asyncio.Protocol):
@@ -36,13 +33,13 @@ class _Pump(asyncio.Protocol):
     ``data_received`` runs once per read on every relayed session, so it does the least it
     can: the peer's ``write`` is bound once, and byte counting is one addition."""
 
-    __slots__ = ("_done", "_write", "bytes_read", "peer", "transport")
+    __slots__ = ("_relay", "_write", "bytes_read", "peer", "transport")
 
-    def __init__(self, done: asyncio.Future[None], transport: asyncio.Transport) -> None:
+    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.peer: _Pump | None = None
         self.bytes_read = 0
-        self._done = done
+        self._relay: Relay | None = relay
         self._write = _discard
 
     def connect_to(self, peer: _Pump) -> None:
@@ -60,8 +57,9 @@ class _Pump(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None:
             self.peer.transport.close()  # flushes what is already queued, then closes
-        if not self._done.done():
-            self._done.set_result(None)
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.side_closed()
 
     # Our transport's write buffer is full: stop reading the side that fills it.
     def pause_writing(self) -> None:
@@ -77,19 +75,88 @@ def _discard(data: bytes) -> None:
     """Where a pump writes before it is connected (never in practice)."""
 
 
-async def relay(client_stream: PacketStream, compute_stream: PacketStream) -> RelayResult:
-    """Take over both streams' transports and pump bytes until both sides are closed.
+class Relay:
+    """One relayed session: calls ``on_done(to_compute, to_client)`` once, when both
+    sides have closed."""
+
+    __slots__ = ("_from_client", "_from_compute", "_on_done", "_open", "_relays")
+
+    def __init__(self, relays: Relays, on_done: Callable[[int, int], None]) -> None:
+        self._relays = relays
+        self._on_done: Callable[[int, int], None] | None = on_done
+        self._open = 2
+        self._from_client: _Pump | None = None
+        self._from_compute: _Pump | None = None
+
+    def attach(self, from_client: _Pump, from_compute: _Pump) -> None:
+        self._from_client, self._from_compute = from_client, from_compute
+        from_client.connect_to(from_compute)
+        from_compute.connect_to(from_client)
+
+    def side_closed(self) -> None:
+        self._open -= 1
+        if self._open > 0:
+            return
+        on_done, self._on_done = self._on_done, None
+        self._relays.discard(self)
+        if on_done is not None:
+            to_compute = self._from_client.bytes_read if self._from_client else 0
+            to_client = self._from_compute.bytes_read if self._from_compute else 0
+            on_done(to_compute, to_client)
+
+    def abort(self) -> None:
+        """Cut both sides now (a forced shutdown); ``on_done`` still runs."""
+        for pump in (self._from_client, self._from_compute):
+            if pump is not None:
+                pump.transport.abort()
+
+
+class Relays:
+    """The relayed sessions of one server, so a shutdown can wait for them or cut them."""
+
+    def __init__(self) -> None:
+        self._relays: set[Relay] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._relays)
+
+    def add(self, relay: Relay) -> None:
+        self._relays.add(relay)
+        self._empty.clear()
+
+    def discard(self, relay: Relay) -> None:
+        self._relays.discard(relay)
+        if not self._relays:
+            self._empty.set()
+
+    async def wait_closed(self) -> None:
+        """Return once no relay is left."""
+        await self._empty.wait()
+
+    def abort_all(self) -> None:
+        for relay in list(self._relays):
+            relay.abort()
+
+
+def start_relay(
+    client_stream: PacketStream,
+    compute_stream: PacketStream,
+    relays: Relays,
+    on_done: Callable[[int, int], None],
+) -> Relay:
+    """Take over both streams' transports and pump bytes until both sides are closed,
+    then call ``on_done(to_compute, to_client)``. Returns at once.
 
     Bytes the handshake read but did not consume are delivered first."""
     client_lost, compute_lost = client_stream.closed.done(), compute_stream.closed.done()
     client, client_pending = client_stream.detach()
     compute, compute_pending = compute_stream.detach()
-    loop = asyncio.get_running_loop()
-    client_closed: asyncio.Future[None] = loop.create_future()
-    compute_closed: asyncio.Future[None] = loop.create_future()
-    from_client, from_compute = _Pump(client_closed, client), _Pump(compute_closed, compute)
-    from_client.connect_to(from_compute)
-    from_compute.connect_to(from_client)
+    relay = Relay(relays, on_done)
+    relays.add(relay)
+    from_client, from_compute = _Pump(relay, client), _Pump(relay, compute)
+    relay.attach(from_client, from_compute)
     for transport in (client, compute):
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
     client.set_protocol(from_client)
@@ -102,10 +169,4 @@ async def relay(client_stream: PacketStream, compute_stream: PacketStream) -> Re
     for pump, lost in ((from_client, client_lost), (from_compute, compute_lost)):
         if lost:
             pump.connection_lost(None)
-    try:
-        await asyncio.gather(client_closed, compute_closed)
-    except asyncio.CancelledError:
-        client.abort()
-        compute.abort()
-        raise
-    return RelayResult(to_compute=from_client.bytes_read, to_client=from_compute.bytes_read)
+    return relay

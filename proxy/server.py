@@ -128,10 +128,17 @@ class Server:
             logger.warning("event=shutdown_forced signal=%s", signum)
             for task in list(self._sessions):
                 task.cancel()
+            if self._ctx is not None:
+                self._ctx.relays.abort_all()
             if self._api is not None:
                 self._api.request_stop(force=True)
             return
-        logger.info("event=shutdown_requested signal=%s sessions=%d", signum, len(self._sessions))
+        relayed = len(self._ctx.relays) if self._ctx is not None else 0
+        logger.info(
+            "event=shutdown_requested signal=%s sessions=%d",
+            signum,
+            len(self._sessions) + relayed,
+        )
         # The API keeps answering while sessions drain: /readyz says 503 from now on.
         self._shutdown.set()
 
@@ -319,12 +326,11 @@ class Server:
     ) -> None:
         listener.close()
         started = time.monotonic()
-        if self._sessions and not self._force:
-            _, pending = await asyncio.wait(
-                set(self._sessions), timeout=self.settings.drain_timeout
+        if not self._force and not await self._sessions_ended(self.settings.drain_timeout):
+            assert self._ctx is not None
+            logger.warning(
+                "event=drain_timeout closing=%d", len(self._sessions) + len(self._ctx.relays)
             )
-            if pending:
-                logger.warning("event=drain_timeout closing=%d", len(pending))
         # The API and the reaper stop before the computes: a create, wake or delete in
         # flight finishes (or is cut off) first, and none starts a compute afterwards.
         if self._api is not None:
@@ -336,10 +342,22 @@ class Server:
         # Suspending first lets each compute end its remaining sessions itself: a fast
         # shutdown sends every client a well-framed FATAL 57P01, which the relay forwards.
         await lifecycles.suspend_all()
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=5)
-        for task in list(self._sessions):
-            task.cancel()
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=5)
+        if not await self._sessions_ended(5):
+            for task in list(self._sessions):
+                task.cancel()
+            if self._ctx is not None:
+                self._ctx.relays.abort_all()
+            await self._sessions_ended(5)
         logger.info("event=stopped ms=%d", (time.monotonic() - started) * 1000)
+
+    async def _sessions_ended(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for every session (in its handshake or relaying) to end."""
+        deadline = time.monotonic() + seconds
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=seconds)
+        if self._ctx is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await self._ctx.relays.wait_closed()
+        relays = len(self._ctx.relays) if self._ctx is not None else 0
+        return not self._sessions and not relays

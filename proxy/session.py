@@ -51,7 +51,7 @@ from proxy.protocol.errors import (
 )
 from proxy.protocol.framing import MessageReader
 from proxy.protocol.messages import CancelRequest, StartupMessage
-from proxy.relay import relay
+from proxy.relay import Relays, start_relay
 from proxy.routing import resolve
 
 if TYPE_CHECKING:
@@ -90,6 +90,8 @@ class SessionContext:
     mock_secret: bytes
     #: The current certificate; replaced on SIGHUP (sessions keep the one they began with).
     tls: TlsMaterial | None
+    #: Relayed sessions (their coroutines have ended; the server's drain waits on these).
+    relays: Relays = field(default_factory=Relays)
     active_sessions: int = field(default=0)
 
 
@@ -129,8 +131,9 @@ class _Session:
         self.compute: PacketStream | None = None
         self.cancel_key: tuple[int, int] | None = None
         self.prelogin: asyncio.Future[PendingLogin] | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
+        #: Set once the relay runs: from then on the relay ends the session, not us.
+        self.relaying = False
+        self.lifecycle: Lifecycle | None = None
         #: The startup *and* the client's SCRAM exchange must be done by then.
         self.deadline = asyncio.get_running_loop().time() + ctx.settings.startup_timeout
 
@@ -201,19 +204,12 @@ class _Session:
                 detail=f"the limit is {settings.max_endpoint_connections}",
             )
         lifecycle.acquire()
+        self.lifecycle = lifecycle
         metrics.CONNECTIONS_ACTIVE.labels(record.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(record.name).inc()
-        try:
-            startup = encode.startup_message(
-                _compute_parameters(message, route.role, route.options)
-            )
-            auth = await self._authenticate(lifecycle, route.role, handshake, startup)
-            await self._open_compute_session(lifecycle, auth, startup, route.role)
-            result = await relay(self.client, self._compute())
-            self.bytes_in, self.bytes_out = result.to_compute, result.to_client
-        finally:
-            lifecycle.release()
-            metrics.CONNECTIONS_ACTIVE.labels(record.name).dec()
+        startup = encode.startup_message(_compute_parameters(message, route.role, route.options))
+        auth = await self._authenticate(lifecycle, route.role, handshake, startup)
+        await self._open_compute_session(lifecycle, auth, startup, route.role)
 
     def _compute(self) -> PacketStream:
         assert self.compute is not None
@@ -395,22 +391,68 @@ class _Session:
             raise password_failed(role) from None
 
     def close(self) -> None:
+        """Close both sides (the cancel key goes with ``_SessionEnd.finish``)."""
         self._drop_prelogin()
-        if self.cancel_key is not None:
-            self.ctx.cancels.unregister(self.cancel_key)
         if self.compute is not None:
             self.compute.close()
         self.client.close()
 
 
+class _SessionEnd:
+    """What is left of a session once it relays: everything its end must undo and log.
+
+    It holds no reference to the ``_Session``, so the handshake, SCRAM state and the
+    coroutine's frames are freed while the relay runs."""
+
+    __slots__ = ("cancel_key", "conn_id", "ctx", "endpoint", "lifecycle", "started")
+
+    def __init__(self, ctx: SessionContext, conn_id: str, started: float) -> None:
+        self.ctx = ctx
+        self.conn_id = conn_id
+        self.started = started
+        self.endpoint: str | None = None
+        self.lifecycle: Lifecycle | None = None
+        self.cancel_key: tuple[int, int] | None = None
+
+    def take_over(self, session: _Session) -> None:
+        self.endpoint = session.endpoint
+        self.lifecycle = session.lifecycle
+        self.cancel_key = session.cancel_key
+
+    def relayed(self, to_compute: int, to_client: int) -> None:
+        self.finish("ok", to_compute, to_client)
+
+    def finish(self, outcome: str, to_compute: int = 0, to_client: int = 0) -> None:
+        ctx = self.ctx
+        ctx.active_sessions -= 1
+        metrics.OPEN_CONNECTIONS.dec()
+        if self.lifecycle is not None:
+            self.lifecycle.release()
+            metrics.CONNECTIONS_ACTIVE.labels(self.lifecycle.name).dec()
+        if self.cancel_key is not None:
+            ctx.cancels.unregister(self.cancel_key)
+        if self.endpoint is not None and (to_compute or to_client):
+            metrics.BYTES_RELAYED.labels(self.endpoint, "to_compute").inc(to_compute)
+            metrics.BYTES_RELAYED.labels(self.endpoint, "to_client").inc(to_client)
+        logger.info(
+            "event=closed conn=%s endpoint=%s outcome=%s bytes_in=%d bytes_out=%d ms=%d",
+            self.conn_id,
+            self.endpoint or "-",
+            outcome,
+            to_compute,
+            to_client,
+            (time.monotonic() - self.started) * 1000,
+        )
+
+
 async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
-    """Serve one accepted client connection until it closes; never raises but
-    ``CancelledError``."""
+    """Serve one accepted client connection up to its relay (which then ends the session
+    by itself, see ``_SessionEnd``) or its close; never raises but ``CancelledError``."""
     conn_id = secrets.token_hex(4)
     peername = client.peername
     peer_host = peername[0] if isinstance(peername, tuple) else "local"
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
-    started = time.monotonic()
+    end = _SessionEnd(ctx, conn_id, time.monotonic())
     session = _Session(client, ctx, conn_id, peer_host)
     ctx.active_sessions += 1
     metrics.OPEN_CONNECTIONS.inc()
@@ -419,6 +461,10 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
     outcome = "ok"
     try:
         await session.run()
+        if session.compute is not None:
+            end.take_over(session)
+            start_relay(client, session.compute, ctx.relays, end.relayed)
+            session.relaying = True
     except ComputeRefused as refused:
         outcome = refused.sqlstate or "compute_refused"
     except ClientError as error:
@@ -439,21 +485,10 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         logger.exception("event=session_error conn=%s", conn_id)
         _report(session, InternalError("internal error in pgwake"))
     finally:
-        ctx.active_sessions -= 1
-        metrics.OPEN_CONNECTIONS.dec()
-        session.close()
-        if session.endpoint is not None and (session.bytes_in or session.bytes_out):
-            metrics.BYTES_RELAYED.labels(session.endpoint, "to_compute").inc(session.bytes_in)
-            metrics.BYTES_RELAYED.labels(session.endpoint, "to_client").inc(session.bytes_out)
-        logger.info(
-            "event=closed conn=%s endpoint=%s outcome=%s bytes_in=%d bytes_out=%d ms=%d",
-            conn_id,
-            session.endpoint or "-",
-            outcome,
-            session.bytes_in,
-            session.bytes_out,
-            (time.monotonic() - started) * 1000,
-        )
+        if not session.relaying:
+            session.close()
+            end.take_over(session)
+            end.finish(outcome)
 
 
 def _report(session: _Session, error: ClientError) -> None:
