@@ -35,6 +35,7 @@ from bench.core import free_port, percentile
 from proxy.client import PgwakeClient
 
 PASSWORD = "bench-" + secrets.token_hex(8)
+DEFAULT_IMAGE = "pgwake-postgres:17"
 TARGET_P50_MS = 250.0
 TARGET_RATIO = 1.3
 
@@ -232,7 +233,7 @@ def table(results: DockerColdResults) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--image", default="pgwake-postgres:17")
+    parser.add_argument("--image", default=DEFAULT_IMAGE)
     args = parser.parse_args()
     print(table(measure(args.runs, args.image)))
     return 0

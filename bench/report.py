@@ -49,6 +49,8 @@ class Results:
     idle: dict[str, IdleResult] = field(default_factory=dict)
     control: ControlResults | None = None
     soak: dict[str, Any] | None = None
+    #: ``bench/docker_cold.py``'s table (Markdown), or why it did not run.
+    docker: str | None = None
     errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     runtime_seconds: float = 0.0
@@ -615,6 +617,9 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             out += ["", str(soak["table"])]
         for problem in soak.get("problems", []):
             out.append(f"- problem: {problem}")
+
+    out += ["", "## Docker cold connect (issue 7)", ""]
+    out.append(results.docker or "Skipped.")
 
     if results.notes:
         out += ["", "## Notes", ""]

@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import control, core, report, scale
+from bench import control, core, docker_cold, report, scale
 
 T = TypeVar("T")
 
 BENCH_DIR = Path(__file__).resolve().parent
-PARTS = ("cold", "warm", "pgbench", "pgbench-C", "burst", "idle", "control", "soak")
+PARTS = ("cold", "warm", "pgbench", "pgbench-C", "burst", "idle", "control", "soak", "docker")
 BURST_ENDPOINT = "burst"
 #: The burst endpoint's compute gets room for every client (the template allows 300).
 BURST_MAX_CONNECTIONS = 600
@@ -318,6 +318,24 @@ def run_soak_hook(plan: Plan, keep: bool) -> dict[str, Any]:
 # -- machine and run description ---------------------------------------------------------
 
 
+def run_docker(plan: Plan) -> str:
+    """Docker cold connects (``docker_cold.py``), when an engine and the image are here."""
+    runs = max(5, plan.cold_runs)
+    try:
+        import docker  # noqa: PLC0415
+
+        engine = docker.from_env()
+        engine.images.get(docker_cold.DEFAULT_IMAGE)
+        engine.close()
+    except Exception as exc:  # no engine or no image: say so, it is not a failure
+        return (
+            f"Not measured: {type(exc).__name__}: {exc}. Start an engine "
+            "(`deploy/docker/engine.sh up`) and build the images "
+            "(`deploy/docker/build-images.sh`)."
+        )
+    return docker_cold.table(docker_cold.measure(runs, docker_cold.DEFAULT_IMAGE))
+
+
 def _version(module: str) -> str:
     try:
         return str(importlib.import_module(module).__version__)
@@ -449,6 +467,8 @@ def main() -> int:
                 )
             if "soak" not in skip:
                 results.soak = part(results, "soak", lambda: run_soak_hook(plan, args.keep))
+            if "docker" not in skip:
+                results.docker = part(results, "docker", lambda: run_docker(plan))
         except KeyboardInterrupt:
             core.log("interrupted; everything started here was stopped")
             return 130
