@@ -211,10 +211,6 @@ class _Session:
         auth = await self._authenticate(lifecycle, route.role, handshake, startup)
         await self._open_compute_session(lifecycle, auth, startup, route.role)
 
-    def _compute(self) -> PacketStream:
-        assert self.compute is not None
-        return self.compute
-
     def _begin_prelogin(self, lifecycle: Lifecycle, startup: bytes) -> None:
         """The client sent a valid client-first for a known role: if the compute runs,
         connect and send the startup now, so its backend forks while the client computes

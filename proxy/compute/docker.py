@@ -186,14 +186,14 @@ class DockerBackend:
         backoff = 1.0
         while True:
             try:
-                await self._watch_events()
+                await self._watch_events()  # returns when the engine ends the stream
                 backoff = 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # engine down: try again later, quietly
                 logger.debug("event=docker_events_unavailable error=%r", exc)
-                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60.0)
+            await asyncio.sleep(backoff)
 
     async def _watch_events(self) -> None:
         filters = {"type": ["container"], "label": [f"{LABEL_INSTANCE}={self.instance}"]}
