@@ -961,11 +961,17 @@ def report(
 
 
 def mean_wake_ms(metrics_text: str) -> float | None:
-    total = re.search(r"^pgwake_wake_duration_seconds_sum (\S+)$", metrics_text, re.M)
-    count = re.search(r"^pgwake_wake_duration_seconds_count (\S+)$", metrics_text, re.M)
-    if not total or not count or float(count.group(1)) == 0:
+    # Summed over the backend label (the bench runs local computes only).
+    total = summed_samples(metrics_text, "pgwake_wake_duration_seconds_sum")
+    count = summed_samples(metrics_text, "pgwake_wake_duration_seconds_count")
+    if not count:
         return None
-    return float(total.group(1)) / float(count.group(1)) * 1000
+    return total / count * 1000
+
+
+def summed_samples(metrics_text: str, name: str) -> float:
+    pattern = rf"^{name}(?:\{{[^}}]*\}})? (\S+)$"
+    return sum(float(value) for value in re.findall(pattern, metrics_text, re.M))
 
 
 # -- main --------------------------------------------------------------------------------

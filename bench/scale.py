@@ -205,8 +205,7 @@ def burst(setup: core.Setup, endpoint: str, clients: int, repeats: int) -> Burst
 
 
 def _wake_sum(metrics_text: str) -> float:
-    match = re.search(r"^pgwake_wake_duration_seconds_sum (\S+)$", metrics_text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return core.summed_samples(metrics_text, "pgwake_wake_duration_seconds_sum")
 
 
 def asyncpg_kwargs(setup: core.Setup, endpoint: str) -> dict[str, Any]:

@@ -966,8 +966,9 @@ async def run_soak(
         samples = await asyncio.to_thread(server.metrics)
         report.loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report.wakes = summed(samples, "pgwake_wakes_total", "outcome")
-        wake_sum = summed(samples, "pgwake_wake_duration_seconds_sum", "").get("", 0.0)
-        wake_count = summed(samples, "pgwake_wake_duration_seconds_count", "").get("", 0.0)
+        # Summed over the backend label: one key for all.
+        wake_sum = sum(summed(samples, "pgwake_wake_duration_seconds_sum", "").values())
+        wake_count = sum(summed(samples, "pgwake_wake_duration_seconds_count", "").values())
         report.wake_ms_mean = wake_sum / wake_count * 1000 if wake_count else 0.0
         report.suspends = summed(samples, "pgwake_suspends_total", "reason")
         report.pgwake_errors = {

@@ -6,6 +6,10 @@ compute's verifier is the catalog's, so the proof is right without any password.
 checks the compute's ServerSignature too. Then it forwards AuthenticationOk, the
 ParameterStatus messages and ReadyForQuery to the client, swapping BackendKeyData for
 pgwake's own keys.
+
+The login runs in two halves so that most of it overlaps the client's own SCRAM work:
+``begin_login`` (startup, client-first-message, up to the compute's server-first) needs
+no key; ``open_session`` finishes with the ClientKey once the client has proved it.
 """
 
 from __future__ import annotations
@@ -82,44 +86,72 @@ async def _next_frame(stream: PacketStream, reader: MessageReader) -> Frame:
 
 @dataclass(frozen=True, slots=True)
 class PendingLogin:
-    """A compute connection that got the startup and answered with its first message."""
+    """A compute connection that got the startup, and as much of the login as can run
+    before the client's proof is known: the compute's next message, unhandled."""
 
     compute: PacketStream
     reader: MessageReader
-    first: Frame
+    #: The SCRAM client that sent the client-first-message (it waits for the ClientKey).
+    scram: ScramClient | None
+    pending: Frame
+
+
+def _offers_scram(frame: Frame) -> bool:
+    if frame.type != b"R":
+        return False
+    try:
+        request = parse_authentication(frame)
+    except ProtocolViolation:
+        return False
+    return request.code == AuthenticationRequest.SASL and SCRAM_SHA_256.encode() in (
+        request.data.split(b"\0")
+    )
 
 
 async def begin_login(compute: PacketStream, startup: bytes) -> PendingLogin:
-    """Send the StartupMessage and wait for the compute's first reply (its auth request).
+    """Send the StartupMessage and, when the compute asks for SCRAM, the
+    client-first-message; return with the compute's answer (its server-first-message)
+    unhandled.
 
     Run while the client is still busy with its own SCRAM exchange: the compute forks
-    its backend meanwhile, so the client does not wait for that afterwards."""
+    its backend and does the first round trip meanwhile, so after the client's proof one
+    round trip is left."""
     reader = MessageReader()
     compute.write(startup)
-    return PendingLogin(compute, reader, await _next_frame(compute, reader))
+    first = await _next_frame(compute, reader)
+    if not _offers_scram(first):
+        return PendingLogin(compute, reader, None, first)  # open_session deals with it
+    scram = ScramClient.awaiting_client_key()
+    compute.write(encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message()))
+    return PendingLogin(compute, reader, scram, await _next_frame(compute, reader))
 
 
 async def open_session(
     login: PendingLogin,
     client: PacketStream,
     *,
+    preface: bytes,
     client_key: bytes,
     verifier: ScramVerifier,
     endpoint: str,
     address: ComputeAddress,
     cancels: CancelMap,
 ) -> tuple[int, int] | None:
-    """Log in on ``compute`` and forward the session's opening to ``client``.
+    """Finish the login on the compute and send the client ``preface`` (its
+    AuthenticationSASLFinal) and the session's opening, in one write.
 
     Returns the cancel key pair handed to the client (``None`` if the compute sent none).
     Raises ``ComputeRefused`` after forwarding the compute's ErrorResponse,
     ``StaleVerifier`` when the compute's salt differs from the catalog's, and
     ``CannotConnectNow`` when the compute misbehaves."""
-    compute, reader = login.compute, login.reader
-    scram: ScramClient | None = None
+    compute, reader, scram = login.compute, login.reader, login.scram
+    # Everything for the client goes out at once: one segment, one wake-up for it.
+    to_client = bytearray(preface)
     cancel_key: tuple[int, int] | None = None
-    frame: Frame | None = login.first
+    frame: Frame | None = login.pending
     try:
+        if scram is not None:
+            scram.use_client_key(client_key, verifier)
         while True:
             if frame is None:
                 frame = await _next_frame(compute, reader)
@@ -127,9 +159,9 @@ async def open_session(
             if kind == b"R":
                 request = parse_authentication(frame)
                 if request.code == AuthenticationRequest.OK:
-                    client.write(encode.message(kind, frame.body))
-                elif request.code == AuthenticationRequest.SASL:
-                    if SCRAM_SHA_256.encode() not in request.data.split(b"\0"):
+                    to_client += encode.message(kind, frame.body)
+                elif request.code == AuthenticationRequest.SASL and scram is None:
+                    if not _offers_scram(frame):
                         raise CannotConnectNow("the compute does not offer SCRAM-SHA-256")
                     scram = ScramClient.from_client_key(client_key, verifier)
                     compute.write(
@@ -149,13 +181,15 @@ async def open_session(
                 cancel_key = cancels.register(
                     BackendTarget(endpoint, address, keys.process_id, keys.secret_key)
                 )
-                client.write(encode.backend_key_data(*cancel_key))
+                to_client += encode.backend_key_data(*cancel_key)
             elif kind == b"E":
-                client.write(encode.message(kind, frame.body))
+                to_client += encode.message(kind, frame.body)
+                client.write(bytes(to_client))
                 raise ComputeRefused(parse_error_fields(frame).get("C"))
             else:
-                client.write(encode.message(kind, frame.body))
+                to_client += encode.message(kind, frame.body)
                 if kind == b"Z":
+                    client.write(bytes(to_client))
                     rest = reader.take_remaining()
                     if rest:
                         compute.unread(rest)

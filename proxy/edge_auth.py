@@ -51,7 +51,7 @@ class EdgeAuthResult:
 
     verifier: ScramVerifier
     client_key: bytes
-    #: AuthenticationSASLFinal to send once the compute is ready, else right away.
+    #: AuthenticationSASLFinal, sent with the compute's opening (one write, not two).
     sasl_final: bytes
 
     def __repr__(self) -> str:

@@ -252,7 +252,7 @@ class Lifecycle:
         self._failures = 0
         self._last_active = time.monotonic()
         metrics.WAKES.labels(self.name, "success").inc()
-        metrics.WAKE_DURATION.observe(elapsed)
+        metrics.WAKE_DURATION.labels(self.backend.name).observe(elapsed)
         self._transition(Trigger.STARTED, ms=round(elapsed * 1000), waiters=self.sessions)
         self._running()
 

@@ -43,7 +43,8 @@ WAKES: Final = Counter(
 )
 WAKE_DURATION: Final = Histogram(
     "pgwake_wake_duration_seconds",
-    "Time from wake request to a compute ready for clients.",
+    "Time from wake request to a compute ready for clients, by compute backend.",
+    ["backend"],
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 SUSPENDS: Final = Counter(

@@ -213,8 +213,9 @@ class _Session:
 
     def _begin_prelogin(self, lifecycle: Lifecycle, startup: bytes) -> None:
         """The client sent a valid client-first for a known role: if the compute runs,
-        connect and send the startup now, so its backend forks while the client computes
-        its proof (PBKDF2), instead of after."""
+        connect, send the startup and the compute's first SCRAM message now, so its
+        backend forks and answers while the client computes its proof (PBKDF2), instead
+        of after."""
         address = lifecycle.address
         if address is None:
             return
@@ -294,7 +295,7 @@ class _Session:
                 )
             raise
         throttle.succeeded(self.client_host, endpoint)
-        self.client.write(auth.sasl_final)
+        # auth.sasl_final goes out with the compute's opening (``open_session``).
         leftover = reader.take_remaining()
         if leftover:
             self.client.unread(leftover)
@@ -370,6 +371,7 @@ class _Session:
                 self.cancel_key = await open_session(
                     login,
                     self.client,
+                    preface=auth.sasl_final,
                     client_key=auth.client_key,
                     verifier=auth.verifier,
                     endpoint=lifecycle.name,

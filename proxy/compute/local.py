@@ -5,7 +5,7 @@ Layout under ``<state_dir>/computes`` (or a reachable fallback, see ``_compute_r
     template/            made once by initdb; new endpoints are copies of it
     endpoints/<name>/data         the endpoint's PGDATA
     endpoints/<name>/run          private socket directory (mode 0700)
-    endpoints/<name>/postgres.log server log
+    endpoints/<name>/postgres.log server log (postgres.log.1: the one before, see _spawn)
 
 Start spawns ``postgres`` directly and polls ``postmaster.pid`` for the ``ready`` status
 every few milliseconds (``pg_ctl -w`` sleeps in 100 ms steps). Stop is SIGINT, a fast
@@ -56,6 +56,9 @@ _TEMPLATE_READY_MARK: Final = "template.ready"
 _TEMPLATE_VERSION: Final = "3"
 _SETUP_FILE: Final = "setup.json"
 # Ready copies of the template kept by a running server (each ~35 MB of disk).
+# A start moves a server log this big to postgres.log.1 (replacing the older one), so an
+# endpoint woken thousands of times keeps at most about twice this much log.
+_LOG_ROTATE_BYTES: Final = 16 * 1024 * 1024
 _SPARE_COPIES: Final = 2
 # Run by a single-user backend on the template: the default role (no password until an
 # endpoint's first start sets its verifier) and its database.
@@ -472,6 +475,9 @@ class LocalBackend:
     def _spawn(
         self, data_dir: Path, socket_dir: Path, log_path: Path
     ) -> tuple[subprocess.Popen[bytes], int]:
+        with contextlib.suppress(FileNotFoundError):
+            if log_path.stat().st_size >= _LOG_ROTATE_BYTES:
+                log_path.replace(log_path.with_name(log_path.name + ".1"))
         with open(log_path, "ab") as log:
             log_offset = log.tell()
             user = (

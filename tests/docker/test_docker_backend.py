@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import time
+from collections.abc import Iterator
 
 import asyncpg
 import docker
@@ -119,6 +121,8 @@ def test_postgres_13_15_17_and_a_local_endpoint_in_one_server(
     metrics = shared_dpgwake.metrics()
     assert metrics["pgwake_endpoint_info", (("backend", "docker"), ("endpoint", "pg15"))] == 1
     assert metrics["pgwake_endpoint_info", (("backend", "local"), ("endpoint", "plain"))] == 1
+    assert metrics["pgwake_wake_duration_seconds_count", (("backend", "docker"),)] >= 3
+    assert metrics["pgwake_wake_duration_seconds_count", (("backend", "local"),)] >= 1
     assert "backend=docker" in shared_dpgwake.log_text()
 
 
@@ -254,3 +258,42 @@ def test_wake_latency_is_logged_with_the_backend(shared_dpgwake: DockerPgwake) -
     assert len(lines) == 1
     assert "backend=docker" in lines[0]
     assert PASSWORD not in shared_dpgwake.log_text()
+
+
+# Laid out like the official postgres:17 image (no registry here to pull it from): root by
+# default, an entrypoint script of its own, PGDATA and a VOLUME on the data path. pgwake
+# must need none of it, and must not leave an anonymous volume behind.
+_OFFICIAL_LIKE = b"""
+FROM pgwake-postgres:17
+USER root
+ENV PGDATA=/var/lib/postgresql/data
+VOLUME /var/lib/postgresql/data
+STOPSIGNAL SIGINT
+ENTRYPOINT ["sh", "-c", "echo 'the image entrypoint ran' >&2; exit 3", "entrypoint"]
+CMD ["postgres"]
+"""
+
+
+@pytest.fixture(scope="module")
+def official_like_image(engine: docker.DockerClient) -> Iterator[str]:
+    tag = "pgwake-test-official-like:17"
+    engine.images.build(fileobj=io.BytesIO(_OFFICIAL_LIKE), tag=tag, rm=True)
+    yield tag
+    engine.images.remove(tag, force=True)
+
+
+def test_an_image_laid_out_like_the_official_one_works_without_its_entrypoint(
+    dpgwake: DockerPgwake, engine: docker.DockerClient, official_like_image: str
+) -> None:
+    volumes_before = {v.name for v in engine.volumes.list()}
+    dpgwake.create_docker("official", image=official_like_image, idle_timeout=0.5)
+    dpgwake.start()
+    _query(dpgwake, "official", "CREATE TABLE t AS SELECT 1 AS n")
+    dpgwake.wait_state("official", "suspended")
+    assert _query(dpgwake, "official", "SELECT n FROM t") == [(1,)]
+    container = dpgwake.container(engine, "official")
+    assert container.attrs["Config"]["User"] == "postgres"  # not the image's root
+    assert "the image entrypoint ran" not in container.logs().decode(errors="replace")
+    dpgwake.cli("endpoint", "delete", "official")
+    assert dpgwake.containers(engine, "official") == []
+    assert {v.name for v in engine.volumes.list()} == volumes_before

@@ -61,3 +61,24 @@ def test_200_concurrent_connects_to_a_suspended_endpoint_start_it_once(pgwake: P
     assert sorted(results) == list(range(200))  # type: ignore[type-var]
     assert pgwake.metric("pgwake_wakes_total", endpoint="crowd", outcome="success") == 1
     assert pgwake.compute_starts("crowd") == 1  # one wake
+
+
+def test_a_big_server_log_is_set_aside_at_the_next_start(pgwake: Pgwake) -> None:
+    pgwake.create("chatty")
+    pgwake.start()
+    log = pgwake.compute_dir("chatty") / "postgres.log"
+    big = 17 * 1024 * 1024  # over the 16 MiB bound
+    with open(log, "ab") as file:
+        file.truncate(big)  # sparse: no real disk use
+
+    async def wake() -> int:
+        conn = await asyncpg.connect(**pgwake.asyncpg_kwargs("chatty"))
+        try:
+            return int(await conn.fetchval("select 1"))
+        finally:
+            await conn.close()
+
+    assert uvloop.run(wake()) == 1
+    assert (log.parent / "postgres.log.1").stat().st_size == big
+    assert log.stat().st_size < 1024 * 1024
+    assert pgwake.compute_starts("chatty") == 1  # the fresh log has this start's lines
