@@ -36,7 +36,7 @@ class _Endpoints(Protocol):
     async def suspend(self, name: str) -> Endpoint: ...
     async def wake(self, name: str) -> Endpoint: ...
     async def branch(self, source: str, name: str | None) -> NewEndpoint: ...
-    def disk_bytes(self, name: str) -> int | None: ...
+    def disk_bytes(self, endpoint: Endpoint) -> int | None: ...
 
 
 def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
@@ -132,8 +132,8 @@ class _Remote:
     async def branch(self, source: str, name: str | None) -> NewEndpoint:
         return self._client.branch_endpoint(source, name)
 
-    def disk_bytes(self, name: str) -> int | None:
-        return None
+    def disk_bytes(self, endpoint: Endpoint) -> int | None:
+        return endpoint.disk_bytes  # the server's: measured at create and after each suspend
 
 
 def _as(cls: type[Any], view: Any, **extra: Any) -> Any:
@@ -214,8 +214,9 @@ class _Local:
         )
         return result
 
-    def disk_bytes(self, name: str) -> int | None:
-        return self._lifecycles.get(self._control.record(ADMIN, name)).backend.disk_bytes(name)
+    def disk_bytes(self, endpoint: Endpoint) -> int | None:
+        record = self._control.record(ADMIN, endpoint.name)
+        return self._lifecycles.get(record).backend.disk_bytes(endpoint.name) or None
 
 
 def _compute_options(args: argparse.Namespace) -> dict[str, str | None]:
@@ -317,7 +318,7 @@ async def _dispatch(args: argparse.Namespace, endpoints: _Endpoints) -> int:
         )
         for row in await endpoints.list():
             idle = f"{row.idle_timeout_seconds:g}s" if row.idle_timeout_seconds else "default"
-            disk = endpoints.disk_bytes(row.name)
+            disk = endpoints.disk_bytes(row)
             size = f"{disk / 2**20:>7.1f}MB" if disk is not None else f"{'-':>9}"
             print(
                 f"{row.name:<24} {row.state:<11} {row.backend:<8} {idle:>6} "

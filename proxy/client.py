@@ -54,6 +54,8 @@ class Endpoint:
     allowed_cidrs: tuple[str, ...] = ()
     #: The backend's choices (docker: ``image``, ``memory``, ``cpus``).
     compute_options: dict[str, str] = field(default_factory=dict)
+    #: Bytes of storage at create or the last suspend (``None``: not measured yet).
+    disk_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,8 @@ class EndpointView:
     allowed_cidrs: tuple[str, ...]
     #: The backend's choices (docker: ``image``, ``memory``, ``cpus``).
     compute_options: dict[str, str]
+    #: Bytes of storage at create or the last suspend (``None``: not measured yet).
+    disk_bytes: int | None
     #: A URI without the password.
     connection_uri: str
 
@@ -216,6 +218,7 @@ class ControlPlane:
             delete_after_idle_seconds=record.delete_after_idle,
             allowed_cidrs=record.allowed_cidrs,
             compute_options=record.compute_options,
+            disk_bytes=record.disk_bytes,
             connection_uri=connection_uri(
                 self.settings, record.name, DEFAULT_ROLE, None, DEFAULT_ROLE
             ),
@@ -353,6 +356,7 @@ class ControlPlane:
                 ) from None
         finally:
             self._release_name(name)
+        self.lifecycles.get(record).measure_disk()
         metrics.ENDPOINTS_CREATED.inc()
         logger.info(
             "event=endpoint_created endpoint=%s owner=%s ttl_s=%s",
@@ -472,6 +476,7 @@ class ControlPlane:
         finally:
             source_lifecycle.release()
             self._release_name(name)
+        self.lifecycles.get(record).measure_disk()
         metrics.ENDPOINTS_CREATED.inc()
         logger.info(
             "event=endpoint_branched endpoint=%s source=%s owner=%s",

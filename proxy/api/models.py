@@ -169,6 +169,10 @@ class EndpointOut(_Response):
     compute_options: dict[str, str] = Field(
         description="The backend's choices (docker: image, memory, cpus)."
     )
+    disk_bytes: int | None = Field(
+        description="Bytes of storage, measured at create and after each suspend; "
+        "`null` until measured."
+    )
     connection_uri: str
 
     @classmethod

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     owner         TEXT,             -- id of the API token that created it; NULL = admin
     expires_at    REAL,             -- unix time after which the reaper deletes it
     delete_after_idle REAL,         -- seconds suspended/unused before the reaper deletes it
-    compute_options TEXT            -- JSON object of backend choices (docker: image, memory, cpus)
+    compute_options TEXT,           -- JSON object of backend choices (docker: image, memory, cpus)
+    disk_bytes    INTEGER           -- storage measured at create and after each suspend
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id            TEXT PRIMARY KEY,
@@ -68,12 +69,14 @@ class EndpointRecord:
     delete_after_idle: float | None = None
     #: The backend's choices for this endpoint (docker: ``image``, ``memory``, ``cpus``).
     compute_options: dict[str, str] = field(default_factory=dict)
+    #: Bytes of storage, measured at create and after each suspend (``None``: not yet).
+    disk_bytes: int | None = None
 
 
 def _record(row: tuple[Any, ...]) -> EndpointRecord:
     name, backend, idle_timeout, created_at, last_active, state, reason, cidrs, *rest = row
     allowed = tuple(c for c in str(cidrs).split(",") if c) if cidrs else ()
-    owner, expires_at, delete_after_idle, options = rest
+    owner, expires_at, delete_after_idle, options, disk_bytes = rest
     return EndpointRecord(
         name,
         backend,
@@ -87,6 +90,7 @@ def _record(row: tuple[Any, ...]) -> EndpointRecord:
         expires_at,
         delete_after_idle,
         json.loads(options) if options else {},
+        disk_bytes,
     )
 
 
@@ -110,6 +114,7 @@ class Catalog:
             ("expires_at", "REAL"),
             ("delete_after_idle", "REAL"),
             ("compute_options", "TEXT"),
+            ("disk_bytes", "INTEGER"),
         ):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE endpoints ADD COLUMN {column} {kind}")
@@ -167,7 +172,7 @@ class Catalog:
     def get(self, name: str) -> EndpointRecord | None:
         row = self._db.execute(
             "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options "
+            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, disk_bytes "
             "FROM endpoints WHERE name = ?",
             (name,),
         ).fetchone()
@@ -182,7 +187,7 @@ class Catalog:
     def list(self) -> list[EndpointRecord]:
         rows = self._db.execute(
             "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options "
+            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, disk_bytes "
             "FROM endpoints ORDER BY name"
         ).fetchall()
         return [_record(row) for row in rows]
@@ -261,6 +266,9 @@ class Catalog:
     def touch(self, name: str, last_active: float) -> None:
         """Record that a session used the endpoint at ``last_active`` (unix time)."""
         self._db.execute("UPDATE endpoints SET last_active = ? WHERE name = ?", (last_active, name))
+
+    def set_disk_bytes(self, name: str, disk_bytes: int) -> None:
+        self._db.execute("UPDATE endpoints SET disk_bytes = ? WHERE name = ?", (disk_bytes, name))
 
     def set_state(
         self, name: str, state: str, reason: str | None = None, last_active: float | None = None
