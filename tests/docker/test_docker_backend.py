@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import subprocess
 import time
@@ -297,3 +298,37 @@ def test_an_image_laid_out_like_the_official_one_works_without_its_entrypoint(
     dpgwake.cli("endpoint", "delete", "official")
     assert dpgwake.containers(engine, "official") == []
     assert {v.name for v in engine.volumes.list()} == volumes_before
+
+
+def test_an_image_gone_before_the_first_wake_gives_57p03_then_recovers(
+    shared_dpgwake: DockerPgwake, engine: docker.DockerClient
+) -> None:
+    # An operator prunes the image after the endpoint was made (its container is made on
+    # the first wake): the client is told why, and the endpoint works once it is back.
+    tag = "pgwake-test-vanishing:17"
+    engine.images.get(POSTGRES_IMAGES[17]).tag(tag)
+    try:
+        shared_dpgwake.create_docker("vanishing", image=tag)
+        engine.images.remove(tag)  # the untag only: the image stays under its own name
+
+        async def attempt() -> None:
+            conn = await asyncpg.connect(**shared_dpgwake.asyncpg_kwargs("vanishing"))
+            await conn.close()
+
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            asyncio.run(attempt())
+        error = caught.value  # asyncpg keeps the server's fields
+        assert error.sqlstate == "57P03"
+        assert error.as_dict()["message"] == 'endpoint "vanishing" could not start'
+        assert f"image {tag} is not on the Docker engine" in (error.detail or "")
+        assert "try to start it again" in (error.hint or "")
+        assert shared_dpgwake.state("vanishing") == "failed"
+
+        engine.images.get(POSTGRES_IMAGES[17]).tag(tag)
+        # "failed" is left by the next connect after the back-off (1 s after one failure).
+        time.sleep(1.5)
+        assert _query(shared_dpgwake, "vanishing", "SELECT 1") == [(1,)]
+        assert shared_dpgwake.state("vanishing") == "running"
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            engine.images.remove(tag)
