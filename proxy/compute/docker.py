@@ -12,7 +12,8 @@ the ones ``deploy/docker/build-images.sh`` makes both work.
 
 Create runs two short-lived containers: one that gives the fresh volume to ``postgres``
 (root with only CAP_CHOWN), one that runs ``initdb`` and, in single-user mode, creates the
-endpoint's role (with its SCRAM verifier) and database. Wake is create-if-missing + start,
+endpoint's role (with its SCRAM verifier) and database. A branch runs ``pg_basebackup``
+from the source's image against the running source instead. Wake is create-if-missing + start,
 then a readiness probe on the port. Suspend is SIGINT (fast shutdown with a checkpoint);
 SIGQUIT, then SIGKILL, only after ``stop_timeout``, logged as errors. Containers are
 sandboxed: memory and CPU limits, no swap, non-root, no capabilities,
@@ -224,24 +225,9 @@ class DockerBackend:
 
     async def create(self, spec: EndpointSpec) -> None:
         options = self.resolve_options(dict(spec.options))
-        name = self._resource(spec.name)
         async with self._engine_call("create") as docker:
             await self._require_image(docker, options["image"])
-            with contextlib.suppress(aiodocker.DockerError):
-                await docker.volumes.get(name)  # type: ignore[no-untyped-call]
-                raise FileExistsError(f"endpoint {spec.name!r} already has a volume")
-            await docker.volumes.create(  # type: ignore[no-untyped-call]
-                {
-                    "Name": name,
-                    "Labels": {
-                        LABEL_ENDPOINT: spec.name,
-                        LABEL_INSTANCE: self.instance,
-                        _LABEL_IMAGE: options["image"],
-                        _LABEL_MEMORY: options["memory"],
-                        _LABEL_CPUS: options["cpus"],
-                    },
-                }
-            )
+            await self._create_volume(docker, spec.name, options)
         try:
             started = time.monotonic()
             await self._initialise(spec, options)
@@ -256,6 +242,46 @@ class DockerBackend:
                 await self.delete(spec.name)
             raise
 
+    async def _create_volume(
+        self, docker: aiodocker.Docker, endpoint: str, options: dict[str, str]
+    ) -> None:
+        """The endpoint's named volume, labelled with its image and limits (a wake makes
+        the container from them). Raises ``FileExistsError`` if it exists."""
+        name = self._resource(endpoint)
+        with contextlib.suppress(aiodocker.DockerError):
+            await docker.volumes.get(name)  # type: ignore[no-untyped-call]
+            raise FileExistsError(f"endpoint {endpoint!r} already has a volume")
+        await docker.volumes.create(  # type: ignore[no-untyped-call]
+            {
+                "Name": name,
+                "Labels": {
+                    LABEL_ENDPOINT: endpoint,
+                    LABEL_INSTANCE: self.instance,
+                    _LABEL_IMAGE: options["image"],
+                    _LABEL_MEMORY: options["memory"],
+                    _LABEL_CPUS: options["cpus"],
+                },
+            }
+        )
+
+    async def _volume_options(
+        self, docker: aiodocker.Docker, endpoint: str
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        """The image and limits an endpoint's volume was labelled with, and the volume."""
+        try:
+            volume = await (await docker.volumes.get(self._resource(endpoint))).show()  # type: ignore[no-untyped-call]
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise ComputeStartError("the endpoint's volume is missing") from None
+            raise
+        labels = volume.get("Labels") or {}
+        options = {
+            "image": labels.get(_LABEL_IMAGE, self._settings.docker_image),
+            "memory": labels.get(_LABEL_MEMORY, self._settings.docker_memory),
+            "cpus": labels.get(_LABEL_CPUS, str(self._settings.docker_cpus)),
+        }
+        return options, volume
+
     async def _require_image(self, docker: aiodocker.Docker, image: str) -> None:
         try:
             await docker.images.inspect(image)
@@ -266,13 +292,14 @@ class DockerBackend:
                 ) from None
             raise
 
-    async def _initialise(self, spec: EndpointSpec, options: dict[str, str]) -> None:
-        volume = self._resource(spec.name)
-        mounts = [{"Type": "volume", "Source": volume, "Target": _MOUNT}]
+    def _mounts(self, endpoint: str) -> list[dict[str, str]]:
+        return [{"Type": "volume", "Source": self._resource(endpoint), "Target": _MOUNT}]
+
+    async def _hand_volume_to_postgres(self, endpoint: str, options: dict[str, str]) -> None:
         # A fresh volume belongs to root unless the image has the mount point: hand it to
         # postgres. Root, but with CAP_CHOWN alone and no network.
         await self._run_once(
-            spec.name,
+            endpoint,
             "chown",
             {
                 "Image": options["image"],
@@ -281,12 +308,16 @@ class DockerBackend:
                 "Cmd": [],
                 "HostConfig": {
                     **self._sandbox(options),
-                    "Mounts": mounts,
+                    "Mounts": self._mounts(endpoint),
                     "NetworkMode": "none",
                     "CapAdd": ["CHOWN"],
                 },
             },
         )
+
+    async def _initialise(self, spec: EndpointSpec, options: dict[str, str]) -> None:
+        mounts = self._mounts(spec.name)
+        await self._hand_volume_to_postgres(spec.name, options)
         setup_sql = (
             f"CREATE ROLE {management.quote_ident(spec.role)} LOGIN CREATEDB CREATEROLE "
             f"PASSWORD {management.quote_literal(spec.verifier)}\n"
@@ -353,7 +384,56 @@ class DockerBackend:
         self._volume_paths.pop(endpoint, None)
 
     async def branch(self, source: str, target: str) -> None:
-        raise ComputeStartError("branching is not supported for docker endpoints yet")
+        """Copy the running ``source`` into a new volume with ``pg_basebackup`` (a
+        consistent snapshot even under writes), run from the source's image over its
+        loopback port; the copy recovers to that point on its first start. The branch
+        keeps the source's image and limits."""
+        port = self._ports.get(source)
+        if port is None:
+            raise ComputeStartError("the source compute is not running")
+        async with self._engine_call("branch") as docker:
+            options, _ = await self._volume_options(docker, source)
+            await self._require_image(docker, options["image"])
+            await self._create_volume(docker, target, options)
+        try:
+            started = time.monotonic()
+            await self._hand_volume_to_postgres(target, options)
+            await self._run_once(
+                target,
+                "pg_basebackup",
+                {
+                    "Image": options["image"],
+                    "User": "postgres",
+                    "Entrypoint": [
+                        "pg_basebackup",
+                        "--host=127.0.0.1",
+                        f"--port={port}",
+                        f"--username={management.ADMIN_ROLE}",
+                        f"--pgdata={_PGDATA}",
+                        "--wal-method=stream",
+                        "--checkpoint=fast",
+                        "--no-password",
+                    ],
+                    "Cmd": [],
+                    # The secret is in the environment of a container removed right after.
+                    "Env": [f"PGPASSWORD={management.admin_password(self._state_dir)}"],
+                    "HostConfig": {
+                        **self._sandbox(options),
+                        "Mounts": self._mounts(target),
+                        "NetworkMode": "host",  # the source listens on loopback only
+                    },
+                },
+            )
+            logger.info(
+                "event=docker_branch_copied endpoint=%s source=%s ms=%d",
+                target,
+                source,
+                (time.monotonic() - started) * 1000,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.delete(target)
+            raise
 
     # -- start / stop --------------------------------------------------------------------
 
@@ -393,18 +473,7 @@ class DockerBackend:
         self, docker: aiodocker.Docker, endpoint: str, avoid: set[int]
     ) -> aiodocker.containers.DockerContainer:
         name = self._resource(endpoint)
-        try:
-            volume = await (await docker.volumes.get(name)).show()  # type: ignore[no-untyped-call]
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise ComputeStartError("the endpoint's volume is missing") from None
-            raise
-        labels = volume.get("Labels") or {}
-        options = {
-            "image": labels.get(_LABEL_IMAGE, self._settings.docker_image),
-            "memory": labels.get(_LABEL_MEMORY, self._settings.docker_memory),
-            "cpus": labels.get(_LABEL_CPUS, str(self._settings.docker_cpus)),
-        }
+        options, volume = await self._volume_options(docker, endpoint)
         if volume.get("Mountpoint"):
             self._volume_paths[endpoint] = volume["Mountpoint"]
         await self._require_image(docker, options["image"])

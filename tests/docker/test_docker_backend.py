@@ -332,3 +332,27 @@ def test_an_image_gone_before_the_first_wake_gives_57p03_then_recovers(
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             engine.images.remove(tag)
+
+
+def test_a_branch_of_a_docker_endpoint_is_a_copy_with_the_same_image_and_limits(
+    shared_dpgwake: DockerPgwake, engine: docker.DockerClient
+) -> None:
+    shared_dpgwake.create_docker("trunk", image=POSTGRES_IMAGES[15], memory="300m", cpus="0.5")
+    _query(shared_dpgwake, "trunk", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+    out = shared_dpgwake.cli("endpoint", "branch", "trunk", "twig").stdout
+    assert "a branch of trunk" in out
+    # The branch has the source's rows and its own life from then on.
+    assert _query(shared_dpgwake, "twig", "SELECT count(*), max(n) FROM t") == [(1000, 1000)]
+    _query(shared_dpgwake, "twig", "INSERT INTO t VALUES (1001)")
+    assert _query(shared_dpgwake, "trunk", "SELECT count(*) FROM t") == [(1000,)]
+    version = _query(shared_dpgwake, "twig", "SHOW server_version_num")[0][0]
+    assert str(version).startswith("15")
+    host = shared_dpgwake.container(engine, "twig").attrs["HostConfig"]
+    assert (host["Memory"], host["NanoCpus"]) == (300 * 2**20, 500_000_000)
+    assert shared_dpgwake.container(engine, "twig").attrs["Config"]["User"] == "postgres"
+    assert "backend: docker" in shared_dpgwake.cli("endpoint", "get", "twig").stdout
+    # No helper container is left behind; delete takes the branch's volume too.
+    assert len(shared_dpgwake.containers(engine, "twig")) == 1  # the compute's own
+    shared_dpgwake.cli("endpoint", "delete", "twig")
+    assert not any(v.name.endswith("-twig") for v in engine.volumes.list())
+    assert _query(shared_dpgwake, "trunk", "SELECT count(*) FROM t") == [(1000,)]
