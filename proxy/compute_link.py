@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ComputeRefused",
     "PendingLogin",
+    "SessionOpening",
     "StaleVerifier",
     "begin_login",
     "open_compute",
@@ -96,6 +97,19 @@ class PendingLogin:
     pending: Frame
 
 
+@dataclass(frozen=True, slots=True)
+class SessionOpening:
+    """What a finished login gave: the client's cancel keys, and what it takes to hand the
+    same backend to another client later (``server_reuse.py``)."""
+
+    #: pgwake's cancel key pair given to the client (``None``: the compute sent none).
+    cancel_key: tuple[int, int] | None
+    #: The backend's own process id and secret key (``None``: none sent).
+    backend_key: tuple[int, int] | None
+    #: The ParameterStatus messages forwarded to the client, encoded.
+    parameter_status: bytes
+
+
 def _offers_scram(frame: Frame) -> bool:
     if frame.type != b"R":
         return False
@@ -136,11 +150,11 @@ async def open_session(
     endpoint: str,
     address: ComputeAddress,
     cancels: CancelMap,
-) -> tuple[int, int] | None:
+) -> SessionOpening:
     """Finish the login on the compute and send the client ``preface`` (its
     AuthenticationSASLFinal) and the session's opening, in one write.
 
-    Returns the cancel key pair handed to the client (``None`` if the compute sent none).
+    Returns the cancel key pair handed to the client and what reusing the backend needs.
     Raises ``ComputeRefused`` after forwarding the compute's ErrorResponse,
     ``StaleVerifier`` when the compute's salt differs from the catalog's, and
     ``CannotConnectNow`` when the compute misbehaves."""
@@ -148,6 +162,8 @@ async def open_session(
     # Everything for the client goes out at once: one segment, one wake-up for it.
     to_client = bytearray(preface)
     cancel_key: tuple[int, int] | None = None
+    backend_key: tuple[int, int] | None = None
+    parameter_status = bytearray()
     frame: Frame | None = login.pending
     try:
         if scram is not None:
@@ -178,6 +194,7 @@ async def open_session(
                     )
             elif kind == b"K":
                 keys = parse_backend_key_data(frame)
+                backend_key = (keys.process_id, keys.secret_key)
                 cancel_key = cancels.register(
                     BackendTarget(endpoint, address, keys.process_id, keys.secret_key)
                 )
@@ -187,13 +204,16 @@ async def open_session(
                 client.write(bytes(to_client))
                 raise ComputeRefused(parse_error_fields(frame).get("C"))
             else:
-                to_client += encode.message(kind, frame.body)
-                if kind == b"Z":
+                message = encode.message(kind, frame.body)
+                to_client += message
+                if kind == b"S":
+                    parameter_status += message
+                elif kind == b"Z":
                     client.write(bytes(to_client))
                     rest = reader.take_remaining()
                     if rest:
                         compute.unread(rest)
-                    return cancel_key
+                    return SessionOpening(cancel_key, backend_key, bytes(parameter_status))
             frame = None
     except ScramAuthenticationFailed as exc:
         if cancel_key is not None:

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Final
 from proxy import metrics
 from proxy.compute import ComputeStartError
 from proxy.protocol.errors import CannotConnectNow
+from proxy.server_reuse import IdleServers
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Coroutine, Iterator
+    from typing import Any
 
     from proxy.catalog import Catalog, EndpointRecord
     from proxy.compute import Backends, ComputeAddress, ComputeBackend
@@ -126,6 +128,8 @@ class Lifecycle:
         catalog: Catalog,
         idle_timeout: float,
         wake_timeout: float,
+        *,
+        server_reuse_seconds: float = 0.0,
     ) -> None:
         self.name = name
         self.backend = backend
@@ -147,6 +151,8 @@ class Lifecycle:
         self._monitor_task: asyncio.Task[None] | None = None
         self.starts = 0
         self._background: set[asyncio.Task[None]] = set()
+        #: Logged-in backends kept for the next client (``server_reuse.py``).
+        self.idle_servers = IdleServers(name, server_reuse_seconds)
         #: Set at server shutdown: no more starts.
         self.closing = False
         self._publish_state()
@@ -286,6 +292,7 @@ class Lifecycle:
 
     def _crashed(self) -> None:
         self.address = None
+        self.idle_servers.close_all("compute_stopped")
         self._drop_management()
         metrics.SUSPENDS.labels(self.name, "crashed").inc()
         self._transition(Trigger.CRASHED, "the compute exited on its own")
@@ -301,6 +308,7 @@ class Lifecycle:
             # From now on no new session may use the compute: they wait for the stop,
             # then wake it again (design §3), instead of logging in to a dying server.
             self.address = None
+            self.idle_servers.close_all("compute_stopped")
             self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.name}")
         if self.state is EndpointState.SUSPENDING and self._stop_task is not None:
             await asyncio.shield(self._stop_task)
@@ -330,7 +338,11 @@ class Lifecycle:
         """Record the endpoint's storage in the catalog, in the background (``endpoint
         list`` shows it). Done at create and after each suspend, when the data is at rest:
         walking a data directory on every list would take seconds for a thousand."""
-        task = asyncio.create_task(self._measure_disk(), name=f"disk:{self.name}")
+        self.in_background(self._measure_disk(), f"disk:{self.name}")
+
+    def in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` as a task the lifecycle keeps (``settle`` waits for it)."""
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -371,6 +383,7 @@ class Lifecycle:
                 self._crashed()
                 return
             ticks += 1
+            self.idle_servers.expire()
             if ticks % _SYNC_EVERY_TICKS == 1:  # soon after the start, then now and then
                 await self.sync_verifiers()
             now = time.monotonic()
@@ -378,6 +391,11 @@ class Lifecycle:
                 self._last_active = now
                 continue
             if now - self._last_active < self.idle_timeout:
+                continue
+            if len(self.idle_servers):
+                # Kept backends are not clients: close them, and count the compute's
+                # sessions at the next tick, once they have left its view.
+                self.idle_servers.close_all("idle")
                 continue
             try:
                 # The compute's own view counts direct and other proxies' sessions too.
@@ -404,9 +422,7 @@ class Lifecycle:
     def _drop_management(self) -> None:
         management, self._management = self._management, None
         if management is not None:
-            task = asyncio.create_task(management.close())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.in_background(management.close(), f"management-close:{self.name}")
 
     # -- verifiers (design §4) -----------------------------------------------------------
 
@@ -463,9 +479,11 @@ class LifecycleManager:
         catalog: Catalog,
         default_idle_timeout: float,
         wake_timeout: float,
+        server_reuse_seconds: float = 0.0,
     ) -> None:
         self.backends = backends
         self._catalog = catalog
+        self._server_reuse_seconds = server_reuse_seconds
         self._default_idle_timeout = default_idle_timeout
         self._wake_timeout = wake_timeout
         self._lifecycles: dict[str, Lifecycle] = {}
@@ -481,6 +499,7 @@ class LifecycleManager:
                 self._catalog,
                 idle_timeout,
                 self._wake_timeout,
+                server_reuse_seconds=self._server_reuse_seconds,
             )
             self._lifecycles[record.name] = lifecycle
             lifecycle.closing = self._closing

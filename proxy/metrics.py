@@ -18,6 +18,7 @@ __all__ = [
     "ENDPOINT_INFO",
     "ENDPOINT_STATE",
     "OPEN_CONNECTIONS",
+    "SERVER_REUSE",
     "STATE_TRANSITIONS",
     "SUSPENDS",
     "WAKES",
@@ -46,6 +47,12 @@ WAKE_DURATION: Final = Histogram(
     "Time from wake request to a compute ready for clients, by compute backend.",
     ["backend"],
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SERVER_REUSE: Final = Counter(
+    "pgwake_server_reuse_total",
+    "Compute backends kept for the next client (server_reuse_seconds), by event: kept, "
+    "reused, reset_failed, expired, suspended, full.",
+    ["endpoint", "event"],
 )
 SUSPENDS: Final = Counter(
     "pgwake_suspends_total",

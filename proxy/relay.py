@@ -8,6 +8,13 @@ large result. Either side closing closes the other once its pending bytes are wr
 A relayed session is only its two transports, two pumps and one ``Relay``: the session's
 coroutine has ended by then (its frames, the handshake and the SCRAM state are freed), and
 ``on_done`` is called once both sides have closed. That keeps an idle session at a few KB.
+
+With ``server_reuse_seconds`` (``server_reuse.py``) the pumps also notice, still without
+parsing, whether a session ended at rest: the client's last read was the Terminate message
+alone (not forwarded: pgwake closes the client itself) and the compute's last read ended
+with ReadyForQuery.
+Then the compute's connection is handed over, with that ReadyForQuery's transaction
+status, instead of closed.
 """
 
 from __future__ import annotations
@@ -15,16 +22,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
+from proxy.stream import PacketStream
+
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from proxy.stream import PacketStream
 
 __all__ = ["Relay", "Relays", "start_relay"]
 
 # Larger than asyncio's 64 KiB default: fewer pause/resume flips on big results.
 _HIGH_WATER: Final = 512 * 1024
 _LOW_WATER: Final = 128 * 1024
+# Terminate as a whole message, and ReadyForQuery without its status byte.
+_TERMINATE: Final = b"X\x00\x00\x00\x04"
+_READY_FOR_QUERY: Final = b"Z\x00\x00\x00\x05"
 
 
 class _Pump(asyncio.Protocol):
@@ -71,6 +81,58 @@ class _Pump(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
 
+class _ClientEndPump(_Pump):
+    """The client's pump when its compute may be kept. A read that is exactly the
+    Terminate message (how clients end a session) is not forwarded, so the backend
+    lives; pgwake closes the client's connection itself, as the backend would have
+    (some clients, asyncpg among them, wait for that close)."""
+
+    __slots__ = ("terminated",)
+
+    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
+        super().__init__(relay, transport)
+        self.terminated = False
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        if data == _TERMINATE:
+            # Only a client's own stream could fake it (its session ends, nothing else:
+            # a backend is kept only if its reset answers exactly as expected).
+            self.terminated = True
+            self.transport.close()
+        else:
+            self._write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        relay, peer = self._relay, self.peer
+        if (
+            self.terminated
+            and isinstance(peer, _ComputeRestPump)
+            and peer.status
+            and relay is not None
+            and relay.hand_over_compute(peer.status)
+        ):
+            self.peer = None  # the compute's transport is someone else's now
+        super().connection_lost(exc)
+
+
+class _ComputeRestPump(_Pump):
+    """The compute's pump when it may be kept: remembers the transaction status of a
+    ReadyForQuery that ended its last read (``b""`` if none did: the backend is busy)."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
+        super().__init__(relay, transport)
+        self.status = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        # No copies: endswith over data[:-1], and a one-byte slice is a cached object.
+        self.status = data[-1:] if data.endswith(_READY_FOR_QUERY, 0, -1) else b""
+        self._write(data)
+
+
 def _discard(data: bytes) -> None:
     """Where a pump writes before it is connected (never in practice)."""
 
@@ -79,11 +141,17 @@ class Relay:
     """One relayed session: calls ``on_done(to_compute, to_client)`` once, when both
     sides have closed."""
 
-    __slots__ = ("_from_client", "_from_compute", "_on_done", "_open", "_relays")
+    __slots__ = ("_from_client", "_from_compute", "_on_done", "_on_reusable", "_open", "_relays")
 
-    def __init__(self, relays: Relays, on_done: Callable[[int, int], None]) -> None:
+    def __init__(
+        self,
+        relays: Relays,
+        on_done: Callable[[int, int], None],
+        on_reusable: Callable[[PacketStream, bytes], None] | None = None,
+    ) -> None:
         self._relays = relays
         self._on_done: Callable[[int, int], None] | None = on_done
+        self._on_reusable = on_reusable
         self._open = 2
         self._from_client: _Pump | None = None
         self._from_compute: _Pump | None = None
@@ -103,6 +171,25 @@ class Relay:
             to_compute = self._from_client.bytes_read if self._from_client else 0
             to_client = self._from_compute.bytes_read if self._from_compute else 0
             on_done(to_compute, to_client)
+
+    def hand_over_compute(self, status: bytes) -> bool:
+        """The client ended at rest: give the compute's connection to ``on_reusable`` as a
+        ``PacketStream``, with the transaction status of its last ReadyForQuery, instead
+        of closing it. Returns ``False`` if it cannot be."""
+        pump, on_reusable = self._from_compute, self._on_reusable
+        if pump is None or on_reusable is None or pump.transport.is_closing():
+            return False
+        self._on_reusable = None
+        transport = pump.transport
+        pump.peer, pump._relay = None, None  # the pump is this relay's own
+        stream = PacketStream()
+        transport.set_protocol(stream)
+        stream.connection_made(transport)
+        if not transport.is_reading():  # paused while the client's buffer was full
+            transport.resume_reading()
+        self.side_closed()  # the compute side is done as far as this relay goes
+        on_reusable(stream, status)
+        return True
 
     def abort(self) -> None:
         """Cut both sides now (a forced shutdown); ``on_done`` still runs."""
@@ -145,17 +232,23 @@ def start_relay(
     compute_stream: PacketStream,
     relays: Relays,
     on_done: Callable[[int, int], None],
+    on_reusable: Callable[[PacketStream, bytes], None] | None = None,
 ) -> Relay:
     """Take over both streams' transports and pump bytes until both sides are closed,
     then call ``on_done(to_compute, to_client)``. Returns at once.
 
+    With ``on_reusable``, a session that ends at rest hands the compute's connection to
+    it (as a ``PacketStream``, with the last transaction status) instead of closing it.
     Bytes the handshake read but did not consume are delivered first."""
     client_lost, compute_lost = client_stream.closed.done(), compute_stream.closed.done()
     client, client_pending = client_stream.detach()
     compute, compute_pending = compute_stream.detach()
-    relay = Relay(relays, on_done)
+    relay = Relay(relays, on_done, on_reusable)
     relays.add(relay)
-    from_client, from_compute = _Pump(relay, client), _Pump(relay, compute)
+    if on_reusable is None:
+        from_client, from_compute = _Pump(relay, client), _Pump(relay, compute)
+    else:
+        from_client, from_compute = _ClientEndPump(relay, client), _ComputeRestPump(relay, compute)
     relay.attach(from_client, from_compute)
     for transport in (client, compute):
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)

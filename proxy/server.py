@@ -200,7 +200,11 @@ class Server:
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise StartupFailure(f"cannot load the TLS certificate: {exc}") from exc
             lifecycles = LifecycleManager(
-                backends, catalog, settings.idle_timeout, settings.wake_timeout
+                backends,
+                catalog,
+                settings.idle_timeout,
+                settings.wake_timeout,
+                settings.server_reuse_seconds,
             )
             adopted = await lifecycles.adopt_running()
             # Without the API nobody holds the admin token: an unguessable throwaway.

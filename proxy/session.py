@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from proxy import metrics
+from proxy.cancel import BackendTarget
 from proxy.compute_link import (
     ComputeRefused,
     PendingLogin,
+    SessionOpening,
     StaleVerifier,
     begin_login,
     open_compute,
@@ -50,9 +52,10 @@ from proxy.protocol.errors import (
     TooManyConnections,
 )
 from proxy.protocol.framing import MessageReader
-from proxy.protocol.messages import CancelRequest, StartupMessage
+from proxy.protocol.messages import AuthenticationRequest, CancelRequest, StartupMessage
 from proxy.relay import Relays, start_relay
 from proxy.routing import resolve
+from proxy.server_reuse import IdleServer, reset_for_reuse
 
 if TYPE_CHECKING:
     from proxy.cancel import CancelMap
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from proxy.edge_auth import EdgeAuthResult
     from proxy.handshake import Handshake
     from proxy.lifecycle import Lifecycle, LifecycleManager
+    from proxy.server_reuse import IdleServers
     from proxy.settings import Settings
     from proxy.stream import PacketStream
     from proxy.throttle import AuthThrottle
@@ -69,6 +73,9 @@ if TYPE_CHECKING:
 __all__ = ["SessionContext", "serve_session"]
 
 logger = logging.getLogger(__name__)
+
+_AUTHENTICATION_OK: Final = encode.authentication(AuthenticationRequest.OK)
+_READY_IDLE: Final = encode.message(b"Z", b"I")
 
 # Postgres's own authentication_timeout default: the compute must finish pgwake's login
 # within it (the compute enforces the same on its side).
@@ -130,6 +137,9 @@ class _Session:
         self.endpoint: str | None = None
         self.compute: PacketStream | None = None
         self.cancel_key: tuple[int, int] | None = None
+        #: The compute's startup message and login: what keeping its backend needs.
+        self.startup = b""
+        self.opening: SessionOpening | None = None
         self.prelogin: asyncio.Future[PendingLogin] | None = None
         #: Set once the relay runs: from then on the relay ends the session, not us.
         self.relaying = False
@@ -208,6 +218,7 @@ class _Session:
         metrics.CONNECTIONS_ACTIVE.labels(record.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(record.name).inc()
         startup = encode.startup_message(_compute_parameters(message, route.role, route.options))
+        self.startup = startup
         auth = await self._authenticate(lifecycle, route.role, handshake, startup)
         await self._open_compute_session(lifecycle, auth, startup, route.role)
 
@@ -217,7 +228,7 @@ class _Session:
         backend forks and answers while the client computes its proof (PBKDF2), instead
         of after."""
         address = lifecycle.address
-        if address is None:
+        if address is None or lifecycle.idle_servers.has(startup):
             return
 
         async def prelogin() -> PendingLogin:
@@ -326,6 +337,11 @@ class _Session:
     async def _open_compute_session(
         self, lifecycle: Lifecycle, auth: EdgeAuthResult, startup: bytes, role: str
     ) -> None:
+        address = lifecycle.address
+        if address is not None and (kept := lifecycle.idle_servers.take(startup)) is not None:
+            self._drop_prelogin()
+            self._reuse(lifecycle, address, auth, kept)
+            return
         login = await self._take_prelogin()
         if login is not None and lifecycle.address is not None:
             self.compute = login.compute
@@ -353,6 +369,32 @@ class _Session:
             lifecycle, auth=auth, login=None, address=address, role=role, startup=startup
         )
 
+    def _reuse(
+        self, lifecycle: Lifecycle, address: ComputeAddress, auth: EdgeAuthResult, kept: IdleServer
+    ) -> None:
+        """Hand the client a kept backend (``server_reuse.py``): the opening its login
+        would have had, with pgwake's own cancel keys, in one write."""
+        self.compute = kept.stream
+        self.cancel_key = self.ctx.cancels.register(
+            BackendTarget(lifecycle.name, address, kept.process_id, kept.secret_key)
+        )
+        self.opening = SessionOpening(
+            self.cancel_key, (kept.process_id, kept.secret_key), kept.parameter_status
+        )
+        self.client.write(
+            auth.sasl_final
+            + _AUTHENTICATION_OK
+            + kept.parameter_status
+            + encode.backend_key_data(*self.cancel_key)
+            + _READY_IDLE
+        )
+        logger.info(
+            "event=reused conn=%s endpoint=%s backend_pid=%d",
+            self.conn_id,
+            lifecycle.name,
+            kept.process_id,
+        )
+
     async def _login(
         self,
         lifecycle: Lifecycle,
@@ -368,7 +410,7 @@ class _Session:
             async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
                 if login is None:
                     login = await begin_login(self.compute, startup)
-                self.cancel_key = await open_session(
+                self.opening = await open_session(
                     login,
                     self.client,
                     preface=auth.sasl_final,
@@ -378,6 +420,7 @@ class _Session:
                     address=address,
                     cancels=self.ctx.cancels,
                 )
+                self.cancel_key = self.opening.cancel_key
         except TimeoutError:
             raise CannotConnectNow(
                 f'endpoint "{lifecycle.name}" did not complete the login',
@@ -402,7 +445,16 @@ class _SessionEnd:
     It holds no reference to the ``_Session``, so the handshake, SCRAM state and the
     coroutine's frames are freed while the relay runs."""
 
-    __slots__ = ("cancel_key", "conn_id", "ctx", "endpoint", "lifecycle", "started")
+    __slots__ = (
+        "cancel_key",
+        "conn_id",
+        "ctx",
+        "endpoint",
+        "lifecycle",
+        "opening",
+        "started",
+        "startup",
+    )
 
     def __init__(self, ctx: SessionContext, conn_id: str, started: float) -> None:
         self.ctx = ctx
@@ -411,11 +463,31 @@ class _SessionEnd:
         self.endpoint: str | None = None
         self.lifecycle: Lifecycle | None = None
         self.cancel_key: tuple[int, int] | None = None
+        self.startup = b""
+        self.opening: SessionOpening | None = None
 
     def take_over(self, session: _Session) -> None:
         self.endpoint = session.endpoint
         self.lifecycle = session.lifecycle
         self.cancel_key = session.cancel_key
+        self.startup = session.startup
+        self.opening = session.opening
+
+    def reuse_target(self) -> IdleServers | None:
+        """Where this session's backend may be kept when it ends at rest, if anywhere."""
+        lifecycle, opening = self.lifecycle, self.opening
+        if lifecycle is None or opening is None or opening.backend_key is None:
+            return None
+        return lifecycle.idle_servers if lifecycle.idle_servers.enabled else None
+
+    def keep_compute(self, stream: PacketStream, status: bytes) -> None:
+        """The relay's ``on_reusable``: reset the backend, then keep it (in the background)."""
+        lifecycle, opening = self.lifecycle, self.opening
+        assert lifecycle is not None
+        assert opening is not None
+        lifecycle.in_background(
+            _keep(lifecycle, stream, status, self.startup, opening), f"keep:{lifecycle.name}"
+        )
 
     def relayed(self, to_compute: int, to_client: int) -> None:
         self.finish("ok", to_compute, to_client)
@@ -461,7 +533,8 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         await session.run()
         if session.compute is not None:
             end.take_over(session)
-            start_relay(client, session.compute, ctx.relays, end.relayed)
+            reusable = end.keep_compute if end.reuse_target() is not None else None
+            start_relay(client, session.compute, ctx.relays, end.relayed, reusable)
             session.relaying = True
     except ComputeRefused as refused:
         outcome = refused.sqlstate or "compute_refused"
@@ -487,6 +560,29 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
             session.close()
             end.take_over(session)
             end.finish(outcome)
+
+
+async def _keep(
+    lifecycle: Lifecycle,
+    stream: PacketStream,
+    status: bytes,
+    startup: bytes,
+    opening: SessionOpening,
+) -> None:
+    assert opening.backend_key is not None
+    parameter_status = await reset_for_reuse(stream, opening.parameter_status, status)
+    if parameter_status is None:
+        metrics.SERVER_REUSE.labels(lifecycle.name, "reset_failed").inc()
+        stream.close()
+        return
+    if lifecycle.address is None:  # the compute is going away
+        stream.close()
+        return
+    process_id, secret_key = opening.backend_key
+    kept = IdleServer(stream, process_id, secret_key, parameter_status, time.monotonic())
+    if not lifecycle.idle_servers.put(startup, kept):
+        metrics.SERVER_REUSE.labels(lifecycle.name, "full").inc()
+        stream.close()
 
 
 def _report(session: _Session, error: ClientError) -> None:

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         description="Seconds a client has from connecting to finishing TLS, its startup "
         "packet and its SCRAM exchange.",
     )
+    server_reuse_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds to keep a compute backend whose client ended cleanly, reset "
+        "with DISCARD ALL, for the next client with the same role, database and startup "
+        "parameters (no fork, no login on the compute); 0 = off. Kept backends never keep "
+        "an endpoint awake.",
+    )
     drain_timeout: float = Field(
         10.0,
         ge=0,

@@ -1,0 +1,166 @@
+"""Keep a compute backend whose client left cleanly, for the next client of the same kind.
+
+A client that connects per request (an agent, a serverless function, ``pgbench -C``) pays
+for a backend fork and a SCRAM login on the compute every time. PgBouncer keeps server
+connections for that; pgwake does the same in session mode, opt-in with
+``server_reuse_seconds``:
+
+* A backend is kept only when its client ended cleanly: the client's last bytes were the
+  Terminate message on their own, and the compute's last bytes ended with ReadyForQuery.
+  The relay checks both without parsing (``relay.py``).
+* Before it is kept, a transaction the client left open is rolled back (what the backend
+  would do had the client's Terminate reached it), then ``DISCARD ALL`` runs (temporary
+  tables, prepared statements, settings, ``SET ROLE``/``SESSION AUTHORIZATION``,
+  ``LISTEN``, advisory locks). The answer must be exactly that: CommandComplete for each,
+  any ParameterStatus, ReadyForQuery ``I``. Anything else, and the backend is closed.
+* It is handed only to a client that authenticated at the edge for the same endpoint and
+  sent the same startup message (role, database, options, application name...), so the
+  compute sees the same session it would have logged in.
+* Kept backends are closed after ``server_reuse_seconds``, when the endpoint suspends or
+  its compute crashes, and before the idle check counts the compute's sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from proxy import metrics
+from proxy.protocol import encode
+from proxy.protocol.errors import ProtocolViolation
+from proxy.protocol.framing import MessageReader
+from proxy.protocol.messages import NEED_DATA, Frame
+from proxy.stream import PeerClosed, read_next
+
+if TYPE_CHECKING:
+    from proxy.stream import PacketStream
+
+__all__ = ["IdleServer", "IdleServers", "reset_for_reuse"]
+
+logger = logging.getLogger(__name__)
+
+#: A compute's answer to the reset must come within this.
+_RESET_TIMEOUT: Final = 5.0
+#: Kept backends per endpoint at most (a compute has ``max_connections = 300``).
+_LIMIT_PER_ENDPOINT: Final = 16
+
+
+@dataclass(slots=True)
+class IdleServer:
+    """A logged-in, reset backend and what its next client must be told."""
+
+    stream: PacketStream
+    process_id: int
+    secret_key: int
+    #: The ParameterStatus messages of its login, as the next client gets them.
+    parameter_status: bytes
+    since: float
+
+
+async def reset_for_reuse(
+    stream: PacketStream, parameter_status: bytes, status: bytes
+) -> bytes | None:
+    """Reset a backend whose client has left, its last ReadyForQuery status ``status``
+    (``I``, ``T`` or ``E``); return the ParameterStatus messages a new client must get
+    (the login's, updated by what the reset reported), or ``None`` when the backend is
+    not clean and idle afterwards."""
+    commands = [b"ROLLBACK\0", b"DISCARD ALL\0"] if status != b"I" else [b"DISCARD ALL\0"]
+    stream.write(b"".join(encode.message(b"Q", command) for command in commands))
+    reader = MessageReader()
+    reported: dict[bytes, bytes] = {}
+    try:
+        async with asyncio.timeout(_RESET_TIMEOUT):
+            for command in commands:
+                frame = await read_next(stream, reader.feed, reader.next_message)
+                if (frame.type, frame.body) != (b"C", command):
+                    return None
+                while True:
+                    frame = await read_next(stream, reader.feed, reader.next_message)
+                    if frame.type == b"S":
+                        reported[frame.body.split(b"\0", 1)[0]] = frame.body
+                    elif (frame.type, frame.body) == (b"Z", b"I"):
+                        break
+                    else:
+                        return None
+    except (TimeoutError, PeerClosed, ProtocolViolation, OSError):
+        return None
+    if reader.take_remaining():
+        return None  # more than the reset's answer: not a backend at rest
+    if not reported:
+        return parameter_status
+    return _merge_parameter_status(parameter_status, reported)
+
+
+def _merge_parameter_status(opening: bytes, reported: dict[bytes, bytes]) -> bytes:
+    reader = MessageReader()
+    reader.feed(opening)
+    merged: list[bytes] = []
+    while (frame := reader.next_message()) is not NEED_DATA:
+        assert isinstance(frame, Frame)
+        name = frame.body.split(b"\0", 1)[0]
+        merged.append(encode.message(b"S", reported.pop(name, frame.body)))
+    merged += [encode.message(b"S", body) for body in reported.values()]
+    return b"".join(merged)
+
+
+class IdleServers:
+    """One endpoint's kept backends, by the exact startup message they logged in with."""
+
+    def __init__(self, endpoint: str, keep_seconds: float) -> None:
+        self.endpoint = endpoint
+        self.keep_seconds = keep_seconds
+        self._by_startup: dict[bytes, deque[IdleServer]] = {}
+        self._count = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.keep_seconds > 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def has(self, startup: bytes) -> bool:
+        return bool(self._by_startup.get(startup))
+
+    def put(self, startup: bytes, server: IdleServer) -> bool:
+        """Keep ``server``; ``False`` (and the caller closes it) when full or disabled."""
+        if not self.enabled or self._count >= _LIMIT_PER_ENDPOINT:
+            return False
+        self._by_startup.setdefault(startup, deque()).append(server)
+        self._count += 1
+        metrics.SERVER_REUSE.labels(self.endpoint, "kept").inc()
+        return True
+
+    def take(self, startup: bytes) -> IdleServer | None:
+        """The most recently kept live backend for ``startup``, if any."""
+        servers = self._by_startup.get(startup)
+        while servers:
+            server = servers.pop()
+            self._count -= 1
+            if server.stream.closed.done():  # the compute ended it meanwhile
+                continue
+            metrics.SERVER_REUSE.labels(self.endpoint, "reused").inc()
+            return server
+        return None
+
+    def expire(self, now: float | None = None) -> None:
+        """Close the backends kept longer than ``keep_seconds``."""
+        now = time.monotonic() if now is None else now
+        for servers in self._by_startup.values():
+            while servers and now - servers[0].since >= self.keep_seconds:
+                self._close(servers.popleft(), "expired")
+
+    def close_all(self, reason: str) -> None:
+        for servers in self._by_startup.values():
+            while servers:
+                self._close(servers.popleft(), reason)
+        self._by_startup.clear()
+
+    def _close(self, server: IdleServer, reason: str) -> None:
+        self._count -= 1
+        server.stream.close()
+        metrics.SERVER_REUSE.labels(self.endpoint, reason).inc()
