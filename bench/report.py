@@ -400,7 +400,9 @@ def render(results: Results, plots: dict[str, Path]) -> str:
         out += ["", "## Warm connect", ""]
         out.append(
             "Compute running; connect + `SELECT 1` + close, SCRAM both ways; direct = the"
-            " compute's unix socket. Runs alternated."
+            " compute's unix socket. Runs alternated. pgwake runs with its defaults, so"
+            " server reuse (`server_reuse_seconds` = 30) hands most connects a kept backend:"
+            " the compute neither forks nor logs in for them."
         )
         out.append("")
         header = ("ms", "p50", "p90", "min", "max", "n")
@@ -422,7 +424,9 @@ def render(results: Results, plots: dict[str, Path]) -> str:
         (
             "`pgbench -S -C`",
             results.pgbench_connect,
-            "a new connection (and SCRAM login) per transaction",
+            "a new connection (and SCRAM login) per transaction; pgwake keeps and resets"
+            " backends between clients (server reuse, its default), as PgBouncer keeps its"
+            " server connections",
         ),
     ):
         if not tps:

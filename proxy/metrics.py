@@ -51,7 +51,8 @@ WAKE_DURATION: Final = Histogram(
 SERVER_REUSE: Final = Counter(
     "pgwake_server_reuse_total",
     "Compute backends kept for the next client (server_reuse_seconds), by event: kept, "
-    "reused, reset_failed, expired, suspended, full.",
+    "reused, reset_failed, full, and why kept ones were closed: expired, idle, "
+    "compute_stopped.",
     ["endpoint", "event"],
 )
 SUSPENDS: Final = Counter(
