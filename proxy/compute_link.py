@@ -176,13 +176,9 @@ async def open_session(
                 request = parse_authentication(frame)
                 if request.code == AuthenticationRequest.OK:
                     to_client += encode.message(kind, frame.body)
-                elif request.code == AuthenticationRequest.SASL and scram is None:
-                    if not _offers_scram(frame):
-                        raise CannotConnectNow("the compute does not offer SCRAM-SHA-256")
-                    scram = ScramClient.from_client_key(client_key, verifier)
-                    compute.write(
-                        encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message())
-                    )
+                elif request.code == AuthenticationRequest.SASL:
+                    # begin_login answered an offer of SCRAM-SHA-256: this one has none.
+                    raise CannotConnectNow("the compute does not offer SCRAM-SHA-256")
                 elif request.code == AuthenticationRequest.SASL_CONTINUE and scram:
                     compute.write(encode.sasl_response(scram.handle_server_first(request.data)))
                 elif request.code == AuthenticationRequest.SASL_FINAL and scram:

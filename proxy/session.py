@@ -64,7 +64,6 @@ if TYPE_CHECKING:
     from proxy.edge_auth import EdgeAuthResult
     from proxy.handshake import Handshake
     from proxy.lifecycle import Lifecycle, LifecycleManager
-    from proxy.server_reuse import IdleServers
     from proxy.settings import Settings
     from proxy.stream import PacketStream
     from proxy.throttle import AuthThrottle
@@ -473,12 +472,15 @@ class _SessionEnd:
         self.startup = session.startup
         self.opening = session.opening
 
-    def reuse_target(self) -> IdleServers | None:
-        """Where this session's backend may be kept when it ends at rest, if anywhere."""
+    def may_keep_compute(self) -> bool:
+        """Whether this session's backend may be kept when it ends at rest."""
         lifecycle, opening = self.lifecycle, self.opening
-        if lifecycle is None or opening is None or opening.backend_key is None:
-            return None
-        return lifecycle.idle_servers if lifecycle.idle_servers.enabled else None
+        return (
+            lifecycle is not None
+            and lifecycle.idle_servers.enabled
+            and opening is not None
+            and opening.backend_key is not None
+        )
 
     def keep_compute(self, stream: PacketStream, status: bytes) -> None:
         """The relay's ``on_reusable``: reset the backend, then keep it (in the background)."""
@@ -533,7 +535,7 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         await session.run()
         if session.compute is not None:
             end.take_over(session)
-            reusable = end.keep_compute if end.reuse_target() is not None else None
+            reusable = end.keep_compute if end.may_keep_compute() else None
             start_relay(client, session.compute, ctx.relays, end.relayed, reusable)
             session.relaying = True
     except ComputeRefused as refused:

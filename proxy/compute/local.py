@@ -56,10 +56,10 @@ _TEMPLATE_READY_MARK: Final = "template.ready"
 _TEMPLATE_VERSION: Final = "3"
 _SETUP_FILE: Final = "setup.json"
 # Ready copies of the template kept by a running server (each ~35 MB of disk).
+_SPARE_COPIES: Final = 2
 # A start moves a server log this big to postgres.log.1 (replacing the older one), so an
 # endpoint woken thousands of times keeps at most about twice this much log.
 _LOG_ROTATE_BYTES: Final = 16 * 1024 * 1024
-_SPARE_COPIES: Final = 2
 # Run by a single-user backend on the template: the default role (no password until an
 # endpoint's first start sets its verifier) and its database.
 _TEMPLATE_SQL: Final = (
