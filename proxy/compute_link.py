@@ -7,9 +7,11 @@ checks the compute's ServerSignature too. Then it forwards AuthenticationOk, the
 ParameterStatus messages and ReadyForQuery to the client, swapping BackendKeyData for
 pgwake's own keys.
 
-The login runs in two halves so that most of it overlaps the client's own SCRAM work:
-``begin_login`` (startup, client-first-message, up to the compute's server-first) needs
-no key; ``open_session`` finishes with the ClientKey once the client has proved it.
+The login runs in two halves: ``begin_login`` (startup and client-first-message in one
+write, up to the compute's server-first) needs no key; ``open_session`` finishes with
+the ClientKey. Both run only after the client has proved its password: a stranger never
+makes a compute fork a backend (``warm_sockets.py`` keeps that fork off the critical
+path instead).
 """
 
 from __future__ import annotations
@@ -123,20 +125,27 @@ def _offers_scram(frame: Frame) -> bool:
 
 
 async def begin_login(compute: PacketStream, startup: bytes) -> PendingLogin:
-    """Send the StartupMessage and, when the compute asks for SCRAM, the
-    client-first-message; return with the compute's answer (its server-first-message)
-    unhandled.
+    """Send the StartupMessage and the SCRAM client-first-message together; return with
+    the compute's answer (its server-first-message) unhandled.
 
-    Run while the client is still busy with its own SCRAM exchange: the compute forks
-    its backend and does the first round trip meanwhile, so after the client's proof one
-    round trip is left."""
+    Computes made by pgwake authenticate every role with SCRAM-SHA-256 (initdb's
+    ``--auth-local``/``--auth-host``), so the client-first-message need not wait for the
+    compute's AuthenticationSASL: one round trip instead of two. A compute that answers
+    with an ErrorResponse first (starting up, shutting down) exits without reading it; one
+    that asks for anything else is refused."""
     reader = MessageReader()
-    compute.write(startup)
-    first = await _next_frame(compute, reader)
-    if not _offers_scram(first):
-        return PendingLogin(compute, reader, None, first)  # open_session deals with it
     scram = ScramClient.awaiting_client_key()
-    compute.write(encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message()))
+    compute.write(
+        startup + encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message())
+    )
+    first = await _next_frame(compute, reader)
+    if first.type == b"E":
+        return PendingLogin(compute, reader, None, first)  # open_session forwards it
+    if not _offers_scram(first):
+        raise CannotConnectNow(
+            "the compute does not ask for SCRAM-SHA-256",
+            detail="pgwake logs in to computes with SCRAM only; check the compute's pg_hba.conf",
+        )
     return PendingLogin(compute, reader, scram, await _next_frame(compute, reader))
 
 

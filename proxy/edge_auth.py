@@ -9,7 +9,8 @@ Postgres). Success yields the ClientKey that logs pgwake in to the compute.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
     from proxy.protocol.framing import MessageReader
     from proxy.protocol.messages import Frame
     from proxy.stream import PacketStream
+    from proxy.throttle import AuthThrottle
 
-__all__ = ["EdgeAuthResult", "authenticate_client"]
+__all__ = ["EdgeAuthResult", "authenticate_client", "is_text", "throttled"]
 
 # Frontend 'X': the client gives up (libpq sends it before closing).
 _TERMINATE: Final = b"X"
@@ -63,6 +65,21 @@ def offered_mechanisms(channel_binding: bytes | None) -> list[str]:
     return [SCRAM_SHA_256_PLUS, SCRAM_SHA_256] if channel_binding else [SCRAM_SHA_256]
 
 
+def is_text(name: str) -> bool:
+    """Whether a name from the startup packet is valid UTF-8. The codec decodes with
+    ``surrogateescape`` so any bytes reach the compute unchanged; a name that is not text
+    cannot be a role or an endpoint of ours, so it is looked up nowhere."""
+    return name.isascii() or not any("\udc80" <= char <= "\udcff" for char in name)
+
+
+def throttled(wait: float) -> InvalidAuthorizationSpecification:
+    """The refusal while an (address, endpoint) waits out its failed-login delay."""
+    return InvalidAuthorizationSpecification(
+        "too many failed authentication attempts",
+        hint=f"Wait {max(wait, 1.0):.0f} s before trying again.",
+    )
+
+
 def password_failed(role: str) -> InvalidPassword:
     """The one refusal for a wrong password, an unknown role or a role without SCRAM."""
     return InvalidPassword(f'password authentication failed for user "{role}"')
@@ -80,24 +97,30 @@ async def authenticate_client(
     reader: MessageReader,
     *,
     role: str,
-    verifier_lookup: Awaitable[str | None],
+    verifier_lookup: Awaitable[str | None] | None,
     mock_secret: bytes,
     channel_binding: bytes | None,
-    on_client_first: Callable[[], None] | None = None,
+    throttle: AuthThrottle,
+    client_host: str,
+    endpoint: str,
 ) -> EdgeAuthResult:
     """Run SCRAM with the client; return its ClientKey or raise a ``ClientError``.
 
-    The verifier is looked up while the client answers AuthenticationSASL, and
-    ``on_client_first`` runs once a well-formed client-first-message has arrived (the
-    session uses it to start the compute's login in parallel)."""
+    The verifier is looked up while the client answers AuthenticationSASL (``None``: the
+    role cannot exist, a mock exchange runs). The throttle is consulted and told the
+    outcome in the same step as the proof is verified, so that parallel proofs from one
+    (address, endpoint) are counted one by one."""
     stream.write(encode.authentication_sasl(offered_mechanisms(channel_binding)))
-    lookup = asyncio.ensure_future(verifier_lookup)
+    lookup = asyncio.ensure_future(verifier_lookup) if verifier_lookup is not None else None
     try:
         first_frame = await _next_client_frame(stream, reader)
-        verifier_text = await lookup
+        verifier_text = await lookup if lookup is not None else None
     finally:
-        if not lookup.done():
-            lookup.cancel()
+        if lookup is not None:
+            if not lookup.done():
+                lookup.cancel()
+            elif not lookup.cancelled():
+                lookup.exception()  # the client left first: the lookup's outcome is moot
     verifier: ScramVerifier | None = None
     if verifier_text is not None and role != ADMIN_ROLE:
         try:
@@ -110,18 +133,26 @@ async def authenticate_client(
     try:
         initial = parse_sasl_initial_response(first_frame)
         server_first = server.handle_client_first(initial.mechanism, initial.data)
-        if on_client_first is not None and verifier is not None:
-            on_client_first()
         stream.write(encode.authentication(AuthenticationRequest.SASL_CONTINUE, server_first))
-        final = server.handle_client_final(
-            parse_sasl_response(await _next_client_frame(stream, reader))
-        )
+        client_final = parse_sasl_response(await _next_client_frame(stream, reader))
+    except ScramProtocolError as exc:
+        raise ProtocolViolation(exc.message, detail=exc.detail) from None
+    # From here to the verdict there is no await: check, verify, record as one step.
+    now = time.monotonic()
+    wait = throttle.wait_seconds(client_host, endpoint, now)
+    if wait > 0:
+        raise throttled(wait)
+    try:
+        final = server.handle_client_final(client_final)
     except ScramChannelBindingFailed as exc:
+        throttle.failed(client_host, endpoint, now)
         raise InvalidAuthorizationSpecification(exc.message, detail=exc.detail) from None
     except ScramAuthenticationFailed:
+        throttle.failed(client_host, endpoint, now)
         raise password_failed(role) from None
     except ScramProtocolError as exc:
         raise ProtocolViolation(exc.message, detail=exc.detail) from None
+    throttle.succeeded(client_host, endpoint)
     assert verifier is not None  # a mock exchange always fails above
     return EdgeAuthResult(
         verifier,

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Final
 
 from proxy import metrics
 from proxy.compute import ComputeStartError
+from proxy.compute_link import open_compute
 from proxy.protocol.errors import CannotConnectNow
 from proxy.server_reuse import IdleServers
+from proxy.warm_sockets import WarmSockets
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -139,7 +141,7 @@ class Lifecycle:
         self.state = EndpointState.SUSPENDED
         self.reason: str | None = None
         self.address: ComputeAddress | None = None
-        #: Client sessions holding this endpoint (waiting for it or relaying).
+        #: Authenticated client sessions holding this endpoint (waiting for it or relaying).
         self.sessions = 0
         self._last_active = time.monotonic()
         self._last_persisted = 0.0
@@ -153,6 +155,8 @@ class Lifecycle:
         self._background: set[asyncio.Task[None]] = set()
         #: Logged-in backends kept for the next client (``server_reuse.py``).
         self.idle_servers = IdleServers(name, server_reuse_seconds)
+        #: Compute connections opened ahead for authenticated clients (``warm_sockets.py``).
+        self.warm_sockets = WarmSockets(name, open_compute)
         #: Set at server shutdown: no more starts.
         self.closing = False
         self._publish_state()
@@ -193,7 +197,9 @@ class Lifecycle:
     # -- sessions ------------------------------------------------------------------------
 
     def acquire(self) -> None:
-        """A client session starts using this endpoint (before it waits for a wake)."""
+        """An authenticated client session starts using this endpoint (before it waits
+        for a wake). Connections still authenticating are not sessions: they neither
+        hold a slot nor keep the compute awake."""
         self.sessions += 1
         self._last_active = time.monotonic()
 
@@ -293,6 +299,7 @@ class Lifecycle:
     def _crashed(self) -> None:
         self.address = None
         self.idle_servers.close_all("compute_stopped")
+        self.warm_sockets.close_all()
         self._drop_management()
         metrics.SUSPENDS.labels(self.name, "crashed").inc()
         self._transition(Trigger.CRASHED, "the compute exited on its own")
@@ -309,6 +316,7 @@ class Lifecycle:
             # then wake it again (design §3), instead of logging in to a dying server.
             self.address = None
             self.idle_servers.close_all("compute_stopped")
+            self.warm_sockets.close_all()
             self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.name}")
         if self.state is EndpointState.SUSPENDING and self._stop_task is not None:
             await asyncio.shield(self._stop_task)
@@ -384,6 +392,7 @@ class Lifecycle:
                 return
             ticks += 1
             self.idle_servers.expire()
+            self.warm_sockets.expire()
             if ticks % _SYNC_EVERY_TICKS == 1:  # soon after the start, then now and then
                 await self.sync_verifiers()
             now = time.monotonic()

@@ -21,6 +21,8 @@ __all__ = [
     "SERVER_REUSE",
     "STATE_TRANSITIONS",
     "SUSPENDS",
+    "UNAUTHENTICATED",
+    "UNAUTHENTICATED_REFUSED",
     "WAKES",
     "WAKE_DURATION",
 ]
@@ -31,13 +33,25 @@ OPEN_CONNECTIONS: Final = Gauge(
 ACCEPTED: Final = Counter(
     "pgwake_accepted_connections_total", "TCP connections accepted, before routing."
 )
+UNAUTHENTICATED: Final = Gauge(
+    "pgwake_unauthenticated_connections",
+    "Connections open now that have not proved a password yet (TLS, startup or SCRAM).",
+)
+UNAUTHENTICATED_REFUSED: Final = Counter(
+    "pgwake_unauthenticated_refused_total",
+    "Connections refused (53300) because too many were awaiting authentication, by "
+    "limit (address, total).",
+    ["limit"],
+)
 CONNECTIONS_ACTIVE: Final = Gauge(
     "pgwake_client_connections_active",
-    "Client sessions routed to an endpoint, open now.",
+    "Client sessions of an endpoint (authenticated), open now.",
     ["endpoint"],
 )
 CONNECTIONS_TOTAL: Final = Counter(
-    "pgwake_client_connections_total", "Client sessions routed to an endpoint.", ["endpoint"]
+    "pgwake_client_connections_total",
+    "Client sessions of an endpoint (authenticated).",
+    ["endpoint"],
 )
 WAKES: Final = Counter(
     "pgwake_wakes_total", "Compute starts, by outcome (success, failure).", ["endpoint", "outcome"]

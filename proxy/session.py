@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from proxy import metrics
+from proxy.admission import Refusal, UnauthenticatedBudget
 from proxy.cancel import BackendTarget
 from proxy.compute_link import (
     ComputeRefused,
-    PendingLogin,
     SessionOpening,
     StaleVerifier,
     begin_login,
     open_compute,
     open_session,
 )
-from proxy.edge_auth import authenticate_client, password_failed
+from proxy.edge_auth import authenticate_client, is_text, password_failed, throttled
 from proxy.handshake import read_handshake, require_tls_error
 from proxy.protocol import encode
 from proxy.protocol.errors import (
@@ -98,7 +98,33 @@ class SessionContext:
     tls: TlsMaterial | None
     #: Relayed sessions (their coroutines have ended; the server's drain waits on these).
     relays: Relays = field(default_factory=Relays)
+    #: Authenticated sessions open now (``max_client_connections``).
     active_sessions: int = field(default=0)
+    #: Connections that have not proved a password yet (``admission.py``).
+    unauthenticated: UnauthenticatedBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unauthenticated = UnauthenticatedBudget(
+            per_address=self.settings.max_unauthenticated_per_address,
+            total=self.settings.max_unauthenticated_connections,
+        )
+
+
+def too_many_unauthenticated(refusal: Refusal) -> TooManyConnections:
+    """The 53300 for a connection over the unauthenticated budget."""
+    if refusal.scope == "address":
+        return TooManyConnections(
+            "too many connections from your address are still logging in",
+            detail=f"at most {refusal.limit} connections per client address may be in "
+            "TLS, startup or authentication at once",
+            hint="Finish or close the connections that are still logging in.",
+        )
+    return TooManyConnections(
+        "too many connections are still logging in",
+        detail=f"at most {refusal.limit} connections may be in TLS, startup or "
+        "authentication at once",
+        hint="Try again shortly.",
+    )
 
 
 def _compute_parameters(startup: StartupMessage, role: str, options: str | None) -> dict[str, str]:
@@ -133,18 +159,34 @@ class _Session:
         self.conn_id = conn_id
         self.peer_host = peer_host
         self.client_host = peer_host
+        #: The address this connection counts under in the unauthenticated budget
+        #: (``None`` once it has proved its password, or if it never entered).
+        self.unauthenticated_as: str | None = None
         self.endpoint: str | None = None
         self.compute: PacketStream | None = None
         self.cancel_key: tuple[int, int] | None = None
         #: The compute's startup message and login: what keeping its backend needs.
         self.startup = b""
         self.opening: SessionOpening | None = None
-        self.prelogin: asyncio.Future[PendingLogin] | None = None
         #: Set once the relay runs: from then on the relay ends the session, not us.
         self.relaying = False
+        #: Set once the client is a session of the endpoint (authenticated, counted).
         self.lifecycle: Lifecycle | None = None
         #: The startup *and* the client's SCRAM exchange must be done by then.
         self.deadline = asyncio.get_running_loop().time() + ctx.settings.startup_timeout
+
+    def admit(self) -> None:
+        """Count the new connection in the unauthenticated budget (``Refusal`` if full)."""
+        self.ctx.unauthenticated.enter(self.peer_host)
+        self.unauthenticated_as = self.peer_host
+        metrics.UNAUTHENTICATED.inc()
+
+    def leave_unauthenticated(self) -> None:
+        """Leave the unauthenticated budget: the client proved its password, or left."""
+        address, self.unauthenticated_as = self.unauthenticated_as, None
+        if address is not None:
+            self.ctx.unauthenticated.leave(address)
+            metrics.UNAUTHENTICATED.dec()
 
     async def run(self) -> None:
         ctx = self.ctx
@@ -163,6 +205,14 @@ class _Session:
                 detail=f"the limit is {settings.startup_timeout:g} s",
             ) from None
         self.client_host = handshake.client_host
+        if self.unauthenticated_as is not None and self.client_host != self.unauthenticated_as:
+            # A PROXY header named the real client: it counts under its own address.
+            try:
+                ctx.unauthenticated.move(self.unauthenticated_as, self.client_host)
+            except Refusal as refusal:
+                metrics.UNAUTHENTICATED_REFUSED.labels(refusal.scope).inc()
+                raise too_many_unauthenticated(refusal) from None
+            self.unauthenticated_as = self.client_host
         message = handshake.message
         if isinstance(message, CancelRequest):
             # Plaintext cancels are allowed, as in Postgres: the key is the secret.
@@ -170,8 +220,6 @@ class _Session:
             return
         if handshake.tls is None and settings.tls_required:
             raise require_tls_error()
-        if ctx.active_sessions > settings.max_client_connections:
-            raise TooManyConnections("sorry, too many clients already")
         if message.protocol_minor > _NEWEST_MINOR or any(
             key.startswith("_pq_.") for key in message.parameters
         ):
@@ -207,68 +255,34 @@ class _Session:
                 detail=f"address {self.client_host} is not allowed",
             )
         lifecycle = ctx.lifecycles.get(record)
+        auth = await self._authenticate(lifecycle, route.role, handshake)
+        self.leave_unauthenticated()
+        # Only now is the client a session: it takes a slot and keeps the endpoint awake.
+        if ctx.active_sessions >= settings.max_client_connections:
+            raise TooManyConnections("sorry, too many clients already")
         if lifecycle.sessions >= settings.max_endpoint_connections:
             raise TooManyConnections(
                 f'too many connections to endpoint "{record.name}"',
                 detail=f"the limit is {settings.max_endpoint_connections}",
             )
+        ctx.active_sessions += 1
         lifecycle.acquire()
         self.lifecycle = lifecycle
         metrics.CONNECTIONS_ACTIVE.labels(record.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(record.name).inc()
         startup = encode.startup_message(_compute_parameters(message, route.role, route.options))
         self.startup = startup
-        auth = await self._authenticate(lifecycle, route.role, handshake, startup)
         await self._open_compute_session(lifecycle, auth, startup, route.role)
 
-    def _begin_prelogin(self, lifecycle: Lifecycle, startup: bytes) -> None:
-        """The client sent a valid client-first for a known role: if the compute runs,
-        connect, send the startup and the compute's first SCRAM message now, so its
-        backend forks and answers while the client computes its proof (PBKDF2), instead
-        of after."""
-        address = lifecycle.address
-        if address is None or lifecycle.idle_servers.has(startup):
-            return
-
-        async def prelogin() -> PendingLogin:
-            compute = await open_compute(address)
-            try:
-                return await begin_login(compute, startup)
-            except BaseException:
-                compute.close()
-                raise
-
-        self.prelogin = asyncio.ensure_future(prelogin())
-
-    async def _take_prelogin(self) -> PendingLogin | None:
-        task, self.prelogin = self.prelogin, None
-        if task is None:
-            return None
-        try:
-            return await task
-        except (OSError, TimeoutError, ClientError):
-            return None  # the ordinary path below retries, with a wake if needed
-
-    def _drop_prelogin(self) -> None:
-        task, self.prelogin = self.prelogin, None
-        if task is None:
-            return
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled() and task.exception() is None:
-            task.result().compute.close()
-
     async def _authenticate(
-        self, lifecycle: Lifecycle, role: str, handshake: Handshake, startup: bytes
+        self, lifecycle: Lifecycle, role: str, handshake: Handshake
     ) -> EdgeAuthResult:
         throttle = self.ctx.throttle
         endpoint = lifecycle.name
+        # A cheap early refusal; the check that bounds parallel guesses runs at the proof.
         wait = throttle.wait_seconds(self.client_host, endpoint, time.monotonic())
         if wait > 0:
-            raise InvalidAuthorizationSpecification(
-                "too many failed authentication attempts",
-                hint=f"Wait {wait:.0f} s before trying again.",
-            )
+            raise throttled(wait)
         reader = MessageReader()
         reader.feed(handshake.trailing)
         tls = handshake.tls
@@ -278,10 +292,13 @@ class _Session:
                     self.client,
                     reader,
                     role=role,
-                    verifier_lookup=lifecycle.verifier(role),
+                    # A name that is not UTF-8 is no role: a mock exchange, then 28P01.
+                    verifier_lookup=lifecycle.verifier(role) if is_text(role) else None,
                     mock_secret=self.ctx.mock_secret,
                     channel_binding=tls.end_point_hash if tls is not None else None,
-                    on_client_first=lambda: self._begin_prelogin(lifecycle, startup),
+                    throttle=throttle,
+                    client_host=self.client_host,
+                    endpoint=endpoint,
                 )
         except TimeoutError:
             raise ProtocolViolation(
@@ -290,21 +307,18 @@ class _Session:
                 f"{self.ctx.settings.startup_timeout:g} s",
             ) from None
         except ClientError as error:
-            self._drop_prelogin()
             if error.sqlstate in (
                 password_failed(role).sqlstate,
                 InvalidAuthorizationSpecification.sqlstate,
             ):
-                delay = throttle.failed(self.client_host, endpoint, time.monotonic())
                 logger.warning(
                     "event=auth_failed conn=%s endpoint=%s client=%s retry_in_s=%g",
                     self.conn_id,
                     endpoint,
                     self.client_host,
-                    delay,
+                    throttle.wait_seconds(self.client_host, endpoint, time.monotonic()),
                 )
             raise
-        throttle.succeeded(self.client_host, endpoint)
         # auth.sasl_final goes out with the compute's opening (``open_session``).
         leftover = reader.take_remaining()
         if leftover:
@@ -338,35 +352,30 @@ class _Session:
     ) -> None:
         address = lifecycle.address
         if address is not None and (kept := lifecycle.idle_servers.take(startup)) is not None:
-            self._drop_prelogin()
             self._reuse(lifecycle, address, auth, kept)
             return
-        login = await self._take_prelogin()
-        if login is not None and lifecycle.address is not None:
-            self.compute = login.compute
-            await self._login(
-                lifecycle, auth=auth, login=login, address=lifecycle.address, role=role
-            )
-            return
-        if login is not None:  # the compute went away meanwhile
-            login.compute.close()
         address = await self._wake(lifecycle)
         try:
-            self.compute = await open_compute(address)
+            self.compute = await self._connect(lifecycle, address)
         except (OSError, TimeoutError):
             # The compute died after we saw it running: recheck it and wake once more.
             await lifecycle.compute_unreachable()
             address = await self._wake(lifecycle)
             try:
-                self.compute = await open_compute(address)
+                self.compute = await self._connect(lifecycle, address)
             except (OSError, TimeoutError) as exc:
                 raise CannotConnectNow(
                     f'endpoint "{lifecycle.name}" is not reachable',
                     detail=f"connecting to the compute failed: {type(exc).__name__}",
                 ) from None
-        await self._login(
-            lifecycle, auth=auth, login=None, address=address, role=role, startup=startup
-        )
+        await self._login(lifecycle, auth=auth, address=address, role=role, startup=startup)
+
+    @staticmethod
+    async def _connect(lifecycle: Lifecycle, address: ComputeAddress) -> PacketStream:
+        """A connection whose backend is forked already (``warm_sockets.py``), else a new
+        one."""
+        warm = lifecycle.warm_sockets.take(address)
+        return warm if warm is not None else await open_compute(address)
 
     def _reuse(
         self, lifecycle: Lifecycle, address: ComputeAddress, auth: EdgeAuthResult, kept: IdleServer
@@ -399,16 +408,14 @@ class _Session:
         lifecycle: Lifecycle,
         *,
         auth: EdgeAuthResult,
-        login: PendingLogin | None,
         address: ComputeAddress,
         role: str,
-        startup: bytes = b"",
+        startup: bytes,
     ) -> None:
         assert self.compute is not None
         try:
             async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
-                if login is None:
-                    login = await begin_login(self.compute, startup)
+                login = await begin_login(self.compute, startup)
                 self.opening = await open_session(
                     login,
                     self.client,
@@ -432,7 +439,7 @@ class _Session:
 
     def close(self) -> None:
         """Close both sides (the cancel key goes with ``_SessionEnd.finish``)."""
-        self._drop_prelogin()
+        self.leave_unauthenticated()
         if self.compute is not None:
             self.compute.close()
         self.client.close()
@@ -496,9 +503,9 @@ class _SessionEnd:
 
     def finish(self, outcome: str, to_compute: int = 0, to_client: int = 0) -> None:
         ctx = self.ctx
-        ctx.active_sessions -= 1
         metrics.OPEN_CONNECTIONS.dec()
-        if self.lifecycle is not None:
+        if self.lifecycle is not None:  # it was a session (authenticated, counted)
+            ctx.active_sessions -= 1
             self.lifecycle.release()
             metrics.CONNECTIONS_ACTIVE.labels(self.lifecycle.name).dec()
         if self.cancel_key is not None:
@@ -526,12 +533,18 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
     end = _SessionEnd(ctx, conn_id, time.monotonic())
     session = _Session(client, ctx, conn_id, peer_host)
-    ctx.active_sessions += 1
     metrics.OPEN_CONNECTIONS.inc()
     metrics.ACCEPTED.inc()
     logger.info("event=accepted conn=%s peer=%s", conn_id, peer)
     outcome = "ok"
     try:
+        try:
+            session.admit()
+        except Refusal as refusal:
+            # Refused before reading a byte: an ErrorResponse is what libpq expects
+            # even in answer to an SSLRequest (as when a server cannot fork).
+            metrics.UNAUTHENTICATED_REFUSED.labels(refusal.scope).inc()
+            raise too_many_unauthenticated(refusal) from None
         await session.run()
         if session.compute is not None:
             end.take_over(session)

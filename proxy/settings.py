@@ -174,6 +174,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Client sessions one endpoint serves at once (53300); computes allow 300.",
     )
+    max_unauthenticated_connections: int = Field(
+        2000,
+        ge=1,
+        description="Connections still in TLS, startup or authentication at once, all "
+        "clients (53300). They hold no session slot and keep no compute awake.",
+    )
+    max_unauthenticated_per_address: int = Field(
+        200,
+        ge=1,
+        description="Connections still in TLS, startup or authentication at once from one "
+        "client address (53300), so one address cannot crowd out the others.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )

@@ -1,10 +1,19 @@
 """Failed-authentication throttling per (client address, endpoint). Pure: takes ``now``.
 
-After a failed login, the next attempt from the same address to the same endpoint is
-refused until a delay has passed; each further failure doubles the delay, up to a cap. A
-success clears the record. This is how CockroachDB's SQL proxy slows password guessing
-without locking out the real user for long. The table is bounded: the oldest records are
-dropped first, so a flood of addresses cannot exhaust memory.
+The first ``FREE_FAILURES`` failures cost nothing: one typo under libpq's default
+``sslmode=prefer`` is two failed proofs (the TLS attempt, then the plaintext retry), and a
+person who mistypes twice must not read it as a lockout. Each failure after those blocks
+the (address, endpoint) for a delay, ``BASE_DELAY`` doubling up to ``MAX_DELAY``; a success
+clears the record, and so does ``FORGET_AFTER`` seconds without a failure.
+
+The session consults ``check`` and records the outcome in the same step as the proof is
+verified (no ``await`` in between), so parallel connections cannot all pass the check
+before the first failure is recorded: the schedule bounds guesses whatever the client's
+concurrency. Over a day that is at most ``FREE_FAILURES`` + a few + one a minute per
+(address, endpoint).
+
+The table is bounded: the oldest records are dropped first, so a flood of addresses
+cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -13,11 +22,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["AuthThrottle"]
+__all__ = ["BASE_DELAY", "FORGET_AFTER", "FREE_FAILURES", "MAX_DELAY", "AuthThrottle"]
 
-#: First delay after a failure, and the cap (seconds).
+#: Failures in a row that impose no delay.
+FREE_FAILURES: Final = 5
+#: First delay once the free failures are used, and the cap (seconds).
 BASE_DELAY: Final = 1.0
 MAX_DELAY: Final = 60.0
+#: Seconds without a failure after which an address starts over with its free failures.
+FORGET_AFTER: Final = 900.0
 #: Records kept at most; beyond, the least recently failed are forgotten.
 MAX_RECORDS: Final = 100_000
 
@@ -25,6 +38,7 @@ MAX_RECORDS: Final = 100_000
 @dataclass(slots=True)
 class _Record:
     failures: int
+    last_failure: float
     blocked_until: float
 
 
@@ -44,13 +58,16 @@ class AuthThrottle:
         return max(0.0, record.blocked_until - now) if record else 0.0
 
     def failed(self, address: str, endpoint: str, now: float) -> float:
-        """Record a failed login; return the delay imposed on the next attempt."""
+        """Record a failed proof; return the delay imposed on the next attempt (0 while
+        the free failures last)."""
         key = (address, endpoint)
-        record = self._records.pop(key, None) or _Record(0, now)
-        if now - record.blocked_until > MAX_DELAY:
-            record.failures = 0  # quiet for long enough: start over
+        record = self._records.pop(key, None)
+        if record is None or now - record.last_failure > FORGET_AFTER:
+            record = _Record(0, now, now)
         record.failures += 1
-        delay = min(BASE_DELAY * 2.0 ** min(record.failures - 1, 32), MAX_DELAY)
+        record.last_failure = now
+        paid = record.failures - FREE_FAILURES
+        delay = 0.0 if paid <= 0 else min(BASE_DELAY * 2.0 ** min(paid - 1, 32), MAX_DELAY)
         record.blocked_until = now + delay
         self._records[key] = record
         while len(self._records) > self._max_records:

@@ -92,6 +92,8 @@ class ManagementConnection:
         self._password = password
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
+        #: The read of every verifier that callers arriving now will share.
+        self._next_read: asyncio.Future[dict[str, str]] | None = None
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -111,11 +113,23 @@ class ManagementConnection:
         return {row["rolname"]: row["rolpassword"] for row in rows}
 
     async def verifier(self, role: str) -> str | None:
-        """``role``'s current SCRAM verifier, or ``None`` if it cannot log in with one."""
+        """``role``'s current SCRAM verifier, or ``None`` if it cannot log in with one.
+
+        Every connection that starts to authenticate asks, strangers included, so callers
+        share reads: each read of every verifier starts after the callers it serves
+        asked (an ``ALTER ROLE ... PASSWORD`` is seen at once), and there is never more
+        than one read in flight and one waiting, however many connections ask."""
+        read = self._next_read
+        if read is None:
+            read = self._next_read = asyncio.ensure_future(self._read_for_waiters())
+            read.add_done_callback(_retrieve)  # every waiter may have gone
+        return (await asyncio.shield(read)).get(role)
+
+    async def _read_for_waiters(self) -> dict[str, str]:
         async with self._lock:
-            return await (await self._connection()).fetchval(  # type: ignore[no-any-return]
-                _VERIFIERS_SQL + " AND rolname = $2", ADMIN_ROLE, role, column=1
-            )
+            self._next_read = None  # callers from now on need a read that starts later
+            rows = await (await self._connection()).fetch(_VERIFIERS_SQL, ADMIN_ROLE)
+        return {row["rolname"]: row["rolpassword"] for row in rows}
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -124,6 +138,11 @@ class ManagementConnection:
                 await conn.close(timeout=2)
             except Exception:  # the compute may be gone already
                 conn.terminate()
+
+
+def _retrieve(read: asyncio.Future[dict[str, str]]) -> None:
+    if not read.cancelled():
+        read.exception()
 
 
 async def setup_endpoint(address: ComputeAddress, password: str, spec: EndpointSpec) -> None:

@@ -42,16 +42,23 @@ def _cstring(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape").replace(b"\0", b"") + b"\0"
 
 
+def _text_cstring(text: str) -> bytes:
+    """Like ``_cstring``, but always valid UTF-8: a client's bytes that were not (a user
+    name quoted in an error) are shown as U+FFFD, so strict decoders can read the error."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return raw.encode("utf-8").replace(b"\0", b"") + b"\0"
+
+
 def _notice_fields(
     severity: str, sqlstate: str, text: str, detail: str | None, hint: str | None
 ) -> bytes:
     # Field codes from "Error and Notice Message Fields"; V is the non-localized severity.
     parts = [b"S", _cstring(severity), b"V", _cstring(severity), b"C", _cstring(sqlstate)]
-    parts += [b"M", _cstring(text)]
+    parts += [b"M", _text_cstring(text)]
     if detail:
-        parts += [b"D", _cstring(detail)]
+        parts += [b"D", _text_cstring(detail)]
     if hint:
-        parts += [b"H", _cstring(hint)]
+        parts += [b"H", _text_cstring(hint)]
     return b"".join(parts) + b"\0"
 
 

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 import uvloop
 
+from proxy.throttle import FREE_FAILURES
 from tests.integration.pgwake_fixture import PASSWORD, Pgwake, running_pgwake, wait_for
 from tests.integration.wire import error_fields, read_message, startup_packet
 
@@ -148,6 +149,14 @@ def test_failed_logins_are_throttled_per_client_address(capped: Pgwake) -> None:
         await conn.close()
 
     async def scenario() -> None:
+        # The first failures are free: each is told 28P01, none is held back.
+        for _ in range(FREE_FAILURES):
+            wrong = await _refused(pgwake, "throttled", password="wrong-password")
+            assert wrong.sqlstate == "28P01"
+        await works()  # and a success clears them
+
+        for _ in range(FREE_FAILURES):
+            await _refused(pgwake, "throttled", password="wrong-password")
         wrong = await _refused(pgwake, "throttled", password="wrong-password")
         assert wrong.sqlstate == "28P01"
         failed_at = time.monotonic()
@@ -167,9 +176,9 @@ def test_failed_logins_are_throttled_per_client_address(capped: Pgwake) -> None:
         time.sleep(max(0.0, failed_at + 1.1 - time.monotonic()))
         await works()
 
-        # The success cleared the record: one more failure costs 1 s again, not 2 s.
-        await _refused(pgwake, "throttled", password="wrong-password")
-        time.sleep(1.1)
+        # The success cleared the record: the free failures are back.
+        for _ in range(FREE_FAILURES):
+            await _refused(pgwake, "throttled", password="wrong-password")
         await works()
 
     uvloop.run(scenario())
