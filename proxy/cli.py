@@ -24,6 +24,7 @@ from proxy.control import ADMIN, ControlPlane
 from proxy.endpoints import connection_uri
 from proxy.lifecycle import LifecycleManager
 from proxy.settings import Settings, load_settings
+from proxy.state_dir import StateDir, UnsafeStateDir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -120,12 +121,12 @@ def _run(coro: Any) -> Any:
 async def _serve(settings: Settings, demo: bool) -> int:
     from proxy.server import Server, StartupFailure  # noqa: PLC0415 (heavy; serve only)
 
-    if demo:
-        await _ensure_demo(settings)
     server = Server(settings)
     try:
+        if demo:
+            await _ensure_demo(settings)
         await server.serve()
-    except StartupFailure as exc:
+    except (StartupFailure, UnsafeStateDir) as exc:
         logging.getLogger("proxy.server").error("event=startup_failed reason=%s", exc)
         print(f"pgwake: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
@@ -133,7 +134,9 @@ async def _serve(settings: Settings, demo: bool) -> int:
 
 
 async def _ensure_demo(settings: Settings) -> None:
-    catalog = Catalog(settings.state_dir / "catalog.sqlite3")
+    state = StateDir(settings.state_dir)
+    state.ensure()
+    catalog = Catalog(state.catalog)
     try:
         if catalog.exists("demo"):
             print("endpoint demo exists (its password was shown when it was created):")

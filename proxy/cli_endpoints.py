@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import os
 import secrets
 import sys
@@ -21,6 +20,7 @@ from proxy.compute import Backends
 from proxy.control import ADMIN, ControlError, ControlPlane
 from proxy.endpoints import format_age
 from proxy.lifecycle import LifecycleManager
+from proxy.state_dir import ADMIN_TOKEN, StateDir
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -227,23 +227,12 @@ def _compute_options(args: argparse.Namespace) -> dict[str, str | None]:
     return options
 
 
-def _server_running(settings: Settings) -> bool:
-    try:
-        with open(settings.state_dir / "server.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
 def _remote_client(settings: Settings) -> PgwakeClient | None:
     url = os.environ.get("PGWAKE_API_URL")
     if url:
         return PgwakeClient(url)
     api_listen = getattr(settings, "api_listen", "")
-    if api_listen and _server_running(settings):
+    if api_listen and StateDir(settings.state_dir).server_running():
         host, _, port = api_listen.rpartition(":")
         host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
         token = os.environ.get("PGWAKE_TOKEN") or settings_admin_token(settings)
@@ -262,10 +251,7 @@ def settings_admin_token(settings: Settings) -> str | None:
         )
         if secret:
             return str(secret)
-    try:
-        return (settings.state_dir / "admin-token").read_text().strip() or None
-    except OSError:
-        return None
+    return StateDir(settings.state_dir).read_secret(ADMIN_TOKEN)
 
 
 def _print_endpoint(endpoint: Endpoint) -> None:
@@ -284,7 +270,10 @@ async def run_endpoint_command(args: argparse.Namespace, settings: Settings) -> 
     if client is not None:
         endpoints = _Remote(client)
     else:
-        catalog = Catalog(settings.state_dir / "catalog.sqlite3")
+        # Run on the catalog itself: this command owns the state dir like a server would.
+        state = StateDir(settings.state_dir)
+        state.ensure()
+        catalog = Catalog(state.catalog)
         endpoints = local = _Local(settings, catalog)
     try:
         if local is not None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from proxy.state_dir import ADMIN_TOKEN, StateDir
+
 __all__ = ["ApiError", "Endpoint", "NewEndpoint", "PgwakeClient", "Token", "build"]
 
 DEFAULT_API_URL: Final = "http://127.0.0.1:8080"
@@ -94,11 +96,7 @@ def _default_token() -> str | None:
     for name in ("PGWAKE_TOKEN", "PGWAKE_ADMIN_TOKEN"):
         if os.environ.get(name):
             return os.environ[name]
-    path = Path(os.environ.get("PGWAKE_STATE_DIR", ".pgwake")) / "admin-token"
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+    return StateDir(Path(os.environ.get("PGWAKE_STATE_DIR", ".pgwake"))).read_secret(ADMIN_TOKEN)
 
 
 class PgwakeClient:

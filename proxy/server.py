@@ -1,20 +1,18 @@
 """Listeners, signals and the graceful drain (uvicorn's ``server.py`` order).
 
-Start: lock the state dir, open the catalog, prepare the backend, adopt computes still
-running from an earlier pgwake, serve metrics, listen (the proxy, then the HTTP API on the
-same event loop), start the reaper. Stop (SIGTERM/SIGINT): stop accepting, let sessions and
-API requests finish for ``drain_timeout``, stop the reaper, then suspend every compute
-cleanly (its fast shutdown ends the remaining sessions with 57P01). A second signal skips
-the drain.
+Start: create or tighten the state dir (``StateDir.ensure``), lock it, open the catalog,
+prepare the backend, adopt computes still running from an earlier pgwake, serve metrics,
+listen (the proxy, then the HTTP API on the same event loop), start the reaper. Stop
+(SIGTERM/SIGINT): stop accepting, let sessions and API requests finish for
+``drain_timeout``, stop the reaper, then suspend every compute cleanly (its fast shutdown
+ends the remaining sessions with 57P01). A second signal skips the drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import secrets
 import signal
 import ssl
@@ -30,6 +28,7 @@ from proxy.compute import Backends
 from proxy.control import ControlPlane
 from proxy.lifecycle import LifecycleManager
 from proxy.session import SessionContext, serve_session
+from proxy.state_dir import ADMIN_TOKEN, MOCK_SECRET, StateDir, UnsafeStateDir
 from proxy.stream import PacketStream
 from proxy.throttle import AuthThrottle
 from proxy.tls import ensure_self_signed, load_tls
@@ -46,42 +45,31 @@ __all__ = ["Server", "StartupFailure"]
 
 logger = logging.getLogger(__name__)
 _LISTEN_BACKLOG = 2048
-_ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
 # How long shutdown waits for a reaper sweep in flight before cancelling it.
 _REAPER_STOP_SECONDS = 10.0
 
 
-def _load_secret(path: Path) -> bytes:
-    """Read a 32-byte secret, creating it (mode 0600) on first use."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secret)
-        return secret
+def _new_admin_token() -> bytes:
+    return ("pgwa_" + secrets.token_urlsafe(32) + "\n").encode()
 
 
-def _admin_token(settings: Settings, state_dir: Path) -> str:
+def _admin_token(settings: Settings, state: StateDir) -> str:
     """``admin_token``, else the one in ``<state_dir>/admin-token``, made (0600) on first use.
 
     The token's path is logged, never its value."""
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
-    path = state_dir / _ADMIN_TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = "pgwa_" + secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-        logger.info("event=admin_token_generated path=%s", path)
-        return token
+    created: list[Path] = []
+    made = state.secret(ADMIN_TOKEN, _new_admin_token, on_create=created.append)
+    token = made.decode().strip()
     if not token:
-        raise StartupFailure(f"{path} is empty; delete it to generate a new admin token")
-    logger.info("event=admin_token_loaded path=%s", path)
+        raise StartupFailure(
+            f"{state.admin_token} is empty; delete it to generate a new admin token"
+        )
+    if created:
+        logger.info("event=admin_token_generated path=%s", state.admin_token)
+    else:
+        logger.info("event=admin_token_loaded path=%s", state.admin_token)
     return token
 
 
@@ -146,43 +134,39 @@ class Server:
         """Whether pgwake accepts connections (``/readyz``): listening, not shutting down."""
         return self._listening and not self._shutdown.is_set()
 
-    def _load_tls(self, state_dir: Path) -> TlsMaterial:
+    def _load_tls(self, state: StateDir) -> TlsMaterial:
         settings = self.settings
         if settings.tls_cert is not None and settings.tls_key is not None:
             cert, key = settings.tls_cert, settings.tls_key
         elif settings.tls_cert is not None or settings.tls_key is not None:
             raise ValueError("set both tls_cert and tls_key, or neither")
         else:
-            cert, key = ensure_self_signed(state_dir / "tls")
+            cert, key = ensure_self_signed(state)
         return load_tls(cert, key)
 
-    def reload_tls(self, state_dir: Path) -> None:
+    def reload_tls(self, state: StateDir) -> None:
         """SIGHUP: load the certificate again; open sessions keep the one they began with."""
         if self._ctx is None:
             return
         try:
-            self._ctx.tls = self._load_tls(state_dir)
+            self._ctx.tls = self._load_tls(state)
         except (OSError, ValueError, ssl.SSLError) as exc:
             logger.error("event=tls_reload_failed error=%s action=keeping_old_certificate", exc)
             return
         logger.info("event=tls_reloaded cert=%s", self._ctx.tls.cert_path)
 
-    def _lock_state_dir(self, state_dir: Path) -> Any:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(state_dir / "server.lock", "w")  # noqa: SIM115 (held for our lifetime)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise StartupFailure(f"another pgwake serve is using {state_dir}") from None
-        return lock
-
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         """Run until a shutdown is requested and done. Raises ``StartupFailure``."""
         settings = self.settings
-        state_dir = settings.state_dir.resolve()
-        lock = self._lock_state_dir(state_dir)
-        catalog = Catalog(state_dir / "catalog.sqlite3")
+        state = StateDir(settings.state_dir.resolve())
+        try:
+            state.ensure()
+        except (UnsafeStateDir, OSError) as exc:
+            raise StartupFailure(str(exc)) from exc
+        lock = state.lock()
+        if lock is None:
+            raise StartupFailure(f"another pgwake serve is using {state.path}")
+        catalog = Catalog(state.catalog)
         metrics_server: Any = None
         reaper: asyncio.Task[None] | None = None
         backends: Backends | None = None
@@ -196,7 +180,7 @@ class Server:
                 except Exception as exc:
                     raise StartupFailure(f"compute backend {name} not usable: {exc}") from exc
             try:
-                tls = self._load_tls(state_dir)
+                tls = self._load_tls(state)
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise StartupFailure(f"cannot load the TLS certificate: {exc}") from exc
             lifecycles = LifecycleManager(
@@ -209,7 +193,7 @@ class Server:
             adopted = await lifecycles.adopt_running()
             # Without the API nobody holds the admin token: an unguessable throwaway.
             admin_token = (
-                _admin_token(settings, state_dir)
+                _admin_token(settings, state)
                 if settings.api_address is not None
                 else secrets.token_urlsafe(32)
             )
@@ -220,7 +204,7 @@ class Server:
                 lifecycles,
                 CancelMap(),
                 AuthThrottle(),
-                _load_secret(state_dir / "mock-secret"),
+                state.secret(MOCK_SECRET, lambda: secrets.token_bytes(32)),
                 tls,
             )
 
@@ -262,7 +246,7 @@ class Server:
             reaper = asyncio.create_task(self._reap(control), name="reaper")
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.request_shutdown, signum)
-            loop.add_signal_handler(signal.SIGHUP, self.reload_tls, state_dir)
+            loop.add_signal_handler(signal.SIGHUP, self.reload_tls, state)
             self._listening = True
             logger.info(
                 "event=listening address=%s metrics=%s api=%s endpoints=%d adopted=%d "

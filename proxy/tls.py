@@ -1,7 +1,8 @@
 """TLS for the client side: the server context, SNI capture, a self-signed fallback.
 
 With no certificate configured, pgwake makes a self-signed pair in ``<state_dir>/tls`` on
-first start, so ``sslmode=require`` works out of the box (``verify-full`` needs a real one).
+first start (both files 0600), so ``sslmode=require`` works out of the box
+(``verify-full`` needs a real one).
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy.auth.scram import tls_server_end_point
+from proxy.state_dir import private_dir, write_private
+
+if TYPE_CHECKING:
+    from proxy.state_dir import StateDir
 
 __all__ = [
     "TlsMaterial",
@@ -29,9 +33,9 @@ logger = logging.getLogger(__name__)
 _SNI_ATTRIBUTE: Final = "_pgwake_server_name"
 
 
-def ensure_self_signed(directory: Path) -> tuple[Path, Path]:
-    """Return (cert, key) paths in ``directory``, generating a self-signed pair once."""
-    cert_path, key_path = directory / "server.crt", directory / "server.key"
+def ensure_self_signed(state: StateDir) -> tuple[Path, Path]:
+    """Return the (cert, key) paths of the state dir's self-signed pair, made once."""
+    cert_path, key_path = state.tls_cert, state.tls_key
     if cert_path.is_file() and key_path.is_file():
         return cert_path, key_path
     # Imported here: only the first start needs it, and it costs every process ~8 MB.
@@ -40,7 +44,7 @@ def ensure_self_signed(directory: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
     from cryptography.x509.oid import NameOID  # noqa: PLC0415
 
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(state.tls_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgwake self-signed")])
     now = datetime.datetime.now(datetime.UTC)
@@ -62,16 +66,15 @@ def ensure_self_signed(directory: Path) -> tuple[Path, Path]:
         .add_extension(san, critical=False)
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     logger.info("event=tls_self_signed_created cert=%s", cert_path)
     return cert_path, key_path
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from proxy.state_dir import create_private
+
 __all__ = ["Catalog", "EndpointExists", "EndpointRecord"]
 
 _SCHEMA: Final = """
@@ -98,7 +100,11 @@ class Catalog:
     """Endpoint records in ``<state_dir>/catalog.sqlite3``."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open the catalog at ``path``, creating it; its directory must exist."""
+        # SQLite would create the file with the process umask (0644 under the usual 022)
+        # and gives its -wal, -shm and -journal files the database's mode: made 0600
+        # first, all of them stay private.
+        create_private(path, b"")
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

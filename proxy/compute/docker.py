@@ -40,6 +40,7 @@ from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec, manag
 from proxy.compute.pgdata import start_failure_reason
 from proxy.protocol import encode
 from proxy.settings import parse_memory
+from proxy.state_dir import INSTANCE_ID, StateDir
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -103,7 +104,7 @@ class DockerBackend:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._state_dir = settings.state_dir.resolve()
+        self._state = StateDir(settings.state_dir.resolve())
         self._docker: aiodocker.Docker | None = None
         self._instance: str | None = None
         first, _, last = settings.docker_ports.partition("-")
@@ -120,12 +121,8 @@ class DockerBackend:
     def instance(self) -> str:
         """This server's id on the engine: containers of other pgwake servers are not ours."""
         if self._instance is None:
-            path = self._state_dir / "instance-id"
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "w") as out:
-                    out.write(os.urandom(4).hex())
-            self._instance = path.read_text().strip()
+            made = self._state.secret(INSTANCE_ID, lambda: os.urandom(4).hex().encode())
+            self._instance = made.decode().strip()
         return self._instance
 
     def _resource(self, endpoint: str) -> str:
@@ -333,7 +330,7 @@ class DockerBackend:
                 "Entrypoint": ["sh", "-c", _INIT_SCRIPT],
                 "Cmd": [],
                 "Env": [
-                    f"PGWAKE_ADMIN_PASSWORD={management.admin_password(self._state_dir)}",
+                    f"PGWAKE_ADMIN_PASSWORD={management.admin_password(self._state)}",
                     f"PGWAKE_CONF={_CONF}",
                     f"PGWAKE_SETUP_SQL={setup_sql}",
                     "LC_ALL=C",
@@ -416,7 +413,7 @@ class DockerBackend:
                     ],
                     "Cmd": [],
                     # The secret is in the environment of a container removed right after.
-                    "Env": [f"PGPASSWORD={management.admin_password(self._state_dir)}"],
+                    "Env": [f"PGPASSWORD={management.admin_password(self._state)}"],
                     "HostConfig": {
                         **self._sandbox(options),
                         "Mounts": self._mounts(target),
@@ -676,7 +673,7 @@ class DockerBackend:
         if port is None:
             return None
         return management.ManagementConnection(
-            ComputeAddress(host="127.0.0.1", port=port), management.admin_password(self._state_dir)
+            ComputeAddress(host="127.0.0.1", port=port), management.admin_password(self._state)
         )
 
     def disk_bytes(self, endpoint: str) -> int:

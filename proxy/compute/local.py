@@ -37,6 +37,7 @@ from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec, manag
 from proxy.compute.binaries import find_bindir
 from proxy.compute.osuser import OsUser, can_reach, resolve_compute_user
 from proxy.compute.pgdata import read_postmaster_pid, start_failure_reason
+from proxy.state_dir import StateDir, write_private
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
@@ -87,7 +88,7 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._user: OsUser | None = resolve_compute_user(settings.compute_user)
-        self._state_dir = settings.state_dir.resolve()
+        self._state = StateDir(settings.state_dir.resolve())
         self._root = self._compute_root()
         self._bindir = self._reachable_bindir(find_bindir(settings.pg_bindir))
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -96,16 +97,16 @@ class LocalBackend:
     # -- paths ---------------------------------------------------------------------------
 
     def _compute_root(self) -> Path:
-        root = self._state_dir / "computes"
+        root = self._state.computes
         if can_reach(root, self._user):
             return root
         # e.g. a state dir under /root (mode 0700): the compute user cannot get there.
-        digest = hashlib.sha256(str(self._state_dir).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(str(self._state.path).encode()).hexdigest()[:12]
         fallback = _FALLBACK_ROOT / digest
         logger.warning(
             "event=compute_root_fallback state_dir=%s compute_root=%s "
             "reason=compute_user_cannot_reach_state_dir",
-            self._state_dir,
+            self._state.path,
             fallback,
         )
         return fallback
@@ -161,7 +162,7 @@ class LocalBackend:
         return ComputeAddress(unix_socket=f"{socket_dir}/.s.PGSQL.{_PORT}", port=_PORT)
 
     def _admin_password(self) -> str:
-        return (self._state_dir / "admin-password").read_text().strip()
+        return management.admin_password(self._state)
 
     # -- ownership -----------------------------------------------------------------------
 
@@ -230,13 +231,12 @@ class LocalBackend:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self._template_ready():
                 return
-            management.admin_password(self._state_dir)
+            management.admin_password(self._state)
             shutil.rmtree(self._template, ignore_errors=True)
             shutil.rmtree(self._root / "spares", ignore_errors=True)  # copies of the old one
             self._mkdir_for_compute(self._template)
             pwfile = self._root / ".initdb-pw"
-            pwfile.write_text(self._admin_password())
-            pwfile.chmod(0o600)
+            write_private(pwfile, self._admin_password().encode())
             if self._user:
                 os.chown(pwfile, self._user.uid, self._user.gid)
             started = time.monotonic()
@@ -309,11 +309,12 @@ class LocalBackend:
             # The role's verifier is set on the first start (see _apply_setup): creating
             # an endpoint is just this copy.
             setup = endpoint_dir / _SETUP_FILE
-            fd = os.open(setup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(
-                    {"role": spec.role, "database": spec.database, "verifier": spec.verifier}, out
-                )
+            write_private(
+                setup,
+                json.dumps(
+                    {"role": spec.role, "database": spec.database, "verifier": spec.verifier}
+                ).encode(),
+            )
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, endpoint_dir, True)
             raise

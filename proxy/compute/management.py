@@ -7,16 +7,16 @@ state directory; client sessions never use this role's credentials.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import asyncpg
 
+from proxy.state_dir import ADMIN_PASSWORD
+
 if TYPE_CHECKING:
     from proxy.compute import ComputeAddress, EndpointSpec
+    from proxy.state_dir import StateDir
 
 __all__ = [
     "ADMIN_ROLE",
@@ -37,15 +37,10 @@ _COUNT_SESSIONS_SQL: Final = (
 )
 
 
-def admin_password(state_dir: Path) -> str:
+def admin_password(state: StateDir) -> str:
     """The management role's password, made once per state dir (every backend's computes
     share it; it never leaves pgwake and its computes)."""
-    path = state_dir / "admin-password"
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return state.secret(ADMIN_PASSWORD, lambda: secrets.token_urlsafe(32).encode()).decode().strip()
 
 
 def quote_ident(name: str) -> str:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.state_dir import StateDir
+
 PASSWORD = "s3cret-pw"
 #: The HTTP API's admin token in every test server (PGWAKE_ADMIN_TOKEN).
 ADMIN_TOKEN = "pgwake-test-admin-token-0123456789"
@@ -37,9 +39,10 @@ def free_port() -> int:
 
 
 def make_state_dir(prefix: str = "pgwake-test-") -> Path:
-    """A state dir the unprivileged compute user can reach (pytest's tmp is 0700)."""
+    """An empty state dir with the mode pgwake gives a new one: as root, the unprivileged
+    compute user can pass through it (pytest's tmp is 0700)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o711)
+    path.chmod(StateDir(path).mode)
     return path
 
 
@@ -261,24 +264,18 @@ def seeded_state_dir() -> Path:
         )
         _template_cache = source
         atexit.register(shutil.rmtree, source, True)
-    state_dir = make_state_dir()
-    (state_dir / "computes").mkdir(mode=0o711)
-    (state_dir / "computes").chmod(0o711)
+    source_state = StateDir(_template_cache)
+    state = StateDir(make_state_dir())
+    state.computes.mkdir(mode=0o711)
+    state.computes.chmod(0o711)
     subprocess.run(
-        [
-            "cp",
-            "-a",
-            str(_template_cache / "computes" / "template"),
-            str(state_dir / "computes" / "template"),
-        ],
+        ["cp", "-a", str(source_state.computes / "template"), str(state.computes / "template")],
         check=True,
     )
-    shutil.copy2(_template_cache / "admin-password", state_dir / "admin-password")
-    (state_dir / "computes" / "endpoints").mkdir(mode=0o711)
-    shutil.copy2(
-        _template_cache / "computes" / "template.ready", state_dir / "computes" / "template.ready"
-    )
-    return state_dir
+    shutil.copy2(source_state.admin_password, state.admin_password)
+    (state.computes / "endpoints").mkdir(mode=0o711)
+    shutil.copy2(source_state.computes / "template.ready", state.computes / "template.ready")
+    return state.path
 
 
 @contextlib.contextmanager
