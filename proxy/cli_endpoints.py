@@ -14,15 +14,28 @@ import secrets
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+import pydantic
+
 from proxy.catalog import Catalog
 from proxy.client import ApiError, Endpoint, NewEndpoint, PgwakeClient, build
 from proxy.compute import Backends
 from proxy.control import ADMIN, ControlError, ControlPlane
 from proxy.endpoints import format_age
 from proxy.lifecycle import LifecycleManager
+from proxy.settings import (
+    MAX_CPUS,
+    MIN_CPUS,
+    MIN_IDLE_TIMEOUT_SECONDS,
+    MIN_LIFETIME_SECONDS,
+    Cpus,
+    IdleTimeout,
+    Lifetime,
+)
 from proxy.state_dir import ADMIN_TOKEN, StateDir
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from proxy.settings import Settings
 
 __all__ = ["add_endpoint_commands", "run_endpoint_command"]
@@ -39,6 +52,20 @@ class _Endpoints(Protocol):
     def disk_bytes(self, endpoint: Endpoint) -> int | None: ...
 
 
+def _bounded(kind: Any) -> Callable[[str], float]:
+    """An argparse ``type``: the number in a flag, within ``kind``'s bounds, the ones the
+    settings and the HTTP API apply (``proxy.settings``)."""
+    adapter: pydantic.TypeAdapter[float] = pydantic.TypeAdapter(kind)
+
+    def parse(text: str) -> float:
+        try:
+            return adapter.validate_python(text)
+        except pydantic.ValidationError as exc:
+            raise argparse.ArgumentTypeError(exc.errors()[0]["msg"]) from None
+
+    return parse
+
+
 def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
     """Register the ``endpoint`` subcommands on ``actions`` (an argparse subparsers)."""
     create = actions.add_parser("create", help="Create an endpoint; prints its URI last.")
@@ -53,21 +80,23 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
     create.add_argument(
         "--idle-timeout",
         dest="endpoint_idle_timeout",
-        type=float,
+        type=_bounded(IdleTimeout),
         metavar="SECONDS",
-        help="Suspend after this many idle seconds.",
+        help=f"Suspend after this many idle seconds (at least {MIN_IDLE_TIMEOUT_SECONDS:g}).",
     )
     create.add_argument(
         "--ttl",
-        type=float,
+        type=_bounded(Lifetime),
         metavar="SECONDS",
-        help="Delete the endpoint this many seconds after creation.",
+        help="Delete the endpoint this many seconds after creation "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
     )
     create.add_argument(
         "--delete-after-idle",
-        type=float,
+        type=_bounded(Lifetime),
         metavar="SECONDS",
-        help="Delete the endpoint once unused for this many seconds.",
+        help="Delete the endpoint once unused for this many seconds "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
     )
     create.add_argument(
         "--backend",
@@ -79,7 +108,9 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
         "--memory", help="Container memory limit, e.g. 512m (docker; default: docker_memory)."
     )
     create.add_argument(
-        "--cpus", type=float, help="Container CPU limit (docker; default: docker_cpus)."
+        "--cpus",
+        type=_bounded(Cpus),
+        help=f"Container CPU limit, {MIN_CPUS:g} to {MAX_CPUS:g} (docker; default: docker_cpus).",
     )
     add_settings(create)
     add_settings(actions.add_parser("list", help="List endpoints."))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_core import PydanticUndefined
@@ -22,10 +22,49 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "parse_host_port", "parse_memory"]
+__all__ = [
+    "MAX_CPUS",
+    "MAX_SECONDS",
+    "MIN_CPUS",
+    "MIN_IDLE_TIMEOUT_SECONDS",
+    "MIN_LIFETIME_SECONDS",
+    "Cpus",
+    "IdleTimeout",
+    "Lifetime",
+    "Settings",
+    "load_settings",
+    "parse_host_port",
+    "parse_memory",
+]
 
 #: A shorter admin token would be guessable; generated ones have 43 characters.
 _MIN_ADMIN_TOKEN_LENGTH = 16
+
+# -- bounds shared by the settings, the HTTP API and the CLI ----------------------------------
+# One rule each: the settings apply them to flags, env and TOML, ``proxy.api.models`` to
+# request bodies (strictly: no strings or booleans taken for numbers), ``pgwake endpoint
+# create`` to its flags.
+
+#: Ten years: the upper bound of every duration (lifetimes are stored as REAL unix times).
+MAX_SECONDS: Final = 10 * 365 * 24 * 3600
+#: The shortest idle timeout. The idle timer ticks every 50 ms at best, so a shorter one
+#: would mean "suspend the moment the last session ends", not a timeout.
+MIN_IDLE_TIMEOUT_SECONDS: Final = 0.1
+#: The shortest TTL, unused-for time or TTL cap. The reaper deletes endpoints in sweeps,
+#: every ``reaper_interval`` seconds, so a lifetime under a second is a slip, not a plan.
+MIN_LIFETIME_SECONDS: Final = 1.0
+#: Docker's bounds on a container's CPU limit: it refuses ``NanoCpus`` under 10**7.
+MIN_CPUS: Final = 0.01
+MAX_CPUS: Final = 512
+
+#: Seconds without sessions before a compute is suspended.
+IdleTimeout = Annotated[
+    float, Field(ge=MIN_IDLE_TIMEOUT_SECONDS, le=MAX_SECONDS, allow_inf_nan=False)
+]
+#: Seconds an endpoint may live, or stay unused, before the reaper deletes it.
+Lifetime = Annotated[float, Field(ge=MIN_LIFETIME_SECONDS, le=MAX_SECONDS, allow_inf_nan=False)]
+#: A container's CPU limit, in CPUs.
+Cpus = Annotated[float, Field(ge=MIN_CPUS, le=MAX_CPUS, allow_inf_nan=False)]
 
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
 
@@ -70,11 +109,10 @@ class Settings(BaseSettings):
         description="Directory for the catalog, computes' data, TLS material and logs.",
     )
     listen: str = Field("127.0.0.1:6432", description="Address the Postgres proxy listens on.")
-    idle_timeout: float = Field(
+    idle_timeout: IdleTimeout = Field(
         300.0,
-        gt=0,
         description="Seconds without sessions before a compute is suspended "
-        "(default for new endpoints).",
+        f"(default for new endpoints; at least {MIN_IDLE_TIMEOUT_SECONDS:g}).",
     )
     wake_timeout: float = Field(
         30.0, gt=0, description="Seconds a client waits for a compute to start before 57P03."
@@ -148,8 +186,10 @@ class Settings(BaseSettings):
     docker_memory: str = Field(
         "512m", description="Memory limit of new docker endpoints' containers (e.g. 256m, 1g)."
     )
-    docker_cpus: float = Field(
-        1.0, gt=0, le=512, description="CPU limit of new docker endpoints' containers."
+    docker_cpus: Cpus = Field(
+        1.0,
+        description="CPU limit of new docker endpoints' containers "
+        f"({MIN_CPUS:g} to {MAX_CPUS:g}).",
     )
     docker_ports: str = Field(
         "21000-21999",

@@ -50,6 +50,22 @@ logger = logging.getLogger(__name__)
 #: Request bodies are a few hundred bytes; anything far larger is refused unread (413).
 MAX_BODY_BYTES: Final = 64 * 1024
 
+#: An encoded slash in the path. The server decodes ``%2F`` before routing, so
+#: ``/v1/endpoints/demo%2Fsuspend`` would be routed as ``/v1/endpoints/{name}/suspend``
+#: with ``name=demo``. Every path parameter (an endpoint name, a token id) is one segment,
+#: so a path holding one is refused before routing, whatever the route.
+_ENCODED_SLASH: Final = b"%2f"
+
+#: What a JSON value is, for "must be a JSON number, not <this>".
+_JSON_KINDS: Final = {
+    bool: "a boolean",
+    str: "a string",
+    float: "a decimal number",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
 #: Stable codes for the errors the framework raises (unknown route, wrong method, ...).
 _HTTP_CODES: Final = {
     401: "unauthorized",
@@ -331,6 +347,11 @@ def _describe(error: Mapping[str, Any]) -> str:
         where = where or "body"
     else:
         where = " ".join(loc[:1]) + (" parameter " + ".".join(loc[1:]) if len(loc) > 1 else "")
+    kind = _JSON_KINDS.get(type(error.get("input")))
+    if error.get("type") in ("float_type", "int_type") and kind is not None:
+        # pydantic's "Input should be a valid number" puzzles whoever sent "10".
+        expected = "number" if error["type"] == "float_type" else "integer"
+        return f"{where}: must be a JSON {expected}, not {kind}"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{where}: {message}"
 
@@ -350,8 +371,9 @@ class _BodyTooLarge(HTTPException):
 
 
 class _Guard:
-    """Outermost of our middlewares: refuses oversized bodies (413) and turns anything
-    unexpected into a logged 500 ``internal_error``, so no error escapes the JSON shape."""
+    """Outermost of our middlewares: refuses paths with an encoded slash (422) and
+    oversized bodies (413), and turns anything unexpected into a logged 500
+    ``internal_error``, so no error escapes the JSON shape."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -359,6 +381,16 @@ class _Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        # raw_path is the path as sent (uvicorn's has no query string; others may).
+        raw_path = (scope.get("raw_path") or b"").partition(b"?")[0]
+        if _ENCODED_SLASH in raw_path.lower():
+            await _error(
+                422,
+                "invalid_request",
+                "path: a name or id cannot contain '/' (sent as %2F); "
+                "each path parameter is one segment",
+            )(scope, receive, send)
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:

@@ -2,8 +2,10 @@
 
 Rule: requests are validated here, completely (``extra="forbid"``, bounds on every number,
 patterns on every name), so that a request the control plane receives is well-formed and
-anything malformed is a 422, never a 500. Responses are built from the control plane's
-dataclasses by the ``from_*`` constructors.
+anything malformed is a 422, never a 500. Requests are strict: a number must be a JSON
+number (``"10"`` and ``true`` are refused, not read as 10 and 1), and the bounds are the
+ones ``proxy.settings`` gives the settings and the CLI. Responses are built from the
+control plane's dataclasses by the ``from_*`` constructors.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from proxy import routing
 from proxy.lifecycle import EndpointState
+from proxy.settings import (
+    MAX_CPUS,
+    MIN_CPUS,
+    MIN_IDLE_TIMEOUT_SECONDS,
+    MIN_LIFETIME_SECONDS,
+    Cpus,
+    IdleTimeout,
+    Lifetime,
+)
 
 if TYPE_CHECKING:
     from proxy.control import Created, EndpointView, MintedToken
 
 __all__ = [
     "ENDPOINT_NAME_PATTERN",
-    "MAX_SECONDS",
     "TOKEN_ID_PATTERN",
     "BranchCreate",
     "EndpointCreate",
@@ -36,12 +47,12 @@ __all__ = [
     "TokenMinted",
 ]
 
-#: A lowercase DNS label (``proxy.routing.ENDPOINT_NAME_PATTERN``, anchored for JSON Schema).
-ENDPOINT_NAME_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+#: A lowercase DNS label: the one rule for endpoint names, ``proxy.routing``'s (anchored).
+ENDPOINT_NAME_PATTERN: Final = routing.ENDPOINT_NAME_PATTERN.pattern
 #: Token ids are ``tok_`` and 12 hex digits; the pattern is a little wider on purpose.
 TOKEN_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"  # noqa: S105 (a pattern, not a secret)
-#: Ten years: the upper bound of every duration (they are stored as REAL unix times).
-MAX_SECONDS: Final = 10 * 365 * 24 * 3600
+#: A token may hold this many endpoints at most; more is a typo, not a quota.
+_MAX_QUOTA: Final = 1_000_000
 #: An allow-list longer than this is a mistake, not a policy.
 _MAX_CIDRS: Final = 64
 #: Postgres truncates nothing, but a longer password is a mistake, not a secret.
@@ -67,7 +78,6 @@ def _network(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_text)]
-Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 EndpointName = Annotated[str, Field(pattern=ENDPOINT_NAME_PATTERN, max_length=63)]
 Network = Annotated[
     str,
@@ -79,7 +89,8 @@ assert {state.value for state in EndpointState} == set(get_args(StateName))
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: JSON types are kept, so "10" is not 10 and true is not 1.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class _Response(BaseModel):
@@ -99,14 +110,20 @@ class EndpointCreate(_Request):
     password: Annotated[Text, Field(min_length=8, max_length=_MAX_PASSWORD_LENGTH)] | None = Field(
         default=None, description="Password of the role `app`; generated if omitted."
     )
-    idle_timeout_seconds: Seconds | None = Field(
-        default=None, description="Seconds without sessions before the compute is suspended."
+    idle_timeout_seconds: IdleTimeout | None = Field(
+        default=None,
+        description="Seconds without sessions before the compute is suspended "
+        f"(at least {MIN_IDLE_TIMEOUT_SECONDS:g}); the server's `idle_timeout` if omitted.",
     )
-    ttl_seconds: Seconds | None = Field(
-        default=None, description="Delete the endpoint this many seconds after its creation."
+    ttl_seconds: Lifetime | None = Field(
+        default=None,
+        description="Delete the endpoint this many seconds after its creation "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
     )
-    delete_after_idle_seconds: Seconds | None = Field(
-        default=None, description="Delete the endpoint once it has been unused this many seconds."
+    delete_after_idle_seconds: Lifetime | None = Field(
+        default=None,
+        description="Delete the endpoint once it has been unused this many seconds "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
     )
     allowed_cidrs: list[Network] = Field(
         default_factory=list,
@@ -122,8 +139,9 @@ class EndpointCreate(_Request):
     memory: Annotated[Text, Field(pattern=r"^[0-9]+[bkmgBKMG]?$", max_length=20)] | None = Field(
         default=None, description="Container memory limit such as `512m` (docker only)."
     )
-    cpus: float | None = Field(
-        default=None, gt=0, le=512, description="Container CPU limit (docker only)."
+    cpus: Cpus | None = Field(
+        default=None,
+        description=f"Container CPU limit, {MIN_CPUS:g} to {MAX_CPUS:g} (docker only).",
     )
 
 
@@ -131,8 +149,10 @@ class BranchCreate(_Request):
     """A copy of an endpoint's data; it keeps the source's roles and passwords."""
 
     name: EndpointName | None = Field(default=None, description="Generated if omitted.")
-    ttl_seconds: Seconds | None = Field(
-        default=None, description="Delete the branch this many seconds after its creation."
+    ttl_seconds: Lifetime | None = Field(
+        default=None,
+        description="Delete the branch this many seconds after its creation "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
     )
 
 
@@ -143,11 +163,15 @@ class TokenCreate(_Request):
         default=None, description="A note for people."
     )
     max_endpoints: int | None = Field(
-        default=None, ge=0, le=1_000_000, description="Endpoints the token may hold at once."
-    )
-    max_ttl_seconds: Seconds | None = Field(
         default=None,
-        description="Longest TTL the token may ask for; its endpoints always get one.",
+        ge=1,
+        le=_MAX_QUOTA,
+        description="Endpoints the token may hold at once (at least 1); no limit if omitted.",
+    )
+    max_ttl_seconds: Lifetime | None = Field(
+        default=None,
+        description="Longest TTL the token may ask for; its endpoints always get one "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
     )
 
 

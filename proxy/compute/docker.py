@@ -39,7 +39,7 @@ import aiohttp
 from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
 from proxy.compute.pgdata import start_failure_reason
 from proxy.protocol import encode
-from proxy.settings import parse_memory
+from proxy.settings import MAX_CPUS, MIN_CPUS, parse_memory
 from proxy.state_dir import INSTANCE_ID, StateDir
 
 if TYPE_CHECKING:
@@ -170,8 +170,8 @@ class DockerBackend:
         image = requested.get("image") or self._settings.docker_image
         memory = _memory_label(requested.get("memory") or self._settings.docker_memory)
         cpus = float(requested.get("cpus") or self._settings.docker_cpus)
-        if not 0 < cpus <= 512:
-            raise ValueError(f"cpus must be in (0, 512], got {cpus:g}")
+        if not MIN_CPUS <= cpus <= MAX_CPUS:
+            raise ValueError(f"cpus must be from {MIN_CPUS:g} to {MAX_CPUS:g}, got {cpus:g}")
         return {"image": image, "memory": memory, "cpus": f"{cpus:g}"}
 
     # -- lifecycle of the backend ------------------------------------------------------------

@@ -4,10 +4,12 @@ reaper, branching under writes, parallel creates."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
+import sqlite3
 import stat
 import time
 from collections.abc import Iterator
@@ -173,7 +175,7 @@ def test_errors_are_json_with_stable_codes(server: Pgwake, admin: httpx.Client) 
     )
     assert _error(malformed, 422) == "invalid_request"
     ttl = admin.post("/v1/endpoints", json={"ttl_seconds": 0}).json()["error"]["message"]
-    assert ttl == "ttl_seconds: Input should be greater than 0"
+    assert ttl == "ttl_seconds: Input should be greater than or equal to 1"
     assert _error(admin.get("/v1/endpoints/Bad_Name"), 422) == "invalid_request"
     assert _error(admin.get("/v1/nothing-here"), 404) == "not_found"
     assert _error(admin.put("/v1/endpoints/taken"), 405) == "method_not_allowed"
@@ -217,6 +219,151 @@ def test_health_readiness_metrics_and_openapi(server: Pgwake) -> None:
     assert spec["components"]["schemas"]["EndpointCreate"]["additionalProperties"] is False
     assert "event=listening" in server.log_text()
     assert f"api=127.0.0.1:{server.api_port}" in server.log_text()
+
+
+# -- refused values: each request is an attack, and nothing may come of it -----------------
+
+
+def _endpoint_names(admin: httpx.Client) -> set[str]:
+    return {e["name"] for e in admin.get("/v1/endpoints").json()["endpoints"]}
+
+
+@contextlib.contextmanager
+def _makes_no_endpoint(admin: httpx.Client) -> Iterator[None]:
+    """Fail when the block leaves a new endpoint behind; delete any it made, so that one
+    attack that got through cannot spoil the next."""
+    before = _endpoint_names(admin)
+    try:
+        yield
+    finally:
+        made = _endpoint_names(admin) - before
+        for name in made:
+            admin.delete(f"/v1/endpoints/{name}")
+    assert not made, f"endpoints were made: {made}"
+
+
+def _token_count(server: Pgwake) -> int:
+    path = server.state_dir / "catalog.sqlite3"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as catalog:
+        return int(catalog.execute("select count(*) from tokens").fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # A string or a boolean is not a number, even when it looks like one.
+        ("ttl_seconds", "10"),
+        ("ttl_seconds", True),
+        ("idle_timeout_seconds", "300"),
+        ("idle_timeout_seconds", True),
+        ("delete_after_idle_seconds", "60"),
+        ("delete_after_idle_seconds", True),
+        ("cpus", "1"),
+        ("cpus", True),
+        # Numbers under the minimums.
+        ("idle_timeout_seconds", 1e-9),
+        ("idle_timeout_seconds", 0.05),
+        ("ttl_seconds", 0.5),
+        ("delete_after_idle_seconds", 0.001),
+        ("cpus", 1e-9),
+    ],
+)
+def test_create_refuses_a_number_it_would_have_to_coerce_or_is_too_small(
+    admin: httpx.Client, field: str, value: object
+) -> None:
+    with _makes_no_endpoint(admin):
+        response = admin.post("/v1/endpoints", json={"name": "coerced", field: value})
+        assert _error(response, 422) == "invalid_request"
+        assert response.json()["error"]["message"].startswith(f"{field}: "), response.text
+    assert _error(admin.get("/v1/endpoints/coerced"), 404) == "endpoint_not_found"
+
+
+def test_refused_values_get_messages_a_person_understands(admin: httpx.Client) -> None:
+    def message(body: dict[str, object]) -> str:
+        with _makes_no_endpoint(admin):
+            response = admin.post("/v1/endpoints", json=body)
+            assert _error(response, 422) == "invalid_request"
+        return str(response.json()["error"]["message"])
+
+    assert message({"ttl_seconds": "10"}) == "ttl_seconds: must be a JSON number, not a string"
+    assert message({"ttl_seconds": True}) == "ttl_seconds: must be a JSON number, not a boolean"
+    assert message({"idle_timeout_seconds": 1e-9}) == (
+        "idle_timeout_seconds: Input should be greater than or equal to 0.1"
+    )
+    assert message({"ttl_seconds": 0.5}) == (
+        "ttl_seconds: Input should be greater than or equal to 1"
+    )
+
+
+@pytest.mark.parametrize("value", ["10", True, 0.5])
+def test_branch_refuses_a_ttl_it_would_have_to_coerce_or_is_too_small(
+    admin: httpx.Client, value: object
+) -> None:
+    source = admin.post("/v1/endpoints", json={"name": "branch-source"})
+    assert source.status_code == 201, source.text
+    try:
+        with _makes_no_endpoint(admin):
+            response = admin.post(
+                "/v1/endpoints/branch-source/branches", json={"ttl_seconds": value}
+            )
+            assert _error(response, 422) == "invalid_request"
+            assert response.json()["error"]["message"].startswith("ttl_seconds: "), response.text
+        assert admin.get("/v1/endpoints/branch-source").json()["state"] == "suspended"
+    finally:
+        admin.delete("/v1/endpoints/branch-source")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_endpoints", "2"),
+        ("max_endpoints", True),
+        ("max_endpoints", 2.0),
+        ("max_endpoints", 0),
+        ("max_ttl_seconds", "3600"),
+        ("max_ttl_seconds", True),
+        ("max_ttl_seconds", 0.5),
+    ],
+)
+def test_token_refuses_a_quota_it_would_have_to_coerce_or_is_too_small(
+    server: Pgwake, admin: httpx.Client, field: str, value: object
+) -> None:
+    before = _token_count(server)
+    response = admin.post("/v1/tokens", json={"label": "coerced", field: value})
+    assert _error(response, 422) == "invalid_request"
+    assert response.json()["error"]["message"].startswith(f"{field}: "), response.text
+    assert "token" not in response.json()
+    assert _token_count(server) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        # Each would reach another route once %2F is decoded: suspend "one-segment" (or
+        # answer 405), wake it, branch it, or look for a route that does not exist.
+        ("GET", "/v1/endpoints/one-segment%2Fsuspend"),
+        ("POST", "/v1/endpoints/one-segment%2Fsuspend"),
+        ("POST", "/v1/endpoints/one-segment%2fwake"),
+        ("POST", "/v1/endpoints/one-segment%2Fbranches"),
+        ("DELETE", "/v1/endpoints/one-segment%2Fbranches"),
+        ("GET", "/v1/endpoints/one-segment%2F"),
+        ("DELETE", "/v1/tokens/tok_0123%2Fabcd"),
+    ],
+)
+def test_an_encoded_slash_in_a_path_parameter_is_refused_not_routed(
+    server: Pgwake, admin: httpx.Client, method: str, path: str
+) -> None:
+    created = admin.post("/v1/endpoints", json={"name": "one-segment"})
+    assert created.status_code == 201, created.text
+    try:
+        with _makes_no_endpoint(admin):
+            response = admin.request(method, path, json={} if method == "POST" else None)
+            assert _error(response, 422) == "invalid_request"
+            assert "/" in response.json()["error"]["message"], response.text
+        assert admin.get("/v1/endpoints/one-segment").json()["state"] == "suspended"
+        assert not _compute_pids(server, "one-segment")
+    finally:
+        admin.delete("/v1/endpoints/one-segment")
 
 
 # -- scoped tokens -----------------------------------------------------------------------

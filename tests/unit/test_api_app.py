@@ -51,7 +51,7 @@ def test_an_unexpected_error_is_a_logged_json_500(
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"ttl_seconds": 0}, "ttl_seconds: Input should be greater than 0"),
+        ({"ttl_seconds": 0}, "ttl_seconds: Input should be greater than or equal to 1"),
         ({"allowed_cidrs": ["nope"]}, "allowed_cidrs.0: must be a network in CIDR notation"),
         ({"password": "pw\u0000-with-nul"}, "password: must not contain NUL characters"),
         ({"x": 1}, "x: Extra inputs are not permitted"),
