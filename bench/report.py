@@ -475,11 +475,14 @@ def render(results: Results, plots: dict[str, Path]) -> str:
         out += ["", f"## {burst.clients} clients at once on a suspended endpoint", ""]
         out.append(
             "asyncpg clients in one process (uvloop) all start connecting at once to one"
-            " suspended endpoint (its compute has `max_connections = 600`, pgwake runs"
-            " with `--max-endpoint-connections 1000`); each runs `SELECT 1` and keeps its"
-            " session until every client has its row. Time to first result is from the"
-            " common start. Client-side SCRAM (PBKDF2, 4,096 iterations, ~0.7 ms each)"
-            " runs in that one client process too."
+            " suspended endpoint (its compute has `max_connections = 600`); each runs"
+            " `SELECT 1` and keeps its session until every client has its row. They all"
+            " come from 127.0.0.1, so pgwake runs as"
+            f" `{results.machine.get('pgwake serve', 'pgwake serve')}`: room for 500"
+            " sessions on one endpoint, and for 500 connections from one address"
+            " authenticating at once. Time to first result is from the common start."
+            " Client-side SCRAM (PBKDF2, 4,096 iterations, ~0.7 ms each) runs in that one"
+            " client process too."
         )
         out.append("")
         header = (
