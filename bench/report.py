@@ -42,6 +42,8 @@ class Results:
     params: dict[str, Any] = field(default_factory=dict)
     cold: core.ColdResults | None = None
     warm: core.WarmResults | None = None
+    #: The warm part again through a pgwake with server reuse off.
+    warm_no_reuse: core.WarmResults | None = None
     wake_ms: float | None = None
     pgbench: dict[str, list[float]] | None = None
     pgbench_connect: dict[str, list[float]] | None = None
@@ -135,6 +137,19 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("warm connect ratio <= 1.3", "not measured", "n/a"))
+    warm = results.warm_no_reuse
+    if warm is not None and warm.pgwake:
+        ratio = _med(warm.pgwake) / _med(warm.direct)
+        rows.append(
+            (
+                f"warm connect ratio <= {core.WARM_RATIO_TARGET:g} without server reuse"
+                " (`--server-reuse-seconds 0`)",
+                f"{ratio:.2f} ({_med(warm.pgwake):.2f} vs {_med(warm.direct):.2f} ms)",
+                _met(ratio <= core.WARM_RATIO_TARGET),
+            )
+        )
+    else:
+        rows.append(("warm connect ratio <= 1.3 without server reuse", "not measured", "n/a"))
     if results.pgbench:
         tps = {name: _med(values) for name, values in results.pgbench.items()}
         ratio = tps["pgwake"] / tps["pgbouncer"]
@@ -221,8 +236,12 @@ def plot_all(results: Results, out: Path, prefix: str) -> dict[str, Path]:
     if results.warm is not None and results.warm.pgwake:
         fig, ax = plt.subplots(figsize=(6, 3.0))
         data = [results.warm.direct, results.warm.pgwake, results.warm.pgwake_tls]
+        labels = ["direct (unix socket)", "pgwake", "pgwake, TLS"]
+        if results.warm_no_reuse is not None and results.warm_no_reuse.pgwake:
+            data.append(results.warm_no_reuse.pgwake)
+            labels.append("pgwake, no server reuse")
         ax.boxplot(data, vert=False, showfliers=False, widths=0.5)
-        ax.set_yticks([1, 2, 3], ["direct (unix socket)", "pgwake", "pgwake, TLS"])
+        ax.set_yticks(range(1, len(data) + 1), labels)
         ax.set_xlabel("ms, connect + SELECT 1 + close (whiskers 1.5 IQR, outliers hidden)")
         ax.set_title("Warm connect (compute running, SCRAM both ways)")
         ax.grid(alpha=0.3, axis="x")
@@ -395,27 +414,51 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             out.append(f"(pgwake's own mean wake time from its metrics: {results.wake_ms:.1f} ms)")
         _image(out, plots, "cold", "cold connect CDF")
 
-    warm = results.warm
-    if warm is not None and warm.pgwake:
+    runs = [
+        (label, warm)
+        for label, warm in (("", results.warm), (", no server reuse", results.warm_no_reuse))
+        if warm is not None and warm.pgwake
+    ]
+    if runs:
         out += ["", "## Warm connect", ""]
         out.append(
             "Compute running; connect + `SELECT 1` + close, SCRAM both ways; direct = the"
             " compute's unix socket. Runs alternated. pgwake runs with its defaults, so"
             " server reuse (`server_reuse_seconds` = 30) hands most connects a kept backend:"
-            " the compute neither forks nor logs in for them."
+            " the compute neither forks nor logs in for them. Right after, the same runs"
+            " through a pgwake restarted with `--server-reuse-seconds 0` (no server reuse):"
+            " every connect takes a new backend (one forked ahead of time, a warm socket)"
+            " and logs in on the compute; its direct runs are alternated with it, so each"
+            " ratio has its own baseline."
         )
         out.append("")
         header = ("ms", "p50", "p90", "min", "max", "n")
-        out += _table(
-            header,
-            [
-                _dist_row("pgwake", warm.pgwake, 2),
-                _dist_row("pgwake, TLS", warm.pgwake_tls, 2),
-                _dist_row("direct", warm.direct, 2),
-            ],
-        )
+        rows = []
+        for label, warm in runs:
+            rows += [
+                _dist_row(f"pgwake{label}", warm.pgwake, 2),
+                _dist_row(f"pgwake, TLS{label}", warm.pgwake_tls, 2),
+                _dist_row(f"direct (runs alternated with pgwake{label})", warm.direct, 2),
+            ]
+        out += _table(header, rows)
         out.append("")
-        out.append(f"median ratio pgwake / direct: **{_med(warm.pgwake) / _med(warm.direct):.2f}**")
+        ratio_rows = []
+        for label, warm in runs:
+            w50, d50 = _med(warm.pgwake), _med(warm.direct)
+            ratio = w50 / d50
+            ratio_rows.append(
+                (
+                    "server reuse off (`--server-reuse-seconds 0`)"
+                    if label
+                    else "server reuse on (the default)",
+                    f"{w50:.2f}",
+                    f"{d50:.2f}",
+                    f"**{ratio:.2f}**",
+                    f"<= {core.WARM_RATIO_TARGET:g}",
+                    _met(ratio <= core.WARM_RATIO_TARGET),
+                )
+            )
+        out += _table(("median, ms", "pgwake", "direct", "ratio", "target", "met?"), ratio_rows)
         _image(out, plots, "warm", "warm connect")
 
     params = results.params

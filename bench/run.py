@@ -64,6 +64,9 @@ SERVE_ARGS = [
     "--max-unauthenticated-per-address",
     "2000",
 ]
+#: The warm connect once more with server reuse off: every connect gets a new backend
+#: (forked ahead of time, a warm socket) and logs in on the compute.
+NO_REUSE_ARGS = ["--server-reuse-seconds", "0"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +144,26 @@ def part(results: report.Results, name: str, action: Callable[[], T]) -> T | Non
 
 
 # -- the parts that share one pgwake -----------------------------------------------------
+
+
+def restart_pgwake(setup: core.Setup, serve_args: list[str]) -> None:
+    """Stop pgwake (its computes suspend on the way out), start it with ``serve_args``,
+    and wake the warm endpoint again."""
+    if setup.pgwake_process is not None:
+        setup.procs.stop(setup.pgwake_process)
+        setup.pgwake_process = None
+    core.start_pgwake(setup, serve_args)
+    core.timed_connect_select(setup.via_pgwake(core.WARM_ENDPOINT))
+
+
+def run_warm_no_reuse(setup: core.Setup, plan: Plan) -> core.WarmResults:
+    """The warm part again, right after it, through a pgwake with server reuse off; then
+    pgwake as the later parts expect it."""
+    restart_pgwake(setup, [*SERVE_ARGS, *NO_REUSE_ARGS])
+    try:
+        return core.measure_warm(setup, plan.warm_runs)
+    finally:
+        restart_pgwake(setup, SERVE_ARGS)
 
 
 def run_pgbench(setup: core.Setup, plan: Plan, results: report.Results, skip: set[str]) -> None:
@@ -254,7 +277,8 @@ def run_idle(setup: core.Setup, plan: Plan, results: report.Results) -> None:
 def run_with_pgwake(
     results: report.Results, plan: Plan, args: argparse.Namespace, skip: set[str]
 ) -> None:
-    """Parts 1-5, on one work directory and (until the idle part restarts it) one pgwake."""
+    """Parts 1-5, on one work directory; pgwake restarts for the warm connect without
+    server reuse and for the idle part."""
     with core.environment(args.pg_bindir, keep=args.keep) as setup:
         core.prepare_core(setup, SERVE_ARGS)
         results.machine["pgwake serve"] = " ".join(["pgwake serve", *SERVE_ARGS])
@@ -265,6 +289,12 @@ def run_with_pgwake(
             results.wake_ms = core.mean_wake_ms(setup.metrics_text())
         if "warm" not in skip:
             results.warm = part(results, "warm", lambda: core.measure_warm(setup, plan.warm_runs))
+            results.machine["pgwake serve (warm, no server reuse)"] = " ".join(
+                ["pgwake serve", *SERVE_ARGS, *NO_REUSE_ARGS]
+            )
+            results.warm_no_reuse = part(
+                results, "warm, no server reuse", lambda: run_warm_no_reuse(setup, plan)
+            )
         if not {"pgbench", "pgbench-C"} <= skip:
             part(results, "pgbench setup", lambda: run_pgbench(setup, plan, results, skip))
         if "burst" not in skip:
