@@ -17,6 +17,7 @@ from bench import core
 if TYPE_CHECKING:
     from bench.control import ControlResults
     from bench.scale import BurstResult, IdleResult
+    from bench.strangers import StrangerResult
 
 __all__ = ["Results", "plot_all", "render", "targets"]
 
@@ -49,6 +50,7 @@ class Results:
     pgbench_connect: dict[str, list[float]] | None = None
     burst: BurstResult | None = None
     idle: dict[str, IdleResult] = field(default_factory=dict)
+    strangers: StrangerResult | None = None
     control: ControlResults | None = None
     soak: dict[str, Any] | None = None
     #: ``bench/docker_cold.py``'s table (Markdown), or why it did not run.
@@ -182,6 +184,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("5,000 idle client connections under 100 MB RSS", "not measured", "n/a"))
+    rows += _stranger_targets(results.strangers)
     control = results.control
     if control is not None and control.create_ms:
         c50 = _med(control.create_ms)
@@ -193,6 +196,37 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
             )
         )
     return rows
+
+
+def _stranger_targets(result: StrangerResult | None) -> list[tuple[str, str, str]]:
+    from bench import strangers  # noqa: PLC0415 (plotting and measuring stay apart)
+
+    n = f"{strangers.COUNT:,}"
+    if result is None or not result.rounds or result.idle is None:
+        return [(f"{n} stalled strangers: memory, warm connect, compute", "not measured", "n/a")]
+    n = f"{result.strangers:,}"
+    idle = result.idle.rss_kib / 1024
+    ratios = ", ".join(f"{r.ratio:.2f}" for r in result.rounds)
+    before = max(len(r.compute_before) for r in result.rounds)
+    held = max(len(r.compute_with) for r in result.rounds)
+    return [
+        (
+            f"{n} stalled strangers: pgwake RSS < {strangers.RSS_TARGET_MIB:g} MB above idle",
+            f"+{result.rss_above_idle_mib:.1f} MiB ({idle:.0f} MiB idle)",
+            _met(result.rss_ok),
+        ),
+        (
+            f"warm connect p50 with {n} strangers held <= {strangers.LATENCY_RATIO_TARGET:g}x"
+            " idle (median of rounds)",
+            f"{result.latency_ratio:.2f}x (rounds: {ratios})",
+            _met(result.latency_ok),
+        ),
+        (
+            f"no compute process for {n} strangers",
+            f"{held} processes with them, {before} before",
+            _met(not result.compute_grew),
+        ),
+    ]
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -635,6 +669,38 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             samples = ", ".join(f"{s.connections}: {s.rss_kib / 1024:.1f}" for s in idle.samples)
             out.append(f"- {name}: {samples}")
         _image(out, plots, "idle", "RSS against idle sessions")
+
+    result = results.strangers
+    if result is not None and result.rounds:
+        from bench import strangers  # noqa: PLC0415
+
+        out += ["", f"## {result.strangers:,} stalled strangers on a running endpoint", ""]
+        out.append(
+            f"A stranger connects, names the endpoint and the real role `{core.ROLE}` in its"
+            " StartupMessage, reads AuthenticationSASL, sends a SCRAM client-first-message,"
+            " reads the server-first-message, and stalls without a proof. pgwake was"
+            f" restarted for this part with `{' '.join(strangers.SERVE_ARGS)}` (so no"
+            " stranger is dropped while it is measured) and otherwise its defaults: the"
+            f" strangers come {result.per_address} per address (its default"
+            " `max_unauthenticated_per_address`) from"
+            f" {', '.join(result.addresses)}, the legitimate client from 127.0.0.1."
+            " Memory: pgwake's VmRSS and USS in the first round, its heap fresh. Warm"
+            f" connect (libpq, SCRAM, server reuse on): {len(result.rounds)} rounds of"
+            f" {len(result.rounds[0].idle_ms)} connects on the idle server and as many with"
+            " the strangers held, back to back, the order alternating; the ratio is the"
+            " median of the rounds' p50 ratios (each round's in brackets). Compute"
+            " processes: the postmaster and its children, counted at rest right before the"
+            " strangers and once they are all held."
+        )
+        out.append("")
+        out += _table(("metric", "measured", "baseline", "ratio", "target", "met?"), result.rows())
+        if result.after_close is not None and result.idle is not None:
+            out.append("")
+            out.append(
+                f"pgwake RSS after the strangers closed: {result.after_close.rss_kib / 1024:.1f}"
+                f" MiB (idle before: {result.idle.rss_kib / 1024:.1f} MiB). Strangers opened"
+                " in " + ", ".join(f"{r.open_seconds:.1f}" for r in result.rounds) + " s per round."
+            )
 
     control = results.control
     if control is not None:
