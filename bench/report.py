@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Results", "plot_all", "render", "targets"]
 
-#: Issue 5's targets beyond core.py's: idle sessions and control-plane create latency.
+#: The suite's targets beyond core.py's: idle sessions and control-plane create latency.
 IDLE_TARGET_CONNECTIONS = 5000
 IDLE_RSS_TARGET_MIB = 100.0
-CREATE_P50_TARGET_MS = 150.0  # design.md §6
+CREATE_P50_TARGET_MS = 150.0
 
 PGBENCH_NAMES = ("pgwake", "direct", "pgbouncer")
 RATIO_PAIRS = (("pgwake", "direct"), ("pgwake", "pgbouncer"), ("pgbouncer", "direct"))
@@ -106,7 +106,7 @@ def _idle_at(result: IdleResult) -> float:
 
 
 def targets(results: Results) -> list[tuple[str, str, str]]:
-    """(target, measured, met?) for issue 5's targets, in its order."""
+    """(target, measured, met?) for each of the suite's targets."""
     rows: list[tuple[str, str, str]] = []
     cold = results.cold
     if cold is not None and cold.cold and cold.raw:
@@ -190,7 +190,7 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         c50 = _med(control.create_ms)
         rows.append(
             (
-                f"create p50 <= {CREATE_P50_TARGET_MS:g} ms (design.md §6)",
+                f"create p50 <= {CREATE_P50_TARGET_MS:g} ms",
                 f"{c50:.1f} ms",
                 _met(c50 <= CREATE_P50_TARGET_MS),
             )
@@ -418,7 +418,7 @@ def render(results: Results, plots: dict[str, Path]) -> str:
     ]
     skip = {"commit", "loadavg at start", "loadavg at end"}
     out += _table(("what", "value"), [(k, v) for k, v in m.items() if k not in skip])
-    out += ["", "## Targets (issue 5)", ""]
+    out += ["", "## Targets", ""]
     out += _table(("target", "measured", "met?"), targets(results))
     if results.errors:
         out += ["", "## Parts that failed", ""]
@@ -734,7 +734,7 @@ def render(results: Results, plots: dict[str, Path]) -> str:
         for problem in soak.get("problems", []):
             out.append(f"- problem: {problem}")
 
-    out += ["", "## Docker cold connect (issue 7)", ""]
+    out += ["", "## Docker cold connect", ""]
     out.append(results.docker or "Skipped.")
 
     if results.notes:
