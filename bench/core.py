@@ -5,7 +5,7 @@
 
 Everything runs on loopback in a fresh work directory under /tmp, and everything this
 script starts (``pgwake serve`` and its computes, PgBouncer, a raw ``postgres``) is stopped
-in ``finally`` blocks, also on Ctrl-C or SIGTERM. Measurements (design.md §6):
+in ``finally`` blocks, also on Ctrl-C or SIGTERM. Measurements:
 
 1. cold connect: endpoint suspended -> connect through pgwake -> first ``SELECT 1`` row,
    beside a raw ``postgres`` started by hand on a copy of an equivalent data dir
@@ -75,7 +75,7 @@ def _newest_debian_bindir() -> Path:
 
 DEFAULT_BINDIR = _newest_debian_bindir()
 
-# Targets (design.md §6 and the task that asked for this script).
+# Targets.
 COLD_P50_TARGET_MS = 100.0
 COLD_RATIO_TARGET = 2.0
 WARM_RATIO_TARGET = 1.3
@@ -934,7 +934,7 @@ def report(
                 fmt(med["pgbouncer"], 0) + " (pgbouncer)",
                 fmt(med["direct"], 0),
                 fmt(med["pgbouncer"] / med["direct"], 2),
-                "(info; design §6: ~0.55-0.6)",
+                "(info; budgeted: ~0.55-0.6)",
                 "-",
             )
         )

@@ -17,13 +17,14 @@ from bench import core
 if TYPE_CHECKING:
     from bench.control import ControlResults
     from bench.scale import BurstResult, IdleResult
+    from bench.strangers import StrangerResult
 
 __all__ = ["Results", "plot_all", "render", "targets"]
 
-#: Issue 5's targets beyond core.py's: idle sessions and control-plane create latency.
+#: The suite's targets beyond core.py's: idle sessions and control-plane create latency.
 IDLE_TARGET_CONNECTIONS = 5000
 IDLE_RSS_TARGET_MIB = 100.0
-CREATE_P50_TARGET_MS = 150.0  # design.md §6
+CREATE_P50_TARGET_MS = 150.0
 
 PGBENCH_NAMES = ("pgwake", "direct", "pgbouncer")
 RATIO_PAIRS = (("pgwake", "direct"), ("pgwake", "pgbouncer"), ("pgbouncer", "direct"))
@@ -42,11 +43,14 @@ class Results:
     params: dict[str, Any] = field(default_factory=dict)
     cold: core.ColdResults | None = None
     warm: core.WarmResults | None = None
+    #: The warm part again through a pgwake with server reuse off.
+    warm_no_reuse: core.WarmResults | None = None
     wake_ms: float | None = None
     pgbench: dict[str, list[float]] | None = None
     pgbench_connect: dict[str, list[float]] | None = None
     burst: BurstResult | None = None
     idle: dict[str, IdleResult] = field(default_factory=dict)
+    strangers: StrangerResult | None = None
     control: ControlResults | None = None
     soak: dict[str, Any] | None = None
     #: ``bench/docker_cold.py``'s table (Markdown), or why it did not run.
@@ -102,7 +106,7 @@ def _idle_at(result: IdleResult) -> float:
 
 
 def targets(results: Results) -> list[tuple[str, str, str]]:
-    """(target, measured, met?) for issue 5's targets, in its order."""
+    """(target, measured, met?) for each of the suite's targets."""
     rows: list[tuple[str, str, str]] = []
     cold = results.cold
     if cold is not None and cold.cold and cold.raw:
@@ -135,6 +139,19 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("warm connect ratio <= 1.3", "not measured", "n/a"))
+    warm = results.warm_no_reuse
+    if warm is not None and warm.pgwake:
+        ratio = _med(warm.pgwake) / _med(warm.direct)
+        rows.append(
+            (
+                f"warm connect ratio <= {core.WARM_RATIO_TARGET:g} without server reuse"
+                " (`--server-reuse-seconds 0`)",
+                f"{ratio:.2f} ({_med(warm.pgwake):.2f} vs {_med(warm.direct):.2f} ms)",
+                _met(ratio <= core.WARM_RATIO_TARGET),
+            )
+        )
+    else:
+        rows.append(("warm connect ratio <= 1.3 without server reuse", "not measured", "n/a"))
     if results.pgbench:
         tps = {name: _med(values) for name, values in results.pgbench.items()}
         ratio = tps["pgwake"] / tps["pgbouncer"]
@@ -167,17 +184,49 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
         )
     else:
         rows.append(("5,000 idle client connections under 100 MB RSS", "not measured", "n/a"))
+    rows += _stranger_targets(results.strangers)
     control = results.control
     if control is not None and control.create_ms:
         c50 = _med(control.create_ms)
         rows.append(
             (
-                f"create p50 <= {CREATE_P50_TARGET_MS:g} ms (design.md §6)",
+                f"create p50 <= {CREATE_P50_TARGET_MS:g} ms",
                 f"{c50:.1f} ms",
                 _met(c50 <= CREATE_P50_TARGET_MS),
             )
         )
     return rows
+
+
+def _stranger_targets(result: StrangerResult | None) -> list[tuple[str, str, str]]:
+    from bench import strangers  # noqa: PLC0415 (plotting and measuring stay apart)
+
+    n = f"{strangers.COUNT:,}"
+    if result is None or not result.rounds or result.idle is None:
+        return [(f"{n} stalled strangers: memory, warm connect, compute", "not measured", "n/a")]
+    n = f"{result.strangers:,}"
+    idle = result.idle.rss_kib / 1024
+    ratios = ", ".join(f"{r.ratio:.2f}" for r in result.rounds)
+    before = max(len(r.compute_before) for r in result.rounds)
+    held = max(len(r.compute_with) for r in result.rounds)
+    return [
+        (
+            f"{n} stalled strangers: pgwake RSS < {strangers.RSS_TARGET_MIB:g} MB above idle",
+            f"+{result.rss_above_idle_mib:.1f} MiB ({idle:.0f} MiB idle)",
+            _met(result.rss_ok),
+        ),
+        (
+            f"warm connect p50 with {n} strangers held <= {strangers.LATENCY_RATIO_TARGET:g}x"
+            " idle (median of rounds)",
+            f"{result.latency_ratio:.2f}x (rounds: {ratios})",
+            _met(result.latency_ok),
+        ),
+        (
+            f"no compute process for {n} strangers",
+            f"{held} processes with them, {before} before",
+            _met(not result.compute_grew),
+        ),
+    ]
 
 
 # -- plots ---------------------------------------------------------------------------------
@@ -221,8 +270,12 @@ def plot_all(results: Results, out: Path, prefix: str) -> dict[str, Path]:
     if results.warm is not None and results.warm.pgwake:
         fig, ax = plt.subplots(figsize=(6, 3.0))
         data = [results.warm.direct, results.warm.pgwake, results.warm.pgwake_tls]
+        labels = ["direct (unix socket)", "pgwake", "pgwake, TLS"]
+        if results.warm_no_reuse is not None and results.warm_no_reuse.pgwake:
+            data.append(results.warm_no_reuse.pgwake)
+            labels.append("pgwake, no server reuse")
         ax.boxplot(data, vert=False, showfliers=False, widths=0.5)
-        ax.set_yticks([1, 2, 3], ["direct (unix socket)", "pgwake", "pgwake, TLS"])
+        ax.set_yticks(range(1, len(data) + 1), labels)
         ax.set_xlabel("ms, connect + SELECT 1 + close (whiskers 1.5 IQR, outliers hidden)")
         ax.set_title("Warm connect (compute running, SCRAM both ways)")
         ax.grid(alpha=0.3, axis="x")
@@ -365,7 +418,7 @@ def render(results: Results, plots: dict[str, Path]) -> str:
     ]
     skip = {"commit", "loadavg at start", "loadavg at end"}
     out += _table(("what", "value"), [(k, v) for k, v in m.items() if k not in skip])
-    out += ["", "## Targets (issue 5)", ""]
+    out += ["", "## Targets", ""]
     out += _table(("target", "measured", "met?"), targets(results))
     if results.errors:
         out += ["", "## Parts that failed", ""]
@@ -395,27 +448,51 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             out.append(f"(pgwake's own mean wake time from its metrics: {results.wake_ms:.1f} ms)")
         _image(out, plots, "cold", "cold connect CDF")
 
-    warm = results.warm
-    if warm is not None and warm.pgwake:
+    runs = [
+        (label, warm)
+        for label, warm in (("", results.warm), (", no server reuse", results.warm_no_reuse))
+        if warm is not None and warm.pgwake
+    ]
+    if runs:
         out += ["", "## Warm connect", ""]
         out.append(
             "Compute running; connect + `SELECT 1` + close, SCRAM both ways; direct = the"
             " compute's unix socket. Runs alternated. pgwake runs with its defaults, so"
             " server reuse (`server_reuse_seconds` = 30) hands most connects a kept backend:"
-            " the compute neither forks nor logs in for them."
+            " the compute neither forks nor logs in for them. Right after, the same runs"
+            " through a pgwake restarted with `--server-reuse-seconds 0` (no server reuse):"
+            " every connect takes a new backend (one forked ahead of time, a warm socket)"
+            " and logs in on the compute; its direct runs are alternated with it, so each"
+            " ratio has its own baseline."
         )
         out.append("")
         header = ("ms", "p50", "p90", "min", "max", "n")
-        out += _table(
-            header,
-            [
-                _dist_row("pgwake", warm.pgwake, 2),
-                _dist_row("pgwake, TLS", warm.pgwake_tls, 2),
-                _dist_row("direct", warm.direct, 2),
-            ],
-        )
+        rows = []
+        for label, warm in runs:
+            rows += [
+                _dist_row(f"pgwake{label}", warm.pgwake, 2),
+                _dist_row(f"pgwake, TLS{label}", warm.pgwake_tls, 2),
+                _dist_row(f"direct (runs alternated with pgwake{label})", warm.direct, 2),
+            ]
+        out += _table(header, rows)
         out.append("")
-        out.append(f"median ratio pgwake / direct: **{_med(warm.pgwake) / _med(warm.direct):.2f}**")
+        ratio_rows = []
+        for label, warm in runs:
+            w50, d50 = _med(warm.pgwake), _med(warm.direct)
+            ratio = w50 / d50
+            ratio_rows.append(
+                (
+                    "server reuse off (`--server-reuse-seconds 0`)"
+                    if label
+                    else "server reuse on (the default)",
+                    f"{w50:.2f}",
+                    f"{d50:.2f}",
+                    f"**{ratio:.2f}**",
+                    f"<= {core.WARM_RATIO_TARGET:g}",
+                    _met(ratio <= core.WARM_RATIO_TARGET),
+                )
+            )
+        out += _table(("median, ms", "pgwake", "direct", "ratio", "target", "met?"), ratio_rows)
         _image(out, plots, "warm", "warm connect")
 
     params = results.params
@@ -475,11 +552,14 @@ def render(results: Results, plots: dict[str, Path]) -> str:
         out += ["", f"## {burst.clients} clients at once on a suspended endpoint", ""]
         out.append(
             "asyncpg clients in one process (uvloop) all start connecting at once to one"
-            " suspended endpoint (its compute has `max_connections = 600`, pgwake runs"
-            " with `--max-endpoint-connections 1000`); each runs `SELECT 1` and keeps its"
-            " session until every client has its row. Time to first result is from the"
-            " common start. Client-side SCRAM (PBKDF2, 4,096 iterations, ~0.7 ms each)"
-            " runs in that one client process too."
+            " suspended endpoint (its compute has `max_connections = 600`); each runs"
+            " `SELECT 1` and keeps its session until every client has its row. They all"
+            " come from 127.0.0.1, so pgwake runs as"
+            f" `{results.machine.get('pgwake serve', 'pgwake serve')}`: room for 500"
+            " sessions on one endpoint, and for 500 connections from one address"
+            " authenticating at once. Time to first result is from the common start."
+            " Client-side SCRAM (PBKDF2, 4,096 iterations, ~0.7 ms each) runs in that one"
+            " client process too."
         )
         out.append("")
         header = (
@@ -590,6 +670,38 @@ def render(results: Results, plots: dict[str, Path]) -> str:
             out.append(f"- {name}: {samples}")
         _image(out, plots, "idle", "RSS against idle sessions")
 
+    result = results.strangers
+    if result is not None and result.rounds:
+        from bench import strangers  # noqa: PLC0415
+
+        out += ["", f"## {result.strangers:,} stalled strangers on a running endpoint", ""]
+        out.append(
+            f"A stranger connects, names the endpoint and the real role `{core.ROLE}` in its"
+            " StartupMessage, reads AuthenticationSASL, sends a SCRAM client-first-message,"
+            " reads the server-first-message, and stalls without a proof. pgwake was"
+            f" restarted for this part with `{' '.join(strangers.SERVE_ARGS)}` (so no"
+            " stranger is dropped while it is measured) and otherwise its defaults: the"
+            f" strangers come {result.per_address} per address (its default"
+            " `max_unauthenticated_per_address`) from"
+            f" {', '.join(result.addresses)}, the legitimate client from 127.0.0.1."
+            " Memory: pgwake's VmRSS and USS in the first round, its heap fresh. Warm"
+            f" connect (libpq, SCRAM, server reuse on): {len(result.rounds)} rounds of"
+            f" {len(result.rounds[0].idle_ms)} connects on the idle server and as many with"
+            " the strangers held, back to back, the order alternating; the ratio is the"
+            " median of the rounds' p50 ratios (each round's in brackets). Compute"
+            " processes: the postmaster and its children, counted at rest right before the"
+            " strangers and once they are all held."
+        )
+        out.append("")
+        out += _table(("metric", "measured", "baseline", "ratio", "target", "met?"), result.rows())
+        if result.after_close is not None and result.idle is not None:
+            out.append("")
+            out.append(
+                f"pgwake RSS after the strangers closed: {result.after_close.rss_kib / 1024:.1f}"
+                f" MiB (idle before: {result.idle.rss_kib / 1024:.1f} MiB). Strangers opened"
+                " in " + ", ".join(f"{r.open_seconds:.1f}" for r in result.rounds) + " s per round."
+            )
+
     control = results.control
     if control is not None:
         out += ["", "## Control plane: creates, density, wakes", ""]
@@ -622,7 +734,7 @@ def render(results: Results, plots: dict[str, Path]) -> str:
         for problem in soak.get("problems", []):
             out.append(f"- problem: {problem}")
 
-    out += ["", "## Docker cold connect (issue 7)", ""]
+    out += ["", "## Docker cold connect", ""]
     out.append(results.docker or "Skipped.")
 
     if results.notes:

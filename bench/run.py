@@ -13,8 +13,10 @@ starts is stopped and removed at the end, also on Ctrl-C or SIGTERM. Parts, in o
    mode, SCRAM), rounds alternated, ratios per pair;
 4. 500 clients at once on one suspended endpoint: all must succeed, one compute start;
 5. 5,000 idle client sessions: pgwake's (and PgBouncer's) memory per session;
-6. control plane: creates, 1,000 endpoints, wakes (``control.py``);
-7. the soak (``soak.py``'s ``run_soak``), short.
+6. 1,000 stalled strangers (no proof) on a running endpoint: pgwake's memory, warm
+   connects beside them, the compute's processes (``strangers.py``);
+7. control plane: creates, 1,000 endpoints, wakes (``control.py``);
+8. the soak (``soak.py``'s ``run_soak``), short.
 
 Writes ``<out>/<date>.md`` (``<date>-quick.md`` with ``--quick``) and its PNGs beside it,
 and prints the same Markdown to stdout. ``--quick`` is a smoke run of a few minutes; the
@@ -44,17 +46,42 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import control, core, docker_cold, report, scale
+from bench import control, core, docker_cold, report, scale, strangers
 
 T = TypeVar("T")
 
 BENCH_DIR = Path(__file__).resolve().parent
-PARTS = ("cold", "warm", "pgbench", "pgbench-C", "burst", "idle", "control", "soak", "docker")
+PARTS = (
+    "cold",
+    "warm",
+    "pgbench",
+    "pgbench-C",
+    "burst",
+    "idle",
+    "strangers",
+    "control",
+    "soak",
+    "docker",
+)
+#: The parts that run on one work directory, through ``run_with_pgwake``.
+PGWAKE_PARTS = frozenset(PARTS[:7])
 BURST_ENDPOINT = "burst"
 #: The burst endpoint's compute gets room for every client (the template allows 300).
 BURST_MAX_CONNECTIONS = 600
-#: Every client of the burst holds a session on one endpoint at once (default cap 250).
-SERVE_ARGS = ["--max-endpoint-connections", "1000"]
+#: A load test from one address, not a flood: every bench client comes from 127.0.0.1,
+#: and every client of the burst holds a session on one endpoint at once (default cap
+#: 250) after authenticating at the same time as the others (default cap of connections
+#: still authenticating: 200 per address). The cap of those from all addresses (2,000)
+#: has room for the burst's 500.
+SERVE_ARGS = [
+    "--max-endpoint-connections",
+    "1000",
+    "--max-unauthenticated-per-address",
+    "2000",
+]
+#: The warm connect once more with server reuse off: every connect gets a new backend
+#: (forked ahead of time, a warm socket) and logs in on the compute.
+NO_REUSE_ARGS = ["--server-reuse-seconds", "0"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +94,9 @@ class Plan:
     pgbench_rounds: int
     burst_clients: int
     burst_repeats: int
+    strangers: int
+    stranger_runs: int
+    stranger_rounds: int
     idle_endpoints: int
     idle_per_endpoint: int
     idle_step: int
@@ -86,6 +116,9 @@ FULL = Plan(
     pgbench_rounds=3,
     burst_clients=500,
     burst_repeats=3,
+    strangers=1000,
+    stranger_runs=200,
+    stranger_rounds=3,
     idle_endpoints=50,
     idle_per_endpoint=100,
     idle_step=1000,
@@ -102,6 +135,9 @@ QUICK = Plan(
     pgbench_rounds=1,
     burst_clients=500,
     burst_repeats=1,
+    strangers=1000,
+    stranger_runs=50,
+    stranger_rounds=3,
     idle_endpoints=5,
     idle_per_endpoint=100,
     idle_step=100,
@@ -132,6 +168,26 @@ def part(results: report.Results, name: str, action: Callable[[], T]) -> T | Non
 
 
 # -- the parts that share one pgwake -----------------------------------------------------
+
+
+def restart_pgwake(setup: core.Setup, serve_args: list[str]) -> None:
+    """Stop pgwake (its computes suspend on the way out), start it with ``serve_args``,
+    and wake the warm endpoint again."""
+    if setup.pgwake_process is not None:
+        setup.procs.stop(setup.pgwake_process)
+        setup.pgwake_process = None
+    core.start_pgwake(setup, serve_args)
+    core.timed_connect_select(setup.via_pgwake(core.WARM_ENDPOINT))
+
+
+def run_warm_no_reuse(setup: core.Setup, plan: Plan) -> core.WarmResults:
+    """The warm part again, right after it, through a pgwake with server reuse off; then
+    pgwake as the later parts expect it."""
+    restart_pgwake(setup, [*SERVE_ARGS, *NO_REUSE_ARGS])
+    try:
+        return core.measure_warm(setup, plan.warm_runs)
+    finally:
+        restart_pgwake(setup, SERVE_ARGS)
 
 
 def run_pgbench(setup: core.Setup, plan: Plan, results: report.Results, skip: set[str]) -> None:
@@ -245,7 +301,8 @@ def run_idle(setup: core.Setup, plan: Plan, results: report.Results) -> None:
 def run_with_pgwake(
     results: report.Results, plan: Plan, args: argparse.Namespace, skip: set[str]
 ) -> None:
-    """Parts 1-5, on one work directory and (until the idle part restarts it) one pgwake."""
+    """Parts 1-6, on one work directory; pgwake restarts for the warm connect without
+    server reuse, for the idle part and for the strangers part."""
     with core.environment(args.pg_bindir, keep=args.keep) as setup:
         core.prepare_core(setup, SERVE_ARGS)
         results.machine["pgwake serve"] = " ".join(["pgwake serve", *SERVE_ARGS])
@@ -256,12 +313,35 @@ def run_with_pgwake(
             results.wake_ms = core.mean_wake_ms(setup.metrics_text())
         if "warm" not in skip:
             results.warm = part(results, "warm", lambda: core.measure_warm(setup, plan.warm_runs))
+            results.machine["pgwake serve (warm, no server reuse)"] = " ".join(
+                ["pgwake serve", *SERVE_ARGS, *NO_REUSE_ARGS]
+            )
+            results.warm_no_reuse = part(
+                results, "warm, no server reuse", lambda: run_warm_no_reuse(setup, plan)
+            )
         if not {"pgbench", "pgbench-C"} <= skip:
             part(results, "pgbench setup", lambda: run_pgbench(setup, plan, results, skip))
         if "burst" not in skip:
             results.burst = part(results, "burst", lambda: run_burst(setup, plan))
         if "idle" not in skip:
             part(results, "idle setup", lambda: run_idle(setup, plan, results))
+        if "strangers" not in skip:
+            # pgwake's own limits on connections still authenticating, not SERVE_ARGS':
+            # the strangers are spread over as many addresses as those limits need.
+            results.machine["pgwake serve (strangers)"] = " ".join(
+                ["pgwake serve", *strangers.SERVE_ARGS]
+            )
+            results.strangers = part(
+                results,
+                "strangers",
+                lambda: strangers.run_part(
+                    setup,
+                    core.WARM_ENDPOINT,
+                    plan.strangers,
+                    plan.stranger_runs,
+                    plan.stranger_rounds,
+                ),
+            )
         if setup.metrics_errors:
             results.notes.append(f"GET /metrics failed {setup.metrics_errors} times (retried)")
         if results.errors:
@@ -451,7 +531,7 @@ def main() -> int:
     started = time.monotonic()
     with core.interruptible():
         try:
-            if set(PARTS[:6]) - skip:
+            if PGWAKE_PARTS - skip:
                 part(results, "pgwake parts", lambda: run_with_pgwake(results, plan, args, skip))
             if "control" not in skip:
                 results.control = part(
