@@ -27,12 +27,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import asyncpg
 import pytest
+import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.auth.scram import ScramClient
 from proxy.compute.management import ADMIN_ROLE
+from proxy.throttle import FREE_FAILURES
 from tests.integration.hostile import (
     AUTH_OK,
     AUTH_SASL,
@@ -61,11 +64,17 @@ from tests.integration.hostile import (
     target_startup,
 )
 from tests.integration.pgwake_fixture import PASSWORD as WITNESS_PASSWORD
-from tests.integration.pgwake_fixture import errors_in, running_pgwake, wait_for
+from tests.integration.pgwake_fixture import (
+    errors_in,
+    postgres_pids_under,
+    running_pgwake,
+    wait_for,
+)
 from tests.integration.wire import read_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from tests.integration.pgwake_fixture import Pgwake
 
@@ -82,13 +91,29 @@ HOSTILE_SQLSTATES = frozenset({"08P01", "0A000", "28000", "28P01", "3D000", "080
 class Live:
     pgwake: Pgwake
     baseline_fds: int
+    #: Whether ``target`` runs while it is attacked (its compute woken by a real login).
+    target_running: bool = False
+    #: ``target``'s compute processes before the attack (when it runs).
+    target_processes: int = 0
 
     @property
     def port(self) -> int:
         return self.pgwake.port
 
+    @property
+    def untouched(self) -> tuple[str, ...]:
+        return ("bystander",) if self.target_running else UNTOUCHED
+
     def check(self) -> None:
-        check_invariants(self.pgwake, self.baseline_fds, untouched=UNTOUCHED, witness="witness")
+        check_invariants(
+            self.pgwake, self.baseline_fds, untouched=self.untouched, witness="witness"
+        )
+        if self.target_running:
+            # Still the one compute, and no backend forked for anything hostile.
+            assert self.pgwake.compute_starts("target") == 1
+            assert self.pgwake.state("target") == "running"
+            processes = len(postgres_pids_under(self.pgwake.compute_dir("target")))
+            assert processes <= self.target_processes, (processes, self.target_processes)
 
 
 def _report(category: str, counts: Counter[str], minimum: int) -> None:
@@ -133,21 +158,54 @@ def _stable_fds(pgwake: Pgwake) -> int:
     return counts[-1]
 
 
-@pytest.fixture(scope="module")
-def live() -> Iterator[Live]:
+@pytest.fixture(scope="module", params=["suspended", "running"], ids=lambda p: f"target-{p}")
+def live(request: pytest.FixtureRequest) -> Iterator[Live]:
+    """One pgwake per run of the module: every case runs against ``target`` asleep, then
+    against ``target`` running (woken by a real login, as a stranger finds it)."""
+    target_running = request.param == "running"
     with running_pgwake(startup_timeout=str(STARTUP_TIMEOUT)) as server:
         server.create("target", password=TARGET_PASSWORD, idle_timeout=600)
         server.create("bystander", password=WITNESS_PASSWORD, idle_timeout=600)
         server.create("witness", password=WITNESS_PASSWORD, idle_timeout=600)
         server.start()
         liveness(server, "witness")  # wake it now: later checks measure service, not a wake
-        yield Live(server, _stable_fds(server))
+        target_processes = 0
+        if target_running:
+            _log_in(server, "target", TARGET_PASSWORD)
+            # The warm sockets (forked backends) that login left are part of the baseline.
+            target_processes = _stable_processes(server.compute_dir("target"))
+        live = Live(server, _stable_fds(server), target_running, target_processes)
+        yield live
         # (d) at the very end: the bystander, asleep all along, still wakes and serves.
-        never_woken(server, UNTOUCHED)
+        never_woken(server, live.untouched)
         liveness(server, "bystander")
         assert server.compute_starts("bystander") == 1
-        assert server.compute_starts("target") == 0
+        assert server.compute_starts("target") == (1 if target_running else 0)
         assert not errors_in(server.log_text()), server.log_text()
+
+
+def _log_in(pgwake: Pgwake, endpoint: str, password: str) -> None:
+    async def select_one() -> None:
+        kwargs = {**pgwake.asyncpg_kwargs(endpoint), "password": password}
+        conn = await asyncpg.connect(**kwargs, timeout=30)
+        try:
+            assert await conn.fetchval("select 1") == 1
+        finally:
+            await conn.close()
+
+    uvloop.run(select_one())
+
+
+def _stable_processes(compute_dir: Path) -> int:
+    """The compute's process count once it stops changing (warm sockets filled)."""
+    counts = [-1]
+
+    def stable() -> bool:
+        counts.append(len(postgres_pids_under(compute_dir)))
+        return counts[-1] == counts[-2]
+
+    wait_for(stable, timeout=10, interval=0.3)
+    return counts[-1]
 
 
 # --- 1. Random bytes ------------------------------------------------------------------------
@@ -756,11 +814,13 @@ def test_scram_cut_garbled_or_replayed(live: Live) -> None:
         assert reply.error is not None
         assert reply.error["M"] == f'password authentication failed for user "{user}"'
 
-    # The throttle: from one address, a wrong proof, then at once a refusal before SCRAM.
+    # The throttle: from one address, the free failures and one more wrong proof, then
+    # at once a refusal before SCRAM.
     source = next_source()
-    scram = _Scram(live, "target", "wrong", source=source)
-    final = scram.client.handle_server_first(scram.server_first())
-    refused("throttle", scram.finish(sasl_response(final)), "28P01")
+    for _ in range(FREE_FAILURES + 1):
+        scram = _Scram(live, "target", "wrong", source=source)
+        final = scram.client.handle_server_first(scram.server_first())
+        refused("throttle", scram.finish(sasl_response(final)), "28P01")
     for _ in range(3):
         scram = _Scram(live, "target", TARGET_PASSWORD, source=source)
         assert scram.throttled, scram.first
