@@ -24,6 +24,7 @@ from proxy.cancel import BackendTarget
 from proxy.protocol import encode
 from proxy.protocol.errors import CannotConnectNow, ProtocolViolation
 from proxy.protocol.framing import (
+    MAX_STARTUP_PHASE_MESSAGE_LENGTH,
     MessageReader,
     parse_authentication,
     parse_backend_key_data,
@@ -130,7 +131,7 @@ async def begin_login(compute: PacketStream, startup: bytes) -> PendingLogin:
     Run while the client is still busy with its own SCRAM exchange: the compute forks
     its backend and does the first round trip meanwhile, so after the client's proof one
     round trip is left."""
-    reader = MessageReader()
+    reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
     compute.write(startup)
     first = await _next_frame(compute, reader)
     if not _offers_scram(first):
