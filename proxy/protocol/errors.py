@@ -108,7 +108,8 @@ class CannotConnectNow(ClientError, code="57P03", kind=ErrorKind.COMPUTE):
 
 
 class AdminShutdown(ClientError, code="57P01", kind=ErrorKind.SERVICE):
-    """pgwake is shutting down and closes the session."""
+    """The session is ended for the client: pgwake is shutting down, or the endpoint's
+    compute stopped under a relayed session."""
 
 
 class InternalError(ClientError, code="XX000", kind=ErrorKind.INTERNAL):
