@@ -26,6 +26,7 @@ from proxy.cancel import BackendTarget
 from proxy.protocol import encode
 from proxy.protocol.errors import CannotConnectNow, ProtocolViolation
 from proxy.protocol.framing import (
+    MAX_STARTUP_PHASE_MESSAGE_LENGTH,
     MessageReader,
     parse_authentication,
     parse_backend_key_data,
@@ -133,7 +134,7 @@ async def begin_login(compute: PacketStream, startup: bytes) -> PendingLogin:
     compute's AuthenticationSASL: one round trip instead of two. A compute that answers
     with an ErrorResponse first (starting up, shutting down) exits without reading it; one
     that asks for anything else is refused."""
-    reader = MessageReader()
+    reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
     scram = ScramClient.awaiting_client_key()
     compute.write(
         startup + encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message())

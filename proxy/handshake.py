@@ -5,16 +5,25 @@ proxies, which must send one), SSLRequest (-> TLS, SNI captured), a direct TLS C
 (PostgreSQL 17 ``sslnegotiation=direct``, ALPN ``postgresql`` required), GSSENCRequest
 (-> 'N'), then a StartupMessage or CancelRequest. Parsing is the sans-IO readers' job;
 this module only waits for bytes and upgrades the transport.
+
+A startup packet Postgres would close on without a reply (an impossible length, a packet
+cut short by the client's close) is logged here, once, and raised as ``BadStartupPacket``:
+a ``ConnectionError``, which the session ends on without writing anything.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from proxy.protocol import encode
-from proxy.protocol.errors import InvalidAuthorizationSpecification, ProtocolViolation
+from proxy.protocol.errors import (
+    CloseWithoutReply,
+    InvalidAuthorizationSpecification,
+    ProtocolViolation,
+)
 from proxy.protocol.messages import (
     CancelRequest,
     DirectTLSHello,
@@ -32,9 +41,16 @@ if TYPE_CHECKING:
     from proxy.stream import PacketStream
     from proxy.tls import TlsMaterial
 
-__all__ = ["Handshake", "read_handshake"]
+__all__ = ["BadStartupPacket", "Handshake", "read_handshake"]
+
+logger = logging.getLogger(__name__)
 
 _ALPN: Final = "postgresql"
+
+
+class BadStartupPacket(ConnectionAbortedError):
+    """pgwake closed the connection without a reply, as Postgres does for this startup
+    packet; the reason is logged (``event=bad_startup``), the client is told nothing."""
 
 
 @dataclass(slots=True)
@@ -68,14 +84,54 @@ async def _read_proxy_header(stream: PacketStream) -> tuple[str | None, bytes]:
     return source, reader.take_remaining()
 
 
+def _peer_text(stream: PacketStream) -> str:
+    peername = stream.peername
+    return f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
+
+
 async def read_handshake(
     stream: PacketStream,
     *,
     peer_host: str,
     tls: TlsMaterial | None,
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    conn_id: str = "-",
 ) -> Handshake:
-    """Read up to the StartupMessage or CancelRequest; raise ``ClientError`` on bad input."""
+    """Read up to the StartupMessage or CancelRequest.
+
+    Raises ``ClientError`` on input Postgres answers with an ErrorResponse,
+    ``BadStartupPacket`` (after logging why) on input Postgres closes on without a word,
+    and ``PeerClosed`` when the client leaves between packets."""
+    try:
+        return await _negotiate(
+            stream, peer_host=peer_host, tls=tls, trusted_proxies=trusted_proxies
+        )
+    except CloseWithoutReply as refusal:
+        logger.warning(
+            'event=bad_startup conn=%s peer=%s reason="%s" detail="%s"',
+            conn_id,
+            _peer_text(stream),
+            refusal.reason,
+            refusal.detail or "",
+        )
+        raise BadStartupPacket(refusal.reason) from None
+
+
+async def _read_packet(stream: PacketStream, reader: StartupReader) -> StartupPacket:
+    try:
+        return await read_next(stream, reader.feed, reader.next_message)
+    except PeerClosed:
+        reader.end_of_stream()  # raises CloseWithoutReply if a packet was cut short
+        raise
+
+
+async def _negotiate(
+    stream: PacketStream,
+    *,
+    peer_host: str,
+    tls: TlsMaterial | None,
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> Handshake:
     client_host = peer_host
     reader = StartupReader()
     if trusted_proxies and _is_trusted(peer_host, trusted_proxies):
@@ -86,7 +142,7 @@ async def read_handshake(
     gss_refused = False
     server_name: str | None = None
     while True:
-        message: StartupPacket = await read_next(stream, reader.feed, reader.next_message)
+        message = await _read_packet(stream, reader)
         if isinstance(message, SSLRequest):
             if session_tls is not None:
                 raise ProtocolViolation("SSLRequest received on an encrypted connection")

@@ -9,12 +9,21 @@ A relayed session is only its two transports, two pumps and one ``Relay``: the s
 coroutine has ended by then (its frames, the handshake and the SCRAM state are freed), and
 ``on_done`` is called once both sides have closed. That keeps an idle session at a few KB.
 
-With ``server_reuse_seconds`` (``server_reuse.py``) the pumps also notice, still without
-parsing, whether a session ended at rest: the client's last read was the Terminate message
-alone (not forwarded: pgwake closes the client itself) and the compute's last read ended
-with ReadyForQuery.
-Then the compute's connection is handed over, with that ReadyForQuery's transaction
-status, instead of closed.
+The pumps also notice, still without parsing, where each side's stream stands: whether the
+compute's last read ended with a whole ReadyForQuery (its stream to the client is at a
+message boundary, one ``endswith`` per read) and whether the client's last read ended with
+Terminate. Two things use that:
+
+* A compute that closes on its own (killed, crashed) at a message boundary while its client
+  is still there and has not terminated: the client gets a FATAL ErrorResponse (57P01)
+  saying so before its connection closes, instead of a bare close and a driver's "server
+  closed the connection unexpectedly". A compute that explains itself (its own FATAL, as
+  for pg_terminate_backend or a shutdown) last sent an ErrorResponse, so nothing is added.
+* With ``server_reuse_seconds`` (``server_reuse.py``), a session that ended at rest: the
+  client's last read was the Terminate message alone (not forwarded: pgwake closes the
+  client itself) and the compute's last read ended with ReadyForQuery. Then the compute's
+  connection is handed over, with that ReadyForQuery's transaction status, instead of
+  closed.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
+from proxy import metrics
+from proxy.protocol import encode
+from proxy.protocol.errors import AdminShutdown, ErrorKind
 from proxy.stream import PacketStream
 
 if TYPE_CHECKING:
@@ -35,6 +47,16 @@ _LOW_WATER: Final = 128 * 1024
 # Terminate as a whole message, and ReadyForQuery without its status byte.
 _TERMINATE: Final = b"X\x00\x00\x00\x04"
 _READY_FOR_QUERY: Final = b"Z\x00\x00\x00\x05"
+# The transaction statuses a ReadyForQuery may carry; a relay starts right after the
+# login's (or a kept backend's reset's) ReadyForQuery, which is always idle.
+_STATUSES: Final = (b"I", b"T", b"E")
+_IDLE: Final = b"I"
+#: What a client is told when its compute closed under it at rest.
+_COMPUTE_STOPPED_ERROR: Final = AdminShutdown(
+    "terminating connection because the endpoint's compute stopped unexpectedly",
+    hint="Reconnect: the next connection starts the compute again.",
+)
+_COMPUTE_STOPPED: Final = encode.error_response(_COMPUTE_STOPPED_ERROR)
 
 
 class _Pump(asyncio.Protocol):
@@ -81,11 +103,9 @@ class _Pump(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
 
-class _ClientEndPump(_Pump):
-    """The client's pump when its compute may be kept. A read that is exactly the
-    Terminate message (how clients end a session) is not forwarded, so the backend
-    lives; pgwake closes the client's connection itself, as the backend would have
-    (some clients, asyncpg among them, wait for that close)."""
+class _ClientPump(_Pump):
+    """The client's pump: notes whether a read ended with Terminate (the client is done,
+    so a compute closing after it is no news to tell)."""
 
     __slots__ = ("terminated",)
 
@@ -95,19 +115,41 @@ class _ClientEndPump(_Pump):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
-        if data == _TERMINATE:
-            # Only a client's own stream could fake it (its session ends, nothing else:
-            # a backend is kept only if its reset answers exactly as expected).
+        if data.endswith(_TERMINATE):
             self.terminated = True
-            self.transport.close()
-        else:
-            self._write(data)
+        self._write(data)
+
+
+class _ClientEndPump(_ClientPump):
+    """The client's pump when its compute may be kept. A read that is exactly the
+    Terminate message (how clients end a session) is not forwarded, so the backend
+    lives; pgwake closes the client's connection itself, as the backend would have
+    (some clients, asyncpg among them, wait for that close)."""
+
+    __slots__ = ("withheld",)
+
+    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
+        super().__init__(relay, transport)
+        #: The Terminate was the whole read and was not forwarded.
+        self.withheld = False
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        if data.endswith(_TERMINATE):
+            self.terminated = True
+            if len(data) == len(_TERMINATE):
+                # Only a client's own stream could fake it (its session ends, nothing
+                # else: a backend is kept only if its reset answers exactly as expected).
+                self.withheld = True
+                self.transport.close()
+                return
+        self._write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         relay, peer = self._relay, self.peer
         if (
-            self.terminated
-            and isinstance(peer, _ComputeRestPump)
+            self.withheld
+            and isinstance(peer, _ComputePump)
             and peer.status
             and relay is not None
             and relay.hand_over_compute(peer.status)
@@ -116,21 +158,38 @@ class _ClientEndPump(_Pump):
         super().connection_lost(exc)
 
 
-class _ComputeRestPump(_Pump):
-    """The compute's pump when it may be kept: remembers the transaction status of a
-    ReadyForQuery that ended its last read (``b""`` if none did: the backend is busy)."""
+class _ComputePump(_Pump):
+    """The compute's pump: remembers the transaction status of a ReadyForQuery that ended
+    its last read (``b""`` if none did: the backend is busy, or the stream is mid-message).
+    When the compute closes on its own at such a point, the client hears why."""
 
     __slots__ = ("status",)
 
     def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
         super().__init__(relay, transport)
-        self.status = b""
+        self.status = _IDLE
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
         # No copies: endswith over data[:-1], and a one-byte slice is a cached object.
         self.status = data[-1:] if data.endswith(_READY_FOR_QUERY, 0, -1) else b""
         self._write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.peer
+        if (
+            self.status in _STATUSES
+            and isinstance(client, _ClientPump)
+            and not client.terminated
+            and not client.transport.is_closing()
+        ):
+            # Closed by the compute, not after the client (whose close closes us first):
+            # the client would otherwise see a bare close and no SQLSTATE.
+            client.transport.write(_COMPUTE_STOPPED)
+            metrics.CLIENT_ERRORS.labels(
+                _COMPUTE_STOPPED_ERROR.sqlstate, ErrorKind.COMPUTE.value
+            ).inc()
+        super().connection_lost(exc)
 
 
 def _discard(data: bytes) -> None:
@@ -245,10 +304,10 @@ def start_relay(
     compute, compute_pending = compute_stream.detach()
     relay = Relay(relays, on_done, on_reusable)
     relays.add(relay)
-    if on_reusable is None:
-        from_client, from_compute = _Pump(relay, client), _Pump(relay, compute)
-    else:
-        from_client, from_compute = _ClientEndPump(relay, client), _ComputeRestPump(relay, compute)
+    from_client = (
+        _ClientPump(relay, client) if on_reusable is None else _ClientEndPump(relay, client)
+    )
+    from_compute = _ComputePump(relay, compute)
     relay.attach(from_client, from_compute)
     for transport in (client, compute):
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)

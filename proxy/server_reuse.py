@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 from proxy import metrics
 from proxy.protocol import encode
 from proxy.protocol.errors import ProtocolViolation
-from proxy.protocol.framing import MessageReader
+from proxy.protocol.framing import MAX_STARTUP_PHASE_MESSAGE_LENGTH, MessageReader
 from proxy.protocol.messages import NEED_DATA, Frame
 from proxy.stream import PeerClosed, read_next
 
@@ -70,7 +70,7 @@ async def reset_for_reuse(
     not clean and idle afterwards."""
     commands = [b"ROLLBACK\0", b"DISCARD ALL\0"] if status != b"I" else [b"DISCARD ALL\0"]
     stream.write(b"".join(encode.message(b"Q", command) for command in commands))
-    reader = MessageReader()
+    reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
     reported: dict[bytes, bytes] = {}
     try:
         async with asyncio.timeout(_RESET_TIMEOUT):
@@ -96,7 +96,7 @@ async def reset_for_reuse(
 
 
 def _merge_parameter_status(opening: bytes, reported: dict[bytes, bytes]) -> bytes:
-    reader = MessageReader()
+    reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
     reader.feed(opening)
     merged: list[bytes] = []
     while (frame := reader.next_message()) is not NEED_DATA:

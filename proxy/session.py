@@ -51,7 +51,7 @@ from proxy.protocol.errors import (
     ProtocolViolation,
     TooManyConnections,
 )
-from proxy.protocol.framing import MessageReader
+from proxy.protocol.framing import MAX_AUTHENTICATION_MESSAGE_LENGTH, MessageReader
 from proxy.protocol.messages import AuthenticationRequest, CancelRequest, StartupMessage
 from proxy.relay import Relays, start_relay
 from proxy.routing import resolve
@@ -198,6 +198,7 @@ class _Session:
                     peer_host=self.peer_host,
                     tls=ctx.tls,
                     trusted_proxies=settings.trusted_networks,
+                    conn_id=self.conn_id,
                 )
         except TimeoutError:
             raise ProtocolViolation(
@@ -283,7 +284,7 @@ class _Session:
         wait = throttle.wait_seconds(self.client_host, endpoint, time.monotonic())
         if wait > 0:
             raise throttled(wait)
-        reader = MessageReader()
+        reader = MessageReader(MAX_AUTHENTICATION_MESSAGE_LENGTH)
         reader.feed(handshake.trailing)
         tls = handshake.tls
         try:

@@ -3,6 +3,11 @@
 Until the relay starts, ``session.py`` reads from and writes to a ``PacketStream``. Unlike
 ``asyncio.StreamReader`` it lets the session take back every byte not yet consumed and hand
 the transport to the relay's protocol (``detach``), and it survives ``loop.start_tls``.
+
+Its buffer is bounded: once it holds ``_READ_BUFFER_LIMIT`` bytes, reading from the peer
+pauses until the reader has consumed them and asks for more. A peer that sends faster
+than the session parses (a client streaming a huge message before it is authenticated)
+costs at most that much, plus one transport read, not what it sends.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ __all__ = ["PacketStream", "PeerClosed", "read_next"]
 # How long closing a TLS connection waits for the peer's close_notify. asyncio's default
 # (30 s) lets a silent client hold a socket long after its session ended.
 _TLS_SHUTDOWN_SECONDS: Final = 2.0
-# Pause the peer once this much unread data piles up during the handshake.
-_READ_BUFFER_LIMIT: Final = 256 * 1024
+# Pause the peer once this much unread data piles up during the handshake: a whole
+# authentication message at its largest (framing.MAX_AUTHENTICATION_MESSAGE_LENGTH).
+_READ_BUFFER_LIMIT: Final = 64 * 1024
 
 
 def _feed_protocol(protocol: Any, data: bytes) -> None:
@@ -104,19 +110,26 @@ class PacketStream(asyncio.Protocol):
     # -- API for the session -------------------------------------------------------------
 
     async def read(self) -> bytes:
-        """Return all buffered bytes, waiting for some; ``b""`` means the peer closed."""
-        while not self._buffer and not self._eof:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        """Return all buffered bytes, waiting for some; ``b""`` means the peer closed.
+
+        Reading paused by a full buffer resumes only here, once the buffer is empty: a
+        caller that comes back for more has consumed what it got before."""
+        if not self._buffer:
+            self._resume()
+            while not self._buffer and not self._eof:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
         data = bytes(self._buffer)
         self._buffer.clear()
+        return data
+
+    def _resume(self) -> None:
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return data
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of the buffer (bytes a parser read ahead)."""
@@ -157,9 +170,7 @@ class PacketStream(asyncio.Protocol):
         assert self.transport is not None
         data = bytes(self._buffer)
         self._buffer.clear()
-        if self._paused:
-            self._paused = False
-            self.transport.resume_reading()
+        self._resume()
         return self.transport, data
 
     def close(self) -> None:

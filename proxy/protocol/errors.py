@@ -1,8 +1,10 @@
-"""Every error a client can be told about, in one place.
+"""Every error a client can be told about, in one place, and the one it is not told.
 
 Rule: no SQLSTATE string appears anywhere else in pgwake. Code that wants to refuse a
 client raises one of these classes; ``session.py`` turns it into a FATAL ``ErrorResponse``.
 Class names follow PostgreSQL's ``errcodes.txt`` (as psycopg and asyncpg name theirs).
+Where Postgres closes a connection without a reply (a broken startup packet), a reader
+raises ``CloseWithoutReply`` instead, which is not a ``ClientError``.
 
 Messages must be safe to show to anyone: no secrets, no backend keys, and the same text
 for an unknown role as for a bad password.
@@ -18,6 +20,7 @@ __all__ = [
     "AdminShutdown",
     "CannotConnectNow",
     "ClientError",
+    "CloseWithoutReply",
     "ErrorKind",
     "FeatureNotSupported",
     "InternalError",
@@ -105,11 +108,27 @@ class CannotConnectNow(ClientError, code="57P03", kind=ErrorKind.COMPUTE):
 
 
 class AdminShutdown(ClientError, code="57P01", kind=ErrorKind.SERVICE):
-    """pgwake is shutting down and closes the session."""
+    """The session is ended for the client: pgwake is shutting down, or the endpoint's
+    compute stopped under a relayed session."""
 
 
 class InternalError(ClientError, code="XX000", kind=ErrorKind.INTERNAL):
     """A bug in pgwake; the client sees no traceback."""
+
+
+class CloseWithoutReply(Exception):
+    """The peer broke the protocol where Postgres closes the connection without a word and
+    only logs why (``ProcessStartupPacket``: "invalid length of startup packet",
+    "incomplete startup packet"). The caller closes without writing anything and logs
+    ``reason``; answering would tell some clients of something Postgres never says."""
+
+    def __init__(self, reason: str, *, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.reason!r})"
 
 
 def lookup(sqlstate: str) -> type[ClientError]:

@@ -1,8 +1,11 @@
 """Sans-IO framing of typed protocol messages (a type byte, an int32 length, a body).
 
-The same reader serves both directions: the proxy reads the compute's replies during the
-startup, and the client's authentication responses. After ``ReadyForQuery`` the codec
-steps aside and ``relay.py`` copies bytes without parsing them.
+The same reader serves both directions, with a different cap on a message's length: the
+client's authentication responses (``MAX_AUTHENTICATION_MESSAGE_LENGTH``, the default:
+whoever is not authenticated yet gets the smallest buffer), and the compute's replies
+during the startup (``MAX_STARTUP_PHASE_MESSAGE_LENGTH``). A header declaring more is
+refused as soon as its five bytes are in, before any of the body is waited for. After
+``ReadyForQuery`` the codec steps aside and ``relay.py`` copies bytes without parsing them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from proxy.protocol.messages import (
 )
 
 __all__ = [
+    "MAX_AUTHENTICATION_MESSAGE_LENGTH",
     "MAX_STARTUP_PHASE_MESSAGE_LENGTH",
     "MessageReader",
     "parse_authentication",
@@ -33,22 +37,30 @@ __all__ = [
     "parse_sasl_response",
 ]
 
-# Messages exchanged before ReadyForQuery are small (auth, parameters, errors). 1 MiB is
-# generous: Postgres itself caps authentication messages at PG_MAX_AUTH_TOKEN_LENGTH (64 KiB).
+# What a client may send before it is authenticated: Postgres reads authentication
+# messages with PG_MAX_AUTH_TOKEN_LENGTH (libpq/auth.h) as pq_getmessage's cap, which
+# counts the length word too. SCRAM messages are a few hundred bytes.
+MAX_AUTHENTICATION_MESSAGE_LENGTH: Final = 65_535
+# The compute's replies before ReadyForQuery are small (authentication, ParameterStatus),
+# but an ErrorResponse can be long; 1 MiB is generous.
 MAX_STARTUP_PHASE_MESSAGE_LENGTH: Final = 1 << 20
 _HEADER = struct.Struct("!ci")
 _INT32 = struct.Struct("!i")
 
 
 class MessageReader(ReceiveBuffer):
-    """Splits a byte stream into ``Frame`` objects."""
+    """Splits a byte stream into ``Frame`` objects of at most ``max_length`` bytes (the
+    length word included, as the protocol counts it). The default suits a client that is
+    not authenticated yet; a reader of the compute's replies passes
+    ``MAX_STARTUP_PHASE_MESSAGE_LENGTH``."""
 
-    def __init__(self, max_length: int = MAX_STARTUP_PHASE_MESSAGE_LENGTH) -> None:
+    def __init__(self, max_length: int = MAX_AUTHENTICATION_MESSAGE_LENGTH) -> None:
         super().__init__()
         self._max_length = max_length
 
     def next_message(self) -> Frame | NeedData:
-        """Return the next whole message, or ``NEED_DATA``; raise on a bad length."""
+        """Return the next whole message, or ``NEED_DATA``; raise ``ProtocolViolation``
+        once a header declares a length below 4 or above the cap."""
         buffer = self._buffer
         if len(buffer) < _HEADER.size:
             return NEED_DATA

@@ -2,8 +2,16 @@
 
 Contract (h11's readers): ``feed(data)`` stores bytes; ``next_message()`` returns one
 packet and consumes its bytes, returns ``NEED_DATA`` and consumes nothing, or raises
-``ProtocolViolation`` / ``FeatureNotSupported``. After ``ProtocolViolation`` the reader is
-broken and the connection must be closed.
+``ProtocolViolation`` / ``FeatureNotSupported`` / ``InvalidAuthorizationSpecification``
+(answered with an ErrorResponse) or ``CloseWithoutReply`` (closed without a word). After
+any of them the reader is broken and the connection must be closed.
+
+Postgres (``ProcessStartupPacket``) answers nothing to a packet whose length is impossible
+or that the client cut short: it logs the reason and closes. A client that ends while it
+is still connecting (node-postgres queues Terminate before its StartupMessage) sends
+``X\0\0\0``, a length of 1,476,395,008; an ErrorResponse there is surfaced by such a
+client as an error of its own. So those cases raise ``CloseWithoutReply``, as does a
+cancel request of the wrong length (Postgres never replies to a cancel).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Final
 
 from proxy.protocol.buffer import ReceiveBuffer
 from proxy.protocol.errors import (
+    CloseWithoutReply,
     FeatureNotSupported,
     InvalidAuthorizationSpecification,
     ProtocolViolation,
@@ -34,6 +43,7 @@ from proxy.protocol.messages import (
 __all__ = ["MAX_STARTUP_PACKET_LENGTH", "StartupReader", "parse_startup_packet"]
 
 # PostgreSQL's pqcomm.h: MAX_STARTUP_PACKET_LENGTH 10000. Larger is an attack or a bug.
+# (Postgres compares it with the length less its own 4 bytes; pgwake counts them too.)
 MAX_STARTUP_PACKET_LENGTH: Final = 10_000
 # The smallest packet is the 4-byte length plus the 4-byte code.
 _MIN_PACKET_LENGTH: Final = 8
@@ -52,7 +62,10 @@ class StartupReader(ReceiveBuffer):
         return bytes(self._buffer)
 
     def next_message(self) -> StartupPacket | NeedData:
-        """Return the next packet, or ``NEED_DATA``; raise on malformed input."""
+        """Return the next packet, or ``NEED_DATA``; raise on malformed input.
+
+        An impossible length raises ``CloseWithoutReply`` as soon as the length word is
+        in, before any of the body is waited for."""
         buffer = self._buffer
         if buffer and buffer[0] == _TLS_HANDSHAKE_RECORD:
             return DirectTLSHello()
@@ -60,7 +73,7 @@ class StartupReader(ReceiveBuffer):
             return NEED_DATA
         (length,) = _INT32.unpack_from(buffer)
         if length < _MIN_PACKET_LENGTH or length > MAX_STARTUP_PACKET_LENGTH:
-            raise ProtocolViolation(
+            raise CloseWithoutReply(
                 "invalid length of startup packet",
                 detail=f"length {length} is outside {_MIN_PACKET_LENGTH}..."
                 f"{MAX_STARTUP_PACKET_LENGTH} bytes",
@@ -70,6 +83,16 @@ class StartupReader(ReceiveBuffer):
         packet = bytes(buffer[:length])
         del buffer[:length]
         return parse_startup_packet(packet)
+
+    def end_of_stream(self) -> None:
+        """The client closed its side. Raise ``CloseWithoutReply`` when it left part of a
+        packet behind ("incomplete startup packet"); return when it left nothing, which
+        Postgres does not even log (monitors and port scanners do it all the time)."""
+        if self._buffer:
+            raise CloseWithoutReply(
+                "incomplete startup packet",
+                detail=f"the connection closed after {len(self._buffer)} bytes of a packet",
+            )
 
 
 def parse_startup_packet(packet: bytes) -> StartupPacket:
@@ -82,7 +105,10 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
         return SSLRequest() if code == SSL_REQUEST_CODE else GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
         if len(packet) != _CANCEL.size + 4:
-            raise ProtocolViolation("invalid length of cancel request packet")
+            raise CloseWithoutReply(
+                "invalid length of cancel request packet",
+                detail=f"length {len(packet)}, expected {_CANCEL.size + 4}",
+            )
         _, process_id, secret_key = _CANCEL.unpack_from(packet, 4)
         return CancelRequest(process_id, secret_key)
     major, minor = code >> 16, code & 0xFFFF

@@ -1,5 +1,5 @@
 """Hostile input against a live pgwake: garbage, truncation, odd lengths, slow drips, TLS
-junk, broken or replayed SCRAM, connection floods.
+junk, broken or replayed SCRAM, connection floods, huge messages before authentication.
 
 Whatever arrives, pgwake answers with nothing, 'N'/'S', or well-formed messages ending in a
 FATAL ErrorResponse (``hostile.parse_reply``), and after every batch: it still runs, every
@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -85,6 +86,9 @@ UNTOUCHED = ("target", "bystander")
 STALL_LIMIT = STARTUP_TIMEOUT + 1.5
 #: What a hostile client may be told; XX000 (our fault) or a wake error never.
 HOSTILE_SQLSTATES = frozenset({"08P01", "0A000", "28000", "28P01", "3D000", "08004"})
+#: What pgwake logs for a startup it closes without a reply, as Postgres does.
+_INVALID_LENGTH = 'reason="invalid length of startup packet"'
+_INCOMPLETE = 'reason="incomplete startup packet"'
 
 
 @dataclass
@@ -322,6 +326,7 @@ def test_truncated_startup_packets(live: Live) -> None:
     counts: Counter[str] = Counter()
     stalled: list[socket.socket] = []
     closed: list[socket.socket] = []
+    logged_before = live.pgwake.log_text().count(_INCOMPLETE)
     try:
         for cut in range(1, len(packet)):
             for bucket in (stalled, closed):
@@ -337,10 +342,15 @@ def test_truncated_startup_packets(live: Live) -> None:
             sock.close()
     for cut, outcome in enumerate(closed_outcomes, start=1):
         counts["half_closed"] += 1
-        reply = parse_reply(outcome.data)
+        # Cut short by the client's close: not a word back (Postgres logs "incomplete
+        # startup packet" and closes), and one log line each.
         assert outcome.closed, (cut, outcome)
         assert outcome.elapsed < 1, (cut, outcome)
-        assert reply.sqlstate in (None, "08P01"), (cut, reply.error)
+        assert outcome.data == b"", (cut, outcome)
+    wait_for(
+        lambda: live.pgwake.log_text().count(_INCOMPLETE) - logged_before >= len(closed_outcomes),
+        timeout=5,
+    )
     for cut, outcome in enumerate(stalled_outcomes, start=1):
         counts["stalled"] += 1
         reply = parse_reply(outcome.data)
@@ -380,6 +390,13 @@ def _refused_at_once(sqlstate: str, text: str) -> Callable[[Outcome], None]:
     return check
 
 
+def _closed_at_once_without_a_word(outcome: Outcome) -> None:
+    # Postgres logs "invalid length of startup packet" and closes without a reply.
+    assert outcome.closed
+    assert outcome.elapsed < 1, "refused on the length alone, without waiting"
+    assert outcome.data == b"", parse_reply(outcome.data).messages
+
+
 def _refused_at_deadline(outcome: Outcome) -> None:
     reply = parse_reply(outcome.data)
     assert outcome.closed
@@ -397,13 +414,15 @@ def _closed_without_plaintext(outcome: Outcome) -> None:
 def test_odd_length_prefixes(live: Live) -> None:
     counts: Counter[str] = Counter()
     pending = []
+    logged_before = live.pgwake.log_text().count(_INVALID_LENGTH)
     for length in _BAD_LENGTHS:
         for body in _BODIES:
             for half_close in (False, True):
                 sock = _open_and_send(live, struct.pack("!i", length) + body, half_close=half_close)
-                check = _refused_at_once("08P01", "invalid length of startup packet")
+                check = _closed_at_once_without_a_word
                 pending.append(Pending(sock, (length, body, half_close), check))
                 counts[str(length)] += 1
+    impossible = len(pending)
     # The edges of the valid range behave as the protocol says.
     edges: list[tuple[str, bytes, bool, Callable[[Outcome], None]]] = [
         # 8, the smallest packet: a startup still needs its terminator (as in Postgres).
@@ -421,6 +440,10 @@ def test_odd_length_prefixes(live: Live) -> None:
         pending.append(Pending(_open_and_send(live, data, half_close=half_close), label, check))
         counts[label] += 1
     finish_all(pending, STALL_LIMIT + 0.5)
+    wait_for(
+        lambda: live.pgwake.log_text().count(_INVALID_LENGTH) - logged_before >= impossible,
+        timeout=5,
+    )
     _report("3 odd length prefixes", counts, minimum=len(_BAD_LENGTHS) * 8 + 6)
     live.check()
 
@@ -892,4 +915,91 @@ def test_connect_and_close_floods_and_idle_half_open(live: Live) -> None:
         assert reply.sqlstate in (None, "08P01"), reply.error
         counts["startup_then_half_close"] += 1
     _report("7 floods and idle half-open", counts, minimum=460)
+    live.check()
+
+
+# --- 8. Huge messages before authentication -------------------------------------------------
+
+FLOOD = 150
+#: A SASLInitialResponse of 1 MiB in all: the most the old 1 MiB cap accepted.
+HUGE_MESSAGE = 1 << 20
+#: Allowed growth of pgwake's RSS under the flood. Each client used to cost more than its
+#: 1 MiB until the startup deadline (150 of them: +200 MB); refused on its header, it
+#: costs a read buffer for a moment.
+RSS_GROWTH_LIMIT_KB = 30 * 1024
+
+
+def _rss_kb(pgwake: Pgwake) -> int:
+    assert pgwake.process is not None
+    status = Path(f"/proc/{pgwake.process.pid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1])
+
+
+class _RssPeak(threading.Thread):
+    """Samples the server's RSS until stopped; ``stop`` returns the largest seen."""
+
+    def __init__(self, pgwake: Pgwake) -> None:
+        super().__init__(daemon=True)
+        self.pgwake = pgwake
+        self.peak = _rss_kb(pgwake)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, _rss_kb(self.pgwake))
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        self.peak = max(self.peak, _rss_kb(self.pgwake))
+        return self.peak
+
+
+def test_huge_messages_before_authentication_are_refused_on_their_header(live: Live) -> None:
+    # An attacker who only knows the endpoint's name: a valid startup, then all but the
+    # last byte of a 1 MiB SASLInitialResponse, from many connections at once, each left
+    # open. Postgres caps authentication messages at 64 KiB: pgwake refuses the header at
+    # once (08P01) and never buffers the body.
+    data_length = HUGE_MESSAGE - 4 - len(b"SCRAM-SHA-256\0") - 4
+    huge = sasl_initial_response(b"n" * data_length)
+    assert len(huge) == 1 + HUGE_MESSAGE
+    outcomes: list[Outcome] = []
+    everyone_sent = threading.Barrier(FLOOD, timeout=30)
+
+    def attack() -> None:
+        sock = connect(live.port, next_source(), timeout=30)
+        try:
+            sock.sendall(target_startup())
+            send_quietly(sock, huge[:-1])
+            everyone_sent.wait()  # all of them at once, none finished
+            outcomes.append(read_until_close(sock, STALL_LIMIT))
+        finally:
+            sock.close()
+
+    before = _rss_kb(live.pgwake)
+    sampler = _RssPeak(live.pgwake)
+    sampler.start()
+    try:
+        run_threads([attack] * FLOOD)
+    finally:
+        peak = sampler.stop()
+    settle(live.pgwake, live.baseline_fds)
+    print(
+        f"\n[hostile] 8 huge messages: RSS {before} kB, peak {peak} kB,"
+        f" after {_rss_kb(live.pgwake)} kB"
+    )
+    assert peak - before < RSS_GROWTH_LIMIT_KB, (before, peak)
+    counts: Counter[str] = Counter()
+    assert len(outcomes) == FLOOD
+    for outcome in outcomes:
+        assert outcome.closed, outcome
+        reply = parse_reply(outcome.data)
+        if reply.messages:  # else the close came first (a reset may drop the reply)
+            assert reply.auth_codes() == [AUTH_SASL], reply.messages
+            assert reply.sqlstate == "08P01", reply.error
+            assert reply.error is not None
+            assert reply.error["M"] == "invalid message length"
+        counts["08P01" if reply.messages else "closed"] += 1
+    _report("8 huge messages before authentication", counts, minimum=FLOOD)
     live.check()

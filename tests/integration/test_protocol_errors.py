@@ -1,7 +1,10 @@
-"""Malformed or unusual startups get a clear ErrorResponse (or NegotiateProtocolVersion)."""
+"""Malformed or unusual startups get a clear ErrorResponse (or NegotiateProtocolVersion),
+except where Postgres answers nothing (an impossible length, a packet cut short): there
+pgwake closes without a word too, and logs why."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 
@@ -9,18 +12,68 @@ from tests.integration.pgwake_fixture import PASSWORD, Pgwake, wait_for
 from tests.integration.wire import error_fields, exchange, read_message, startup_packet
 
 
-def test_oversized_startup_packet_is_08P01(shared_pgwake: Pgwake) -> None:
-    messages = exchange(shared_pgwake.port, struct.pack("!i", 10_001) + b"\0" * 16)
-    assert messages[0][0] == b"E"
-    fields = error_fields(messages[0][1])
-    assert fields["C"] == "08P01"
-    assert fields["S"] == "FATAL"
+def _closed_without_a_word(port: int, payload: bytes) -> tuple[bytes, str]:
+    """Send ``payload``; return what the server wrote until it closed, and our address."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        host, local_port = sock.getsockname()
+        sock.sendall(payload)
+        data = b""
+        try:
+            while chunk := sock.recv(4096):
+                data += chunk
+        except ConnectionResetError:
+            pass  # a close with unread bytes is a reset: still nothing was written
+    return data, f"{host}:{local_port}"
 
 
-def test_length_below_minimum_and_2_pow_31_are_08P01(shared_pgwake: Pgwake) -> None:
+def _wait_logged(pgwake: Pgwake, peer: str, reason: str) -> None:
+    line = re.compile(
+        rf'event=bad_startup conn=\S+ peer={re.escape(peer)} reason="{re.escape(reason)}"'
+    )
+    wait_for(lambda: line.search(pgwake.log_text()) is not None, timeout=10)
+
+
+def test_terminate_before_the_startup_is_closed_without_a_word(shared_pgwake: Pgwake) -> None:
+    # node-postgres's connect() then end(): Terminate is queued before the startup, so
+    # 'X\0\0\0' is read as a startup length of 1,476,395,008. Postgres logs "invalid
+    # length of startup packet" and closes; an ErrorResponse would reach that client as
+    # an unhandled error.
+    payload = b"X\0\0\0\x04" + startup_packet(
+        {"user": "app", "database": "app", "options": "endpoint=nowhere"}
+    )
+    data, peer = _closed_without_a_word(shared_pgwake.port, payload)
+    assert data == b""
+    _wait_logged(shared_pgwake, peer, "invalid length of startup packet")
+    assert "Traceback" not in shared_pgwake.log_text()
+
+
+def test_oversized_startup_packet_is_closed_without_a_word(shared_pgwake: Pgwake) -> None:
+    data, peer = _closed_without_a_word(shared_pgwake.port, struct.pack("!i", 10_001) + b"\0" * 16)
+    assert data == b""
+    _wait_logged(shared_pgwake, peer, "invalid length of startup packet")
+
+
+def test_length_below_minimum_and_2_pow_31_are_closed_without_a_word(
+    shared_pgwake: Pgwake,
+) -> None:
     for length in (0, 4, 2**31 - 1, -1):
-        messages = exchange(shared_pgwake.port, struct.pack("!i", length) + b"\0" * 8)
-        assert error_fields(messages[0][1])["C"] == "08P01", length
+        data, peer = _closed_without_a_word(
+            shared_pgwake.port, struct.pack("!i", length) + b"\0" * 8
+        )
+        assert data == b"", length
+        _wait_logged(shared_pgwake, peer, "invalid length of startup packet")
+
+
+def test_startup_cut_short_by_the_client_is_closed_without_a_word(
+    shared_pgwake: Pgwake,
+) -> None:
+    packet = startup_packet({"user": "app", "database": "app", "options": "endpoint=x"})
+    with socket.create_connection(("127.0.0.1", shared_pgwake.port), timeout=10) as sock:
+        host, local_port = sock.getsockname()
+        sock.sendall(packet[:-3])
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(4096) == b""
+    _wait_logged(shared_pgwake, f"{host}:{local_port}", "incomplete startup packet")
 
 
 def test_protocol_2_is_refused_with_0A000(shared_pgwake: Pgwake) -> None:

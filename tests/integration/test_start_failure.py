@@ -1,15 +1,20 @@
-"""A compute that cannot start: 57P03 with the reason, others unaffected, no retry storm."""
+"""A compute that cannot start: 57P03 with the reason, others unaffected, no retry storm.
+A compute that dies under a session: the client is told (57P01), the next connect wakes it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import signal
 import time
 
 import asyncpg
+import psycopg
 import pytest
 import uvloop
 
-from tests.integration.pgwake_fixture import Pgwake
+from tests.integration.pgwake_fixture import Pgwake, wait_for
 
 
 async def _connect_error(pgwake: Pgwake, endpoint: str) -> asyncpg.PostgresError:
@@ -67,9 +72,6 @@ def test_broken_compute_gives_57P03_with_reason_and_backs_off(pgwake: Pgwake) ->
 
 def test_compute_killed_under_a_session_wakes_again(pgwake: Pgwake) -> None:
     """SIGKILL of the postmaster: the session errors, the next connect gets a new compute."""
-    import os
-    import signal
-
     pgwake.create("fragile")
     pgwake.start()
 
@@ -95,3 +97,36 @@ def test_compute_killed_under_a_session_wakes_again(pgwake: Pgwake) -> None:
 
     uvloop.run(scenario())
     assert pgwake.metric("pgwake_suspends_total", endpoint="fragile", reason="crashed") == 1
+
+
+def test_a_compute_killed_at_rest_tells_the_relayed_client_57P01(pgwake: Pgwake) -> None:
+    """kill -9 of the whole compute (the OOM killer, a container stop): its backend dies
+    without a word, so pgwake says why before it closes the client's connection."""
+    pgwake.create("crashy")
+    pgwake.start()
+    with psycopg.connect(pgwake.dsn("crashy"), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        backend = int(row[0])
+        postmaster = int(
+            (pgwake.compute_dir("crashy") / "data" / "postmaster.pid").read_text().split()[0]
+        )
+        # The backend first: killed after the postmaster, it could notice the postmaster's
+        # death and send its own FATAL 57P01 ("unexpected postmaster exit").
+        os.kill(backend, signal.SIGKILL)
+        os.kill(postmaster, signal.SIGKILL)
+        wait_for(lambda: not pgwake.postgres_pids(), timeout=20)
+        # pgwake writes the error as soon as the compute's side closes.
+        readable, _, _ = select.select([conn.fileno()], [], [], 20)
+        assert readable, "pgwake said nothing to the client"
+        with pytest.raises(psycopg.OperationalError) as info:
+            conn.execute("SELECT 1")
+        assert info.value.sqlstate == "57P01"
+        assert info.value.diag.severity_nonlocalized == "FATAL"
+        assert "compute stopped unexpectedly" in (info.value.diag.message_primary or "")
+        assert "Reconnect" in (info.value.diag.message_hint or "")
+    assert pgwake.metric("pgwake_client_errors_total", sqlstate="57P01", kind="compute") == 1
+    # A new connection works: the endpoint starts again.
+    with psycopg.connect(pgwake.dsn("crashy"), autocommit=True) as conn:
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    assert pgwake.compute_starts("crashy") == 2

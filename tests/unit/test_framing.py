@@ -10,6 +10,7 @@ import pytest
 from proxy.protocol import encode
 from proxy.protocol.errors import InvalidPassword, ProtocolViolation
 from proxy.protocol.framing import (
+    MAX_AUTHENTICATION_MESSAGE_LENGTH,
     MAX_STARTUP_PHASE_MESSAGE_LENGTH,
     MessageReader,
     parse_authentication,
@@ -88,18 +89,60 @@ def test_partial_frame_needs_data(size: int) -> None:
 @pytest.mark.parametrize(
     "length", [3, 0, -1, -(2**31), MAX_STARTUP_PHASE_MESSAGE_LENGTH + 1, 2**31 - 1]
 )
-def test_bad_length_is_protocol_violation(length: int) -> None:
-    reader = MessageReader()
+@pytest.mark.parametrize(
+    "max_length", [MAX_AUTHENTICATION_MESSAGE_LENGTH, MAX_STARTUP_PHASE_MESSAGE_LENGTH]
+)
+def test_bad_length_is_protocol_violation(length: int, max_length: int) -> None:
+    reader = MessageReader(max_length)
     reader.feed(b"R" + struct.pack("!i", length))
     with pytest.raises(ProtocolViolation) as info:
         reader.next_message()
     assert info.value.sqlstate == "08P01"
 
 
-def test_largest_length_is_accepted() -> None:
-    reader = MessageReader()
-    reader.feed(b"R" + struct.pack("!i", MAX_STARTUP_PHASE_MESSAGE_LENGTH))
+def test_compute_replies_may_be_as_long_as_the_startup_phase_cap() -> None:
+    reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
+    reader.feed(b"E" + struct.pack("!i", MAX_STARTUP_PHASE_MESSAGE_LENGTH))
     assert reader.next_message() is NEED_DATA
+
+
+# -- what a client may send before it is authenticated ---------------------------------------
+
+
+def test_the_authentication_cap_is_postgres_own() -> None:
+    # PG_MAX_AUTH_TOKEN_LENGTH, the length word included (pq_getmessage's maxlen).
+    assert MAX_AUTHENTICATION_MESSAGE_LENGTH == 65_535
+
+
+def test_a_client_message_may_be_as_long_as_the_authentication_cap() -> None:
+    body = b"\x01" * (MAX_AUTHENTICATION_MESSAGE_LENGTH - 4)
+    reader = MessageReader()
+    reader.feed(encode.message(b"p", body))
+    assert reader.next_message() == Frame(b"p", body)
+
+
+@pytest.mark.parametrize(
+    "length", [MAX_AUTHENTICATION_MESSAGE_LENGTH + 1, 1 << 20, MAX_STARTUP_PHASE_MESSAGE_LENGTH]
+)
+def test_a_longer_client_message_is_refused_on_its_header_alone(length: int) -> None:
+    # The default reader is the client's: five bytes decide, no body is waited for.
+    reader = MessageReader()
+    reader.feed(b"p" + struct.pack("!i", length))
+    with pytest.raises(ProtocolViolation) as info:
+        reader.next_message()
+    assert info.value.sqlstate == "08P01"
+    assert info.value.message == "invalid message length"
+
+
+def test_a_longer_client_message_is_refused_byte_by_byte() -> None:
+    header = b"p" + struct.pack("!i", 1 << 20)
+    reader = MessageReader()
+    for index in range(len(header) - 1):
+        reader.feed(header[index : index + 1])
+        assert reader.next_message() is NEED_DATA
+    reader.feed(header[-1:])
+    with pytest.raises(ProtocolViolation):
+        reader.next_message()
 
 
 def test_custom_max_length() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from proxy.protocol import encode
 from proxy.protocol.errors import (
     ClientError,
+    CloseWithoutReply,
     FeatureNotSupported,
     InvalidAuthorizationSpecification,
     ProtocolViolation,
@@ -188,26 +189,69 @@ def test_tls_client_hello_is_direct_tls(data: bytes) -> None:
     "length",
     [0, 4, 7, MAX_STARTUP_PACKET_LENGTH + 1, 10_001, 2**31 - 1, -1, -8, -(2**31)],
 )
-def test_bad_length_is_protocol_violation(length: int) -> None:
-    # Refused as soon as the length is known, before any body arrives.
-    with pytest.raises(ProtocolViolation) as info:
+def test_impossible_length_closes_without_reply(length: int) -> None:
+    # Refused as soon as the length is known, before any body arrives; Postgres logs
+    # "invalid length of startup packet" and closes without a word.
+    with pytest.raises(CloseWithoutReply) as info:
         read_one(struct.pack("!i", length))
-    assert info.value.sqlstate == "08P01"
+    assert info.value.reason == "invalid length of startup packet"
+    assert str(length) in (info.value.detail or "")
+
+
+def test_terminate_before_the_startup_closes_without_reply() -> None:
+    # A client that ends while still connecting (node-postgres: connect() then end())
+    # queues Terminate before its StartupMessage: 'X\0\0\0' reads as 1,476,395,008.
+    data = b"X\0\0\0\x04" + packet(PROTOCOL_3_0, params(b"user", b"alice"))
+    for size in (4, 5, len(data)):
+        with pytest.raises(CloseWithoutReply) as info:
+            read_one(data[:size])
+        assert info.value.reason == "invalid length of startup packet"
+        assert "1476395008" in (info.value.detail or "")
+    for size in range(4):
+        assert read_one(data[:size]) is NEED_DATA
 
 
 @pytest.mark.parametrize(
     ("code", "body"),
-    [
-        (SSL_REQUEST_CODE, b"\0\0\0\0"),
-        (GSSENC_REQUEST_CODE, b"\0"),
-        (CANCEL_REQUEST_CODE, b"\0\0\0\1"),
-        (CANCEL_REQUEST_CODE, b"\0" * 12),
-    ],
-    ids=["ssl-long", "gssenc-long", "cancel-short", "cancel-long"],
+    [(SSL_REQUEST_CODE, b"\0\0\0\0"), (GSSENC_REQUEST_CODE, b"\0")],
+    ids=["ssl-long", "gssenc-long"],
 )
-def test_special_request_with_wrong_length(code: int, body: bytes) -> None:
+def test_encryption_request_with_wrong_length(code: int, body: bytes) -> None:
     with pytest.raises(ProtocolViolation):
         read_one(packet(code, body))
+
+
+@pytest.mark.parametrize("body", [b"\0\0\0\1", b"\0" * 12], ids=["short", "long"])
+def test_cancel_request_with_wrong_length_closes_without_reply(body: bytes) -> None:
+    # Postgres never answers a cancel request, a malformed one neither.
+    with pytest.raises(CloseWithoutReply) as info:
+        read_one(packet(CANCEL_REQUEST_CODE, body))
+    assert info.value.reason == "invalid length of cancel request packet"
+
+
+# -- the client closes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 8, 19])
+def test_end_of_stream_inside_a_packet_closes_without_reply(size: int) -> None:
+    # A partial length word or a partial body: Postgres logs "incomplete startup packet".
+    reader = StartupReader()
+    reader.feed(packet(PROTOCOL_3_0, params(b"user", b"alice"))[:size])
+    assert reader.next_message() is NEED_DATA
+    with pytest.raises(CloseWithoutReply) as info:
+        reader.end_of_stream()
+    assert info.value.reason == "incomplete startup packet"
+    assert f"{size} bytes" in (info.value.detail or "")
+
+
+def test_end_of_stream_between_packets_is_not_worth_a_word() -> None:
+    # Nothing at all (a port scanner, a monitor), or after a whole packet ('N' refused
+    # TLS and the client gave up): no complaint, as in Postgres.
+    StartupReader().end_of_stream()
+    reader = StartupReader()
+    reader.feed(packet(SSL_REQUEST_CODE))
+    assert reader.next_message() == SSLRequest()
+    reader.end_of_stream()
 
 
 @pytest.mark.parametrize(
@@ -263,6 +307,11 @@ def test_other_protocol_versions_are_not_supported(code: int) -> None:
 def test_every_refusal_is_a_client_error() -> None:
     for error in (ProtocolViolation, FeatureNotSupported, InvalidAuthorizationSpecification):
         assert issubclass(error, ClientError)
+
+
+def test_a_silent_close_is_not_a_client_error() -> None:
+    # The session answers every ClientError with an ErrorResponse: this one must not be.
+    assert not issubclass(CloseWithoutReply, ClientError)
 
 
 # -- encode -> decode round trips -----------------------------------------------------------

@@ -1,0 +1,286 @@
+"""The relay's pumps, through stand-in transports: what a client hears when its compute
+closes under it, and when it hears nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from proxy.protocol import encode
+from proxy.protocol.framing import MessageReader, parse_error_fields
+from proxy.protocol.messages import NEED_DATA, Frame
+from proxy.relay import Relays, start_relay
+from proxy.stream import PacketStream
+
+READY_IDLE = encode.message(b"Z", b"I")
+READY_IN_TRANSACTION = encode.message(b"Z", b"T")
+SELECT_ONE = (
+    encode.message(b"T", b"\0\x01?column?\0" + b"\0" * 18)
+    + encode.message(b"D", b"\0\x01\0\0\0\x011")
+    + encode.message(b"C", b"SELECT 1\0")
+)
+QUERY = encode.message(b"Q", b"SELECT 1\0")
+TERMINATE = b"X\0\0\0\x04"
+COMPUTE_FATAL = encode.message(
+    b"E", b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0"
+)
+
+
+class _Transport:
+    """A connected transport: what is written, whether it is closed, and reading."""
+
+    def __init__(self) -> None:
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.written = bytearray()
+        self.closing = False
+        self.reading = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol | None:
+        return self.protocol
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "written after close"
+        self.written += data
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self._lost)
+
+    abort = close
+
+    def _lost(self) -> None:
+        assert self.protocol is not None
+        self.protocol.connection_lost(None)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    # -- the peer's side ---------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        assert isinstance(self.protocol, asyncio.Protocol)
+        self.protocol.data_received(data)
+
+    def peer_closes(self) -> None:
+        """The peer's FIN: the protocol refuses half-close, so the transport closes."""
+        assert isinstance(self.protocol, asyncio.Protocol)
+        if not self.protocol.eof_received():
+            self.close()
+
+
+@dataclass
+class _Session:
+    client: _Transport
+    compute: _Transport
+    done: asyncio.Future[tuple[int, int]]
+    reused: list[bytes]
+
+    async def ended(self) -> None:
+        await asyncio.wait_for(self.done, 5)
+
+
+def _relayed(*, reuse: bool = False) -> _Session:
+    loop = asyncio.get_running_loop()
+    client, compute = _Transport(), _Transport()
+    client_stream, compute_stream = PacketStream(), PacketStream()
+    client_stream.connection_made(client)  # type: ignore[arg-type]
+    compute_stream.connection_made(compute)  # type: ignore[arg-type]
+    done: asyncio.Future[tuple[int, int]] = loop.create_future()
+    reused: list[bytes] = []
+
+    def keep(stream: PacketStream, status: bytes) -> None:
+        reused.append(status)
+        stream.close()
+
+    start_relay(
+        client_stream,
+        compute_stream,
+        Relays(),
+        lambda to_compute, to_client: done.set_result((to_compute, to_client)),
+        keep if reuse else None,
+    )
+    return _Session(client, compute, done, reused)
+
+
+def _run(scenario: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        await scenario()
+
+    asyncio.run(main())
+
+
+def _messages(data: bytes) -> list[Frame]:
+    reader = MessageReader()
+    reader.feed(data)
+    frames = []
+    while (frame := reader.next_message()) is not NEED_DATA:
+        assert isinstance(frame, Frame)
+        frames.append(frame)
+    assert reader.take_remaining() == b""
+    return frames
+
+
+def _told_compute_stopped(data: bytes) -> bool:
+    frames = _messages(data)
+    if not frames or frames[-1].type != b"E":
+        return False
+    fields = parse_error_fields(frames[-1])
+    assert fields["S"] == "FATAL"
+    assert fields["C"] == "57P01"
+    assert "compute stopped unexpectedly" in fields["M"]
+    assert "Reconnect" in fields["H"]
+    return "compute stopped unexpectedly" in fields["M"]
+
+
+# -- the compute closes on its own -----------------------------------------------------------
+
+
+def test_a_compute_killed_at_rest_leaves_the_client_a_fatal_57P01() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        session.client.receive(QUERY)
+        session.compute.receive(SELECT_ONE + READY_IDLE)
+        session.compute.peer_closes()  # kill -9: no word from the backend
+        await session.ended()
+        assert session.client.closing
+        assert session.client.written.startswith(SELECT_ONE + READY_IDLE)
+        assert _told_compute_stopped(bytes(session.client.written))
+
+    _run(scenario)
+
+
+def test_a_compute_killed_inside_a_transaction_too() -> None:
+    async def scenario() -> None:
+        session = _relayed(reuse=True)
+        session.compute.receive(READY_IN_TRANSACTION)
+        session.compute.peer_closes()
+        await session.ended()
+        assert _told_compute_stopped(bytes(session.client.written))
+        assert session.reused == []
+
+    _run(scenario)
+
+
+def test_a_compute_killed_right_after_the_login() -> None:
+    # The relay starts just after the login's ReadyForQuery: already at rest.
+    async def scenario() -> None:
+        session = _relayed()
+        session.compute.peer_closes()
+        await session.ended()
+        assert _told_compute_stopped(bytes(session.client.written))
+
+    _run(scenario)
+
+
+def test_a_compute_killed_while_the_client_waits_for_a_reply() -> None:
+    # The query went out, nothing came back: the stream to the client is still at the
+    # last ReadyForQuery, so the client is told instead of seeing a bare close.
+    async def scenario() -> None:
+        session = _relayed()
+        session.client.receive(QUERY)
+        session.compute.peer_closes()
+        await session.ended()
+        assert _told_compute_stopped(bytes(session.client.written))
+
+    _run(scenario)
+
+
+# -- nothing is added -------------------------------------------------------------------------
+
+
+def test_a_compute_that_explains_itself_gets_no_second_error() -> None:
+    # pg_terminate_backend, a fast shutdown: the backend's own FATAL comes last.
+    async def scenario() -> None:
+        session = _relayed()
+        session.compute.receive(COMPUTE_FATAL)
+        session.compute.peer_closes()
+        await session.ended()
+        assert bytes(session.client.written) == COMPUTE_FATAL
+
+    _run(scenario)
+
+
+def test_a_compute_that_closes_mid_message_gets_nothing_added() -> None:
+    # Not at a message boundary: an ErrorResponse would land inside a DataRow.
+    async def scenario() -> None:
+        session = _relayed()
+        session.compute.receive(SELECT_ONE[:-3])
+        session.compute.peer_closes()
+        await session.ended()
+        assert bytes(session.client.written) == SELECT_ONE[:-3]
+
+    _run(scenario)
+
+
+def test_a_compute_closing_after_the_clients_terminate_is_no_news() -> None:
+    # Without server reuse the Terminate goes to the backend, which exits: a client that
+    # waits for that close (asyncpg does) must not get an error.
+    async def scenario() -> None:
+        session = _relayed()
+        session.compute.receive(READY_IDLE)
+        session.client.receive(QUERY + TERMINATE)
+        assert session.compute.written.endswith(TERMINATE)
+        session.compute.peer_closes()
+        await session.ended()
+        assert bytes(session.client.written) == READY_IDLE
+
+    _run(scenario)
+
+
+def test_a_pipelined_terminate_is_forwarded_and_no_news_with_reuse_either() -> None:
+    async def scenario() -> None:
+        session = _relayed(reuse=True)
+        session.client.receive(QUERY + TERMINATE)
+        assert session.compute.written == QUERY + TERMINATE
+        session.compute.peer_closes()
+        await session.ended()
+        assert bytes(session.client.written) == b""
+        assert session.reused == []
+
+    _run(scenario)
+
+
+def test_a_client_that_leaves_first_hears_nothing() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        session.compute.receive(READY_IDLE)
+        session.client.peer_closes()
+        await session.ended()
+        assert session.compute.closing
+        assert bytes(session.client.written) == READY_IDLE
+
+    _run(scenario)
+
+
+def test_a_terminate_alone_still_hands_the_backend_over() -> None:
+    async def scenario() -> None:
+        session = _relayed(reuse=True)
+        session.client.receive(QUERY)
+        session.compute.receive(SELECT_ONE + READY_IDLE)
+        session.client.receive(TERMINATE)
+        await session.ended()
+        assert session.compute.written == QUERY  # the Terminate was withheld
+        assert session.reused == [b"I"]
+        assert bytes(session.client.written) == SELECT_ONE + READY_IDLE
+
+    _run(scenario)
