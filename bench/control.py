@@ -34,7 +34,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from proxy.client import PgwakeClient
+from pgwake.api.client import PgwakeClient
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token-0123456789abcdef"
@@ -149,7 +149,7 @@ def run_control(
     }
     log = open(work / "serve.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve"],
+        [sys.executable, "-m", "pgwake.cli", "serve"],
         env=env,
         stdout=log,
         stderr=log,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -47,7 +48,7 @@ from typing import Any
 from psycopg import pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from proxy.client import ApiError, PgwakeClient
+from pgwake.api.client import ApiError, PgwakeClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -329,7 +330,8 @@ class Setup:
     def pgwake_env(self) -> dict[str, str]:
         return {
             **os.environ,
-            # pgwake from this checkout, whatever else is installed.
+            # ``bench`` from this checkout; pgwake is the installed package, checked by
+            # ``preflight`` to be this checkout's.
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
             ),
@@ -353,7 +355,7 @@ class Setup:
         return str(row[0])
 
     def pgwake_argv(self) -> list[str]:
-        return [sys.executable, "-m", "proxy.cli"]
+        return [sys.executable, "-m", "pgwake.cli"]
 
     def via_pgwake(self, endpoint: str, **extra: str | int) -> bytes:
         return conninfo(
@@ -1027,11 +1029,26 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, action)
 
 
+def _installed_pgwake() -> Path | None:
+    """Where the ``pgwake`` package this Python imports really lives (an editable install
+    links to a checkout's proxy/)."""
+    spec = importlib.util.find_spec("pgwake")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).resolve().parent
+
+
 def preflight(bindir: Path | None, *, need_pgbouncer: bool = True) -> str | None:
     """None when this machine can run the bench; otherwise what is missing, and how to
     get it."""
     if os.geteuid() != 0:
         return "the bench runs as root (computes and PgBouncer run as user pgwake)"
+    installed = _installed_pgwake()
+    if installed != REPO_ROOT / "proxy":
+        return (
+            f"the pgwake this Python imports is {installed}, not this checkout's proxy/; "
+            "install it with bench/install.sh"
+        )
     if bindir is None or not (bindir / "postgres").is_file():
         return f"no postgres in {bindir}; pass --pg-bindir (Debian: apt-get install postgresql)"
     if shutil.which("pgbench") is None:
@@ -1050,7 +1067,7 @@ def compute_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(COMPUTE_USER)
     except KeyError:
-        from proxy.compute.osuser import resolve_compute_user  # noqa: PLC0415
+        from pgwake.compute.osuser import resolve_compute_user  # noqa: PLC0415
 
         resolve_compute_user(COMPUTE_USER)
         return pwd.getpwnam(COMPUTE_USER)

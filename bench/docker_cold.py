@@ -32,7 +32,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.core import free_port, percentile
-from proxy.client import PgwakeClient
+from pgwake.api.client import PgwakeClient
 
 PASSWORD = "bench-" + secrets.token_hex(8)
 DEFAULT_IMAGE = "pgwake-postgres:17"
@@ -84,7 +84,7 @@ class Server:
         }
         log = open(self.state_dir / "serve.log", "ab")  # noqa: SIM115 (the child's)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "pgwake.cli", "serve"], env=env, stdout=log, stderr=log
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

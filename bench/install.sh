@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 apt-get update
 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     postgresql postgresql-client pgbouncer
-python3 -m pip install -e '.[bench]'
+python3 -m pip install -e '.[bench]' --config-settings editable_mode=strict

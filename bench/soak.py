@@ -57,7 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core import Processes, free_port, log, percentile, read_postmaster_pid, tail
-from proxy.client import PgwakeClient
+from pgwake.api.client import PgwakeClient
 
 __all__ = ["SoakReport", "run_soak"]
 
@@ -375,7 +375,7 @@ class Server:
     def start(self) -> None:
         self.process = self.procs.start(
             f"pgwake serve ({self.which})",
-            [sys.executable, "-m", "proxy.cli", "serve"],
+            [sys.executable, "-m", "pgwake.cli", "serve"],
             log_path=self.log_path,
             env=self.env(),
             cwd=REPO,

@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import core, scale
-from proxy.settings import Settings
+from pgwake.settings import Settings
 
 __all__ = [
     "COUNT",

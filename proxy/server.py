@@ -21,25 +21,25 @@ from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 
-from proxy.api import ApiServer, bind, create_app
-from proxy.cancel import CancelMap
-from proxy.catalog import Catalog
-from proxy.compute import Backends
-from proxy.control import ControlPlane
-from proxy.lifecycle import LifecycleManager
-from proxy.session import SessionContext, serve_session
-from proxy.state_dir import ADMIN_TOKEN, MOCK_SECRET, StateDir, UnsafeStateDir
-from proxy.stream import PacketStream
-from proxy.throttle import AuthThrottle
-from proxy.tls import ensure_self_signed, load_tls
+from pgwake.api import ApiServer, bind, create_app
+from pgwake.catalog import Catalog
+from pgwake.compute import Backends
+from pgwake.edge.cancel_keys import CancelMap
+from pgwake.edge.client_connection import SessionContext, serve_session
+from pgwake.edge.packet_stream import PacketStream
+from pgwake.edge.throttle import AuthThrottle
+from pgwake.edge.tls import ensure_self_signed, load_tls
+from pgwake.endpoint.control_plane import ControlPlane
+from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.state_dir import ADMIN_TOKEN, MOCK_SECRET, StateDir, UnsafeStateDir
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from proxy.compute import ComputeBackend
-    from proxy.settings import Settings
-    from proxy.tls import TlsMaterial
+    from pgwake.compute import ComputeBackend
+    from pgwake.edge.tls import TlsMaterial
+    from pgwake.settings import Settings
 
 __all__ = ["Server", "StartupFailure"]
 

@@ -41,7 +41,7 @@ __all__ = [
 _MIN_ADMIN_TOKEN_LENGTH = 16
 
 # -- bounds shared by the settings, the HTTP API and the CLI ----------------------------------
-# One rule each: the settings apply them to flags, env and TOML, ``proxy.api.models`` to
+# One rule each: the settings apply them to flags, env and TOML, ``pgwake.api.models`` to
 # request bodies (strictly: no strings or booleans taken for numbers), ``pgwake endpoint
 # create`` to its flags.
 

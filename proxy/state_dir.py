@@ -19,7 +19,7 @@ is wider (``pgwake serve`` and the local CLI call it before anything else), logg
 warning per change. A mode it cannot change (a file another user owns) raises
 ``UnsafeStateDir`` and pgwake does not start, as ssh refuses an unprotected private key.
 
-Only stdlib imports: ``proxy.client`` reads the admin token through this module.
+Only stdlib imports: ``pgwake.api.client`` reads the admin token through this module.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The HTTP control plane: endpoints and tokens over ``/v1``, health, readiness, metrics.
 
-``app.py`` maps routes onto ``proxy.control.ControlPlane`` (which decides who may do
+``app.py`` maps routes onto ``pgwake.endpoint.control_plane.ControlPlane`` (which decides who may do
 what), ``models.py`` holds the bodies the OpenAPI document is made from, and ``http.py``
 serves the app with uvicorn on pgwake's own event loop.
 """
 
 from __future__ import annotations
 
-from proxy.api.app import create_app
-from proxy.api.http import ApiServer, bind
+from pgwake.api.app import create_app
+from pgwake.api.http import ApiServer, bind
 
 __all__ = ["ApiServer", "bind", "create_app"]

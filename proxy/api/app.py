@@ -1,4 +1,4 @@
-"""The HTTP control plane: FastAPI routes over ``proxy.control.ControlPlane``.
+"""The HTTP control plane: FastAPI routes over ``pgwake.endpoint.control_plane.ControlPlane``.
 
 Rule: no decision lives here. A route authenticates its caller (a bearer token), takes a
 body that ``models.py`` validated completely, and calls one ``ControlPlane`` method, which
@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
-from proxy import __version__
-from proxy.api.models import (
+from pgwake import __version__
+from pgwake.api.models import (
     ENDPOINT_NAME_PATTERN,
     TOKEN_ID_PATTERN,
     BranchCreate,
@@ -35,7 +35,7 @@ from proxy.api.models import (
     TokenCreate,
     TokenMinted,
 )
-from proxy.control import Caller, ControlError, ControlPlane
+from pgwake.endpoint.control_plane import Caller, ControlError, ControlPlane
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

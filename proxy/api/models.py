@@ -4,7 +4,7 @@ Rule: requests are validated here, completely (``extra="forbid"``, bounds on eve
 patterns on every name), so that a request the control plane receives is well-formed and
 anything malformed is a 422, never a 500. Requests are strict: a number must be a JSON
 number (``"10"`` and ``true`` are refused, not read as 10 and 1), and the bounds are the
-ones ``proxy.settings`` gives the settings and the CLI. Responses are built from the
+ones ``pgwake.settings`` gives the settings and the CLI. Responses are built from the
 control plane's dataclasses by the ``from_*`` constructors.
 """
 
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from proxy import routing
-from proxy.lifecycle import EndpointState
-from proxy.settings import (
+from pgwake.endpoint import names
+from pgwake.endpoint.lifecycle import EndpointState
+from pgwake.settings import (
     MAX_CPUS,
     MIN_CPUS,
     MIN_IDLE_TIMEOUT_SECONDS,
@@ -29,7 +29,7 @@ from proxy.settings import (
 )
 
 if TYPE_CHECKING:
-    from proxy.control import Created, EndpointView, MintedToken
+    from pgwake.endpoint.control_plane import Created, EndpointView, MintedToken
 
 __all__ = [
     "ENDPOINT_NAME_PATTERN",
@@ -47,8 +47,8 @@ __all__ = [
     "TokenMinted",
 ]
 
-#: A lowercase DNS label: the one rule for endpoint names, ``proxy.routing``'s (anchored).
-ENDPOINT_NAME_PATTERN: Final = routing.ENDPOINT_NAME_PATTERN.pattern
+#: A lowercase DNS label: the one rule for endpoint names, ``pgwake.edge.routing``'s (anchored).
+ENDPOINT_NAME_PATTERN: Final = names.ENDPOINT_NAME_PATTERN.pattern
 #: Token ids are ``tok_`` and 12 hex digits; the pattern is a little wider on purpose.
 TOKEN_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"  # noqa: S105 (a pattern, not a secret)
 #: A token may hold this many endpoints at most; more is a typo, not a quota.

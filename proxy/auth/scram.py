@@ -9,7 +9,7 @@ Three jobs:
   string Postgres stores, ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``
   (all base64). A verifier lets a role log in without pgwake ever storing the password.
 * The edge. ``ScramServer`` is the server side (Postgres's ``auth-scram.c``), run with the
-  verifier alone. From the client's proof it recovers the ClientKey (design §4).
+  verifier alone. From the client's proof it recovers the ClientKey (ARCHITECTURE.md).
 * The compute. ``ScramClient`` is the client side (libpq's ``fe-auth-scram.c``), run with
   that ClientKey, or with a password where pgwake has one.
 
@@ -50,7 +50,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from proxy.auth.certhash import binding_hash_name
+from pgwake.auth.certhash import binding_hash_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -346,7 +346,7 @@ class ServerFinal:
 
     #: The server-final-message, ``v=<ServerSignature>``, for SASLFinal.
     message: bytes
-    #: The client's ClientKey, to log in to the compute (design §4). Never log it.
+    #: The client's ClientKey, to log in to the compute (ARCHITECTURE.md). Never log it.
     client_key: bytes = field(repr=False)
     #: Which channel binding flag the client used.
     channel_binding: ChannelBinding

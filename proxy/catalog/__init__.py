@@ -6,6 +6,6 @@ busy timeout), so ``pgwake endpoint create`` works while ``pgwake serve`` runs.
 
 from __future__ import annotations
 
-from proxy.catalog.sqlite import Catalog, EndpointExists, EndpointRecord
+from pgwake.catalog.sqlite import Catalog, EndpointExists, EndpointRecord
 
 __all__ = ["Catalog", "EndpointExists", "EndpointRecord"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from proxy.state_dir import create_private
+from pgwake.state_dir import create_private
 
 __all__ = ["Catalog", "EndpointExists", "EndpointRecord"]
 

@@ -1,6 +1,6 @@
 """Compute backends: where an endpoint's Postgres server runs, and how it starts and stops.
 
-``ComputeBackend`` is the seam: ``lifecycle.py`` drives it and never cares whether the
+``ComputeBackend`` is the seam: ``endpoint/lifecycle.py`` drives it and never cares whether the
 compute is a local process, a container or a pod. Backends are named by import strings,
 the way uvicorn names its loops, and loaded once at startup.
 """
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from proxy.compute.management import ManagementConnection
-    from proxy.settings import Settings
+    from pgwake.compute.management import ManagementConnection
+    from pgwake.settings import Settings
 
 __all__ = [
     "BACKENDS",
@@ -29,8 +29,8 @@ __all__ = [
 
 #: Backend name -> "module:Class". Unknown names are refused at startup.
 BACKENDS: Final = {
-    "local": "proxy.compute.local:LocalBackend",
-    "docker": "proxy.compute.docker:DockerBackend",
+    "local": "pgwake.compute.local:LocalBackend",
+    "docker": "pgwake.compute.docker:DockerBackend",
 }
 
 

@@ -36,16 +36,16 @@ from typing import TYPE_CHECKING, Any, Final
 import aiodocker
 import aiohttp
 
-from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
-from proxy.compute.pgdata import start_failure_reason
-from proxy.protocol import encode
-from proxy.settings import MAX_CPUS, MIN_CPUS, parse_memory
-from proxy.state_dir import INSTANCE_ID, StateDir
+from pgwake.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
+from pgwake.compute.pgdata import start_failure_reason
+from pgwake.protocol import encode
+from pgwake.settings import MAX_CPUS, MIN_CPUS, parse_memory
+from pgwake.state_dir import INSTANCE_ID, StateDir
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from proxy.settings import Settings
+    from pgwake.settings import Settings
 
 __all__ = ["DockerBackend"]
 

@@ -33,14 +33,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from proxy.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
-from proxy.compute.binaries import find_bindir
-from proxy.compute.osuser import OsUser, can_reach, resolve_compute_user
-from proxy.compute.pgdata import read_postmaster_pid, start_failure_reason
-from proxy.state_dir import StateDir, write_private
+from pgwake.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
+from pgwake.compute.binaries import find_bindir
+from pgwake.compute.osuser import OsUser, can_reach, resolve_compute_user
+from pgwake.compute.pgdata import read_postmaster_pid, start_failure_reason
+from pgwake.state_dir import StateDir, write_private
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from pgwake.settings import Settings
 
 __all__ = ["LocalBackend"]
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Final
 
 import asyncpg
 
-from proxy.state_dir import ADMIN_PASSWORD
+from pgwake.state_dir import ADMIN_PASSWORD
 
 if TYPE_CHECKING:
-    from proxy.compute import ComputeAddress, EndpointSpec
-    from proxy.state_dir import StateDir
+    from pgwake.compute import ComputeAddress, EndpointSpec
+    from pgwake.state_dir import StateDir
 
 __all__ = [
     "ADMIN_ROLE",

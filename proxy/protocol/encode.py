@@ -6,8 +6,8 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from proxy.protocol.errors import SUCCESSFUL_COMPLETION, ClientError
-from proxy.protocol.messages import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE
+from pgwake.protocol.errors import SUCCESSFUL_COMPLETION, ClientError
+from pgwake.protocol.messages import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE
 
 __all__ = [
     "ENCRYPTION_ACCEPTED",

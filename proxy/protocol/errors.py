@@ -1,7 +1,8 @@
 """Every error a client can be told about, in one place, and the one it is not told.
 
 Rule: no SQLSTATE string appears anywhere else in pgwake. Code that wants to refuse a
-client raises one of these classes; ``session.py`` turns it into a FATAL ``ErrorResponse``.
+client raises one of these classes; ``edge/client_connection.py`` turns it into a FATAL
+``ErrorResponse``.
 Class names follow PostgreSQL's ``errcodes.txt`` (as psycopg and asyncpg name theirs).
 Where Postgres closes a connection without a reply (a broken startup packet), a reader
 raises ``CloseWithoutReply`` instead, which is not a ``ClientError``.
@@ -80,7 +81,7 @@ class ProtocolViolation(ClientError, code="08P01", kind=ErrorKind.CLIENT):
 
 
 class SqlclientUnableToEstablishSqlconnection(ClientError, code="08004", kind=ErrorKind.CLIENT):
-    """No endpoint could be found in the startup (design §5: 'no endpoint given')."""
+    """No endpoint could be found in the startup (ARCHITECTURE.md)."""
 
 
 class FeatureNotSupported(ClientError, code="0A000", kind=ErrorKind.CLIENT):

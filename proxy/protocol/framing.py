@@ -13,9 +13,9 @@ from __future__ import annotations
 import struct
 from typing import Final, Literal
 
-from proxy.protocol.buffer import ReceiveBuffer
-from proxy.protocol.errors import ProtocolViolation
-from proxy.protocol.messages import (
+from pgwake.protocol.buffer import ReceiveBuffer
+from pgwake.protocol.errors import ProtocolViolation
+from pgwake.protocol.messages import (
     NEED_DATA,
     AuthenticationRequest,
     BackendKeyData,

@@ -21,9 +21,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from proxy.protocol.buffer import ReceiveBuffer
-from proxy.protocol.errors import ProtocolViolation
-from proxy.protocol.messages import NEED_DATA, NeedData
+from pgwake.protocol.buffer import ReceiveBuffer
+from pgwake.protocol.errors import ProtocolViolation
+from pgwake.protocol.messages import NEED_DATA, NeedData
 
 __all__ = [
     "MAX_V1_LINE_LENGTH",

@@ -19,14 +19,14 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from proxy.protocol.buffer import ReceiveBuffer
-from proxy.protocol.errors import (
+from pgwake.protocol.buffer import ReceiveBuffer
+from pgwake.protocol.errors import (
     CloseWithoutReply,
     FeatureNotSupported,
     InvalidAuthorizationSpecification,
     ProtocolViolation,
 )
-from proxy.protocol.messages import (
+from pgwake.protocol.messages import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
     NEED_DATA,

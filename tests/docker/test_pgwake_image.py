@@ -14,7 +14,7 @@ import pytest
 from docker.errors import ImageNotFound
 from testcontainers.core.container import DockerContainer
 
-from proxy.client import PgwakeClient
+from pgwake.api.client import PgwakeClient
 from tests.docker.conftest import DEFAULT_IMAGE, _unavailable
 from tests.integration.pgwake_fixture import ADMIN_TOKEN, PASSWORD, free_port
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.state_dir import StateDir
+from pgwake.state_dir import StateDir
 
 PASSWORD = "s3cret-pw"
 #: The HTTP API's admin token in every test server (PGWAKE_ADMIN_TOKEN).
@@ -93,7 +93,7 @@ class Pgwake:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "proxy.cli", *args],
+            [sys.executable, "-m", "pgwake.cli", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -113,7 +113,7 @@ class Pgwake:
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
         offset = log.tell()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve"],
+            [sys.executable, "-m", "pgwake.cli", "serve"],
             env=self.env,
             stdout=log,
             stderr=log,
@@ -254,8 +254,8 @@ def seeded_state_dir() -> Path:
             [
                 sys.executable,
                 "-c",
-                "import asyncio; from proxy.settings import load_settings;"
-                "from proxy.compute.local import LocalBackend;"
+                "import asyncio; from pgwake.settings import load_settings;"
+                "from pgwake.compute.local import LocalBackend;"
                 f"asyncio.run(LocalBackend(load_settings(state_dir={str(source)!r})).prepare())",
             ],
             check=True,

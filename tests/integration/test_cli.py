@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from proxy.settings import Settings
+from pgwake.settings import Settings
 from tests.integration.pgwake_fixture import Pgwake, make_state_dir
 
 
@@ -75,7 +75,7 @@ def test_invalid_endpoint_name_is_refused(pgwake: Pgwake) -> None:
 
 def test_serve_help_lists_every_setting() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "serve", "--help"],
+        [sys.executable, "-m", "pgwake.cli", "serve", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -88,7 +88,7 @@ def test_serve_help_lists_every_setting() -> None:
 def test_bad_setting_is_one_clear_line_and_exit_3(tmp_path: Path) -> None:
     env = {**os.environ, "PGWAKE_LISTEN": "nonsense", "PGWAKE_STATE_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "serve"],
+        [sys.executable, "-m", "pgwake.cli", "serve"],
         env=env,
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ def test_config_file_is_read_and_env_beats_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "proxy.cli",
+            "pgwake.cli",
             "endpoint",
             "create",
             "cfg",
@@ -128,7 +128,7 @@ def test_config_file_is_read_and_env_beats_it(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "proxy.cli",
+            "pgwake.cli",
             "endpoint",
             "create",
             "cfg2",
@@ -151,7 +151,7 @@ def test_config_file_is_read_and_env_beats_it(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "proxy.cli",
+                "pgwake.cli",
                 "endpoint",
                 "delete",
                 name,
@@ -171,7 +171,7 @@ def test_second_server_on_the_same_state_dir_is_refused(pgwake: Pgwake) -> None:
     other = Pgwake(pgwake.state_dir)
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "serve"],
+        [sys.executable, "-m", "pgwake.cli", "serve"],
         env=other.env,
         capture_output=True,
         text=True,

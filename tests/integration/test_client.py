@@ -1,11 +1,11 @@
-"""proxy.client against a live server, and the CLI going through the API."""
+"""pgwake.api.client against a live server, and the CLI going through the API."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from proxy.client import ApiError, PgwakeClient
+from pgwake.api.client import ApiError, PgwakeClient
 from tests.integration.pgwake_fixture import ADMIN_TOKEN, Pgwake, wait_for
 
 

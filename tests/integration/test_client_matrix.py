@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.client import PgwakeClient
+from pgwake.api.client import PgwakeClient
 from tests.integration.pgwake_fixture import (
     ADMIN_TOKEN,
     PASSWORD,

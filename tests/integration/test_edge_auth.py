@@ -1,4 +1,4 @@
-"""SCRAM at the edge (design §4, §5): refusals wake nothing, real clients get in, passwords
+"""SCRAM at the edge (ARCHITECTURE.md): refusals wake nothing, real clients get in, passwords
 changed on the compute keep working across a suspend, no plaintext is stored, and clients
 only ever see pgwake's own cancel keys.
 
@@ -250,7 +250,7 @@ def test_password_changes_follow_the_compute_and_survive_a_suspend(
     assert _wakes(pgwake, endpoint) == wakes
     assert pgwake.state(endpoint) == "suspended"
 
-    # Nothing in the state dir holds a client's plaintext password (design §4). The
+    # Nothing in the state dir holds a client's plaintext password (ARCHITECTURE.md). The
     # scanner does find a plaintext secret that is meant to be there: pgwake's own.
     admin_password = (pgwake.state_dir / "admin-password").read_text().strip()
     assert len(admin_password) >= 16

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import uvloop
 
-from proxy.throttle import FREE_FAILURES
+from pgwake.edge.throttle import FREE_FAILURES
 from tests.integration.pgwake_fixture import PASSWORD, Pgwake, running_pgwake, wait_for
 from tests.integration.wire import error_fields, read_message, startup_packet
 

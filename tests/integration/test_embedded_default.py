@@ -11,7 +11,7 @@ import time
 
 import psycopg
 
-from proxy.compute.binaries import _from_pgserver_wheel
+from pgwake.compute.binaries import _from_pgserver_wheel
 from tests.integration.pgwake_fixture import Pgwake, free_port, make_state_dir
 
 
@@ -26,7 +26,7 @@ def test_serve_demo_prints_a_working_connection_string() -> None:
     }
     # Default state dir: ./.pgwake in the working directory, as a user would run it.
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--demo"],
+        [sys.executable, "-m", "pgwake.cli", "serve", "--demo"],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

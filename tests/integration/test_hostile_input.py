@@ -34,9 +34,9 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.auth.scram import ScramClient
-from proxy.compute.management import ADMIN_ROLE
-from proxy.throttle import FREE_FAILURES
+from pgwake.auth.scram import ScramClient
+from pgwake.compute.management import ADMIN_ROLE
+from pgwake.edge.throttle import FREE_FAILURES
 from tests.integration.hostile import (
     AUTH_OK,
     AUTH_SASL,

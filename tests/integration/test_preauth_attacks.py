@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 import uvloop
 
-from proxy.auth.scram import ScramClient
-from proxy.throttle import FREE_FAILURES
+from pgwake.auth.scram import ScramClient
+from pgwake.edge.throttle import FREE_FAILURES
 from tests.integration.hostile import (
     AUTH_SASL,
     AUTH_SASL_CONTINUE,

@@ -1,4 +1,4 @@
-"""The three routing forms, and the documented errors (design §5) for bad routes."""
+"""The three routing forms, and the documented errors (ARCHITECTURE.md) for bad routes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""proxy.auth.scram against a real PostgreSQL 15, over its unix socket, by hand.
+"""pgwake.auth.scram against a real PostgreSQL 15, over its unix socket, by hand.
 
 The compute leg as pgwake runs it: the edge recovers the ClientKey from a client that knows
 the password, and a ``ScramClient`` built from that ClientKey alone logs in to a Postgres
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.auth.scram import (
+from pgwake.auth.scram import (
     SCRAM_SHA_256,
     ScramAuthenticationFailed,
     ScramClient,
@@ -32,8 +32,8 @@ from proxy.auth.scram import (
     make_verifier,
     parse_verifier,
 )
-from proxy.compute.local import LocalBackend
-from proxy.settings import load_settings
+from pgwake.compute.local import LocalBackend
+from pgwake.settings import load_settings
 
 
 @functools.cache

@@ -2,7 +2,7 @@
 
 The catalog holds every endpoint's SCRAM verifiers and the API tokens' hashes: enough for
 an offline dictionary attack. Postgres keeps the same in a superuser-only catalog inside
-a 0700 PGDATA; pgwake keeps its state dir that way (see ``proxy.state_dir``).
+a 0700 PGDATA; pgwake keeps its state dir that way (see ``pgwake.state_dir``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-from proxy.state_dir import MOCK_SECRET, SECRET_FILES, StateDir
+from pgwake.state_dir import MOCK_SECRET, SECRET_FILES, StateDir
 from tests.integration.pgwake_fixture import ADMIN_TOKEN, Pgwake, make_state_dir
 
 TIGHTENED = "event=state_dir_permissions_tightened"

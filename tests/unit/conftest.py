@@ -11,9 +11,9 @@ from typing import Protocol
 
 import pytest
 
-from proxy.protocol.framing import MessageReader
-from proxy.protocol.messages import NEED_DATA
-from proxy.protocol.startup import StartupReader
+from pgwake.protocol.framing import MessageReader
+from pgwake.protocol.messages import NEED_DATA
+from pgwake.protocol.startup import StartupReader
 
 TRAILING = b"trailing bytes"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.admission import Refusal, UnauthenticatedBudget
+from pgwake.edge.admission import Refusal, UnauthenticatedBudget
 
 
 def test_one_address_is_capped_and_others_are_not() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.api import create_app
-from proxy.control import ControlPlane
+from pgwake.api import create_app
+from pgwake.endpoint.control_plane import ControlPlane
 from tests.unit.test_control import ADMIN_TOKEN, _control
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -37,7 +37,7 @@ def test_an_unexpected_error_is_a_logged_json_500(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(control, "list_endpoints", broken)
-    with caplog.at_level(logging.ERROR, logger="proxy.api.app"):
+    with caplog.at_level(logging.ERROR, logger="pgwake.api.app"):
         response = _request(control, "GET", "/v1/endpoints", headers=AUTH)
     assert response.status_code == 500
     assert response.json() == {

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.auth.certhash import binding_hash_name
+from pgwake.auth.certhash import binding_hash_name
 
 _NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certhash test")])
 

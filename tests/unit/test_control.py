@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from proxy import metrics
-from proxy.catalog import Catalog
-from proxy.compute import Backends, ComputeAddress, ComputeStartError, EndpointSpec
-from proxy.control import ADMIN, Caller, ControlError, ControlPlane
-from proxy.lifecycle import LifecycleManager
-from proxy.settings import load_settings
+from pgwake import metrics
+from pgwake.catalog import Catalog
+from pgwake.compute import Backends, ComputeAddress, ComputeStartError, EndpointSpec
+from pgwake.endpoint.control_plane import ADMIN, Caller, ControlError, ControlPlane
+from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.settings import load_settings
 
 ADMIN_TOKEN = "unit-test-admin-token"
 

@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     CannotConnectNow,
     ClientError,
     InvalidCatalogName,
     SqlclientUnableToEstablishSqlconnection,
 )
-from proxy.protocol.framing import MessageReader, parse_error_fields
-from proxy.protocol.messages import NEED_DATA, Frame
+from pgwake.protocol.framing import MessageReader, parse_error_fields
+from pgwake.protocol.messages import NEED_DATA, Frame
 
 
 def decode_one(data: bytes) -> Frame:

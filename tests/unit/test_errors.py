@@ -1,11 +1,11 @@
-"""Every error a client can see (design.md §5) has one class with the right SQLSTATE."""
+"""Every error a client can see (ARCHITECTURE.md) has one class with the right SQLSTATE."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     AdminShutdown,
     CannotConnectNow,
     ClientError,
@@ -20,10 +20,10 @@ from proxy.protocol.errors import (
     TooManyConnections,
     lookup,
 )
-from proxy.protocol.framing import MessageReader, parse_error_fields
-from proxy.protocol.messages import Frame
+from pgwake.protocol.framing import MessageReader, parse_error_fields
+from pgwake.protocol.messages import Frame
 
-#: design.md §5, one row per line: what went wrong, the class, its SQLSTATE.
+#: ARCHITECTURE.md, one row per line: what went wrong, the class, its SQLSTATE.
 DESIGN_ERRORS = [
     ("no endpoint given", SqlclientUnableToEstablishSqlconnection, "08004"),
     ("unknown endpoint", InvalidCatalogName, "3D000"),
@@ -62,7 +62,7 @@ def test_class_has_the_sqlstate(case: str, error_class: type[ClientError], sqlst
 def test_client_sees_fatal_error_response(
     case: str, error_class: type[ClientError], sqlstate: str
 ) -> None:
-    # design §5: always an ErrorResponse with severity FATAL, a SQLSTATE and the message.
+    # ARCHITECTURE.md: always an ErrorResponse with severity FATAL, a SQLSTATE and the message.
     reader = MessageReader()
     reader.feed(encode.error_response(error_class(case, hint="a hint")))
     frame = reader.next_message()

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.protocol import encode
-from proxy.protocol.errors import InvalidPassword, ProtocolViolation
-from proxy.protocol.framing import (
+from pgwake.protocol import encode
+from pgwake.protocol.errors import InvalidPassword, ProtocolViolation
+from pgwake.protocol.framing import (
     MAX_AUTHENTICATION_MESSAGE_LENGTH,
     MAX_STARTUP_PHASE_MESSAGE_LENGTH,
     MessageReader,
@@ -18,7 +18,7 @@ from proxy.protocol.framing import (
     parse_error_fields,
     parse_ready_for_query,
 )
-from proxy.protocol.messages import (
+from pgwake.protocol.messages import (
     NEED_DATA,
     AuthenticationRequest,
     BackendKeyData,

@@ -11,15 +11,15 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     CloseWithoutReply,
     FeatureNotSupported,
     InvalidAuthorizationSpecification,
     ProtocolViolation,
 )
-from proxy.protocol.framing import MessageReader
-from proxy.protocol.messages import (
+from pgwake.protocol.framing import MessageReader
+from pgwake.protocol.messages import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
     NEED_DATA,
@@ -32,7 +32,7 @@ from proxy.protocol.messages import (
     SSLRequest,
     StartupMessage,
 )
-from proxy.protocol.startup import StartupReader
+from pgwake.protocol.startup import StartupReader
 
 FUZZ = settings(max_examples=300, deadline=None)
 

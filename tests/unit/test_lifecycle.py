@@ -15,8 +15,8 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from proxy.compute import ComputeAddress, ComputeStartError
-from proxy.lifecycle import (
+from pgwake.compute import ComputeAddress, ComputeStartError
+from pgwake.endpoint.lifecycle import (
     RETRY_BASE_SECONDS,
     RETRY_MAX_SECONDS,
     TRANSITIONS,
@@ -26,7 +26,7 @@ from proxy.lifecycle import (
     Trigger,
     retry_delay,
 )
-from proxy.protocol.errors import CannotConnectNow
+from pgwake.protocol.errors import CannotConnectNow
 
 ALL_PAIRS = list(itertools.product(EndpointState, Trigger))
 _names = (f"unit-lifecycle-{n}" for n in itertools.count())
@@ -119,7 +119,7 @@ def test_every_pair(
     lifecycle, catalog = make_lifecycle()
     lifecycle.state = state
     counted = transitions_counted(trigger)
-    caplog.set_level(logging.INFO, logger="proxy.lifecycle")
+    caplog.set_level(logging.INFO, logger="pgwake.endpoint.lifecycle")
 
     if (state, trigger) not in TRANSITIONS:
         with pytest.raises(IllegalTransition) as info:

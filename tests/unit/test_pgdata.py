@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.compute.pgdata import PostmasterPid, read_postmaster_pid, start_failure_reason
+from pgwake.compute.pgdata import PostmasterPid, read_postmaster_pid, start_failure_reason
 
 
 def write_pid_file(data_dir: Path, status: str = "ready   ") -> None:

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocol.errors import ProtocolViolation
-from proxy.protocol.messages import NEED_DATA, SSL_REQUEST_CODE
-from proxy.protocol.proxy_header import (
+from pgwake.protocol.errors import ProtocolViolation
+from pgwake.protocol.messages import NEED_DATA, SSL_REQUEST_CODE
+from pgwake.protocol.proxy_header import (
     MAX_V1_LINE_LENGTH,
     MAX_V2_LENGTH,
     PP2_TYPE_ALPN,

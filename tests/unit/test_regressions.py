@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import proxy
-from proxy.auth.scram import make_verifier
-from proxy.lifecycle import RETRY_MAX_SECONDS, retry_delay
-from proxy.protocol.messages import AuthenticationRequest
-from proxy.routing import resolve, split_options
+import pgwake
+from pgwake.auth.scram import make_verifier
+from pgwake.edge.routing import resolve, split_options
+from pgwake.endpoint.lifecycle import RETRY_MAX_SECONDS, retry_delay
+from pgwake.protocol.messages import AuthenticationRequest
 
-PROXY_DIR = Path(proxy.__file__).parent
+PROXY_DIR = Path(pgwake.__file__).parent
 # SQLSTATE classes start with a digit, or are one of the lettered classes (F0, HV, P0, XX).
 _SQLSTATE = re.compile(r"^(?:[0-9][0-9A-Z]|F0|HV|P0|XX)[0-9A-Z]{3}$")
 

@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from proxy.protocol import encode
-from proxy.protocol.framing import MessageReader, parse_error_fields
-from proxy.protocol.messages import NEED_DATA, Frame
-from proxy.relay import Relays, start_relay
-from proxy.stream import PacketStream
+from pgwake.edge.packet_stream import PacketStream
+from pgwake.edge.relay import Relays, start_relay
+from pgwake.protocol import encode
+from pgwake.protocol.framing import MessageReader, parse_error_fields
+from pgwake.protocol.messages import NEED_DATA, Frame
 
 READY_IDLE = encode.message(b"Z", b"I")
 READY_IN_TRANSACTION = encode.message(b"Z", b"T")

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from proxy.protocol.errors import InvalidCatalogName, SqlclientUnableToEstablishSqlconnection
-from proxy.routing import EndpointName, Route, is_valid_endpoint_name, resolve, split_options
+from pgwake.edge.routing import Route, resolve, split_options
+from pgwake.endpoint.names import EndpointName, is_valid_endpoint_name
+from pgwake.protocol.errors import InvalidCatalogName, SqlclientUnableToEstablishSqlconnection
 
 EXISTING = frozenset({"demo", "other", "db"})
 BASE = "pg.example.com"
@@ -195,7 +196,7 @@ def test_no_endpoint_is_08004_with_a_hint() -> None:
     error = info.value
     assert error.sqlstate == "08004"
     assert error.hint is not None
-    # design §5: the hint names all three ways.
+    # ARCHITECTURE.md: the hint names all three ways.
     assert "options=endpoint%3D" in error.hint
     assert "<role>.<endpoint>" in error.hint
     assert "<base-domain>" in error.hint

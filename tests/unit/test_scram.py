@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from proxy.auth.scram import DEFAULT_ITERATIONS, make_verifier
+from pgwake.auth.scram import DEFAULT_ITERATIONS, make_verifier
 
 VERIFIER_FORMAT = re.compile(
     r"^SCRAM-SHA-256\$(?P<iterations>\d+):(?P<salt>[A-Za-z0-9+/=]+)"
@@ -104,7 +104,7 @@ def test_rfc7677_example() -> None:
 
 
 def test_rfc7677_client_key_recovered_from_the_proof() -> None:
-    # design §4: the proxy holds only the verifier, and recovers the ClientKey from the
+    # ARCHITECTURE.md: the proxy holds only the verifier, and recovers the ClientKey from the
     # client's proof, checked by H(ClientKey) == StoredKey.
     _, _, stored_key, _ = split_verifier(
         make_verifier("pencil", salt=RFC_SALT, iterations=RFC_ITERATIONS)

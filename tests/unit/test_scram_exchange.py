@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.auth.scram import (
+from pgwake.auth.scram import (
     DEFAULT_ITERATIONS,
     SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,

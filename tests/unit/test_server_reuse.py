@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from proxy.protocol import encode
-from proxy.server_reuse import IdleServer, IdleServers, _merge_parameter_status
+from pgwake.edge.server_reuse import IdleServer, IdleServers, _merge_parameter_status
+from pgwake.protocol import encode
 
 
 def _status(name: str, value: str) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from proxy.settings import Settings, load_settings, parse_host_port
+from pgwake.settings import Settings, load_settings, parse_host_port
 
 
 @pytest.fixture(autouse=True)

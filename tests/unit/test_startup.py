@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     ClientError,
     CloseWithoutReply,
     FeatureNotSupported,
     InvalidAuthorizationSpecification,
     ProtocolViolation,
 )
-from proxy.protocol.messages import (
+from pgwake.protocol.messages import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
     NEED_DATA,
@@ -29,7 +29,7 @@ from proxy.protocol.messages import (
     SSLRequest,
     StartupMessage,
 )
-from proxy.protocol.startup import MAX_STARTUP_PACKET_LENGTH, StartupReader, parse_startup_packet
+from pgwake.protocol.startup import MAX_STARTUP_PACKET_LENGTH, StartupReader, parse_startup_packet
 
 PROTOCOL_3_2 = (3 << 16) | 2
 PROTOCOL_2_0 = 2 << 16

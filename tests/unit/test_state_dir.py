@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from proxy import client
-from proxy.catalog import Catalog
-from proxy.cli_endpoints import settings_admin_token
-from proxy.server import Server, StartupFailure
-from proxy.settings import load_settings
-from proxy.state_dir import (
+from pgwake.api import client
+from pgwake.catalog import Catalog
+from pgwake.cli.endpoint_commands import settings_admin_token
+from pgwake.edge.tls import ensure_self_signed
+from pgwake.server import Server, StartupFailure
+from pgwake.settings import load_settings
+from pgwake.state_dir import (
     ADMIN_PASSWORD,
     ADMIN_TOKEN,
     MOCK_SECRET,
@@ -28,7 +29,6 @@ from proxy.state_dir import (
     private_dir,
     write_private,
 )
-from proxy.tls import ensure_self_signed
 
 #: What pgwake gives a state dir it creates: the compute user passes through as root.
 NEW_DIR_MODE = 0o711 if os.geteuid() == 0 else 0o700
@@ -170,7 +170,7 @@ def test_ensure_tightens_a_loose_state_dir_and_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = _loose_layout(tmp_path / "state")
-    with caplog.at_level(logging.WARNING, logger="proxy.state_dir"):
+    with caplog.at_level(logging.WARNING, logger="pgwake.state_dir"):
         fixed = state.ensure()
     assert len(fixed) == 2 + len(SECRET_FILES)
     assert mode(state.path) == 0o711  # others may still pass through, never list

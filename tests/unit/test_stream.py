@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.stream import _READ_BUFFER_LIMIT, PacketStream
+from pgwake.edge.packet_stream import _READ_BUFFER_LIMIT, PacketStream
 
 
 class _Transport:

@@ -3,7 +3,7 @@ endpoint), capped, forgotten after a quiet period, bounded in memory."""
 
 from __future__ import annotations
 
-from proxy.throttle import BASE_DELAY, FORGET_AFTER, FREE_FAILURES, MAX_DELAY, AuthThrottle
+from pgwake.edge.throttle import BASE_DELAY, FORGET_AFTER, FREE_FAILURES, MAX_DELAY, AuthThrottle
 
 
 def _use_free_failures(throttle: AuthThrottle, address: str, endpoint: str, now: float) -> None:

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic
 
-from proxy.catalog import Catalog
-from proxy.client import ApiError, Endpoint, NewEndpoint, PgwakeClient, build
-from proxy.compute import Backends
-from proxy.control import ADMIN, ControlError, ControlPlane
-from proxy.endpoints import format_age
-from proxy.lifecycle import LifecycleManager
-from proxy.settings import (
+from pgwake.api.client import ApiError, Endpoint, NewEndpoint, PgwakeClient, build
+from pgwake.catalog import Catalog
+from pgwake.compute import Backends
+from pgwake.endpoint.connection_uri import format_age
+from pgwake.endpoint.control_plane import ADMIN, ControlError, ControlPlane
+from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.settings import (
     MAX_CPUS,
     MIN_CPUS,
     MIN_IDLE_TIMEOUT_SECONDS,
@@ -31,12 +31,12 @@ from proxy.settings import (
     IdleTimeout,
     Lifetime,
 )
-from proxy.state_dir import ADMIN_TOKEN, StateDir
+from pgwake.state_dir import ADMIN_TOKEN, StateDir
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from proxy.settings import Settings
+    from pgwake.settings import Settings
 
 __all__ = ["add_endpoint_commands", "run_endpoint_command"]
 
@@ -54,7 +54,7 @@ class _Endpoints(Protocol):
 
 def _bounded(kind: Any) -> Callable[[str], float]:
     """An argparse ``type``: the number in a flag, within ``kind``'s bounds, the ones the
-    settings and the HTTP API apply (``proxy.settings``)."""
+    settings and the HTTP API apply (``pgwake.settings``)."""
     adapter: pydantic.TypeAdapter[float] = pydantic.TypeAdapter(kind)
 
     def parse(text: str) -> float:

@@ -13,11 +13,11 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy import metrics
-from proxy.protocol import encode
+from pgwake import metrics
+from pgwake.protocol import encode
 
 if TYPE_CHECKING:
-    from proxy.compute import ComputeAddress
+    from pgwake.compute import ComputeAddress
 
 __all__ = ["BackendTarget", "CancelMap"]
 

@@ -18,13 +18,15 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.edge.packet_stream import PeerClosed, read_next
+from pgwake.edge.tls import server_name_of
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     CloseWithoutReply,
     InvalidAuthorizationSpecification,
     ProtocolViolation,
 )
-from proxy.protocol.messages import (
+from pgwake.protocol.messages import (
     CancelRequest,
     DirectTLSHello,
     GSSENCRequest,
@@ -32,14 +34,12 @@ from proxy.protocol.messages import (
     StartupMessage,
     StartupPacket,
 )
-from proxy.protocol.proxy_header import ProxyHeaderReader
-from proxy.protocol.startup import StartupReader
-from proxy.stream import PeerClosed, read_next
-from proxy.tls import server_name_of
+from pgwake.protocol.proxy_header import ProxyHeaderReader
+from pgwake.protocol.startup import StartupReader
 
 if TYPE_CHECKING:
-    from proxy.stream import PacketStream
-    from proxy.tls import TlsMaterial
+    from pgwake.edge.packet_stream import PacketStream
+    from pgwake.edge.tls import TlsMaterial
 
 __all__ = ["BadStartupPacket", "Handshake", "read_handshake"]
 

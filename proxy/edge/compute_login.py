@@ -1,4 +1,4 @@
-"""Open a session on the compute for an authenticated client (design §1, §4).
+"""Open a session on the compute for an authenticated client (ARCHITECTURE.md).
 
 pgwake connects to the compute, sends the client's StartupMessage (role and options
 rewritten), and logs in with SCRAM-SHA-256 using the ClientKey recovered at the edge: the
@@ -21,24 +21,24 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy.auth.scram import SCRAM_SHA_256, ScramAuthenticationFailed, ScramClient, ScramError
-from proxy.cancel import BackendTarget
-from proxy.protocol import encode
-from proxy.protocol.errors import CannotConnectNow, ProtocolViolation
-from proxy.protocol.framing import (
+from pgwake.auth.scram import SCRAM_SHA_256, ScramAuthenticationFailed, ScramClient, ScramError
+from pgwake.edge.cancel_keys import BackendTarget
+from pgwake.edge.packet_stream import PacketStream, PeerClosed, read_next
+from pgwake.protocol import encode
+from pgwake.protocol.errors import CannotConnectNow, ProtocolViolation
+from pgwake.protocol.framing import (
     MAX_STARTUP_PHASE_MESSAGE_LENGTH,
     MessageReader,
     parse_authentication,
     parse_backend_key_data,
     parse_error_fields,
 )
-from proxy.protocol.messages import AuthenticationRequest, Frame
-from proxy.stream import PacketStream, PeerClosed, read_next
+from pgwake.protocol.messages import AuthenticationRequest, Frame
 
 if TYPE_CHECKING:
-    from proxy.auth.scram import ScramVerifier
-    from proxy.cancel import CancelMap
-    from proxy.compute import ComputeAddress
+    from pgwake.auth.scram import ScramVerifier
+    from pgwake.compute import ComputeAddress
+    from pgwake.edge.cancel_keys import CancelMap
 
 __all__ = [
     "ComputeRefused",

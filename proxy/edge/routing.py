@@ -1,6 +1,6 @@
 """Find the endpoint a client means, from TLS SNI, ``options`` or the user name. Pure.
 
-Precedence (design §1): SNI first label > ``options`` ``endpoint=<name>`` > user
+Precedence (ARCHITECTURE.md): SNI first label > ``options`` ``endpoint=<name>`` > user
 ``<role>.<endpoint>``. Two sources naming different endpoints is an error, not a guess.
 
 A dotted user name is only read as ``<role>.<endpoint>`` when its last part is an endpoint
@@ -13,23 +13,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NewType
+from typing import Final
 
-from proxy.protocol.errors import InvalidCatalogName, SqlclientUnableToEstablishSqlconnection
+from pgwake.endpoint.names import EndpointName, is_valid_endpoint_name
+from pgwake.protocol.errors import InvalidCatalogName, SqlclientUnableToEstablishSqlconnection
 
 __all__ = [
-    "ENDPOINT_NAME_PATTERN",
-    "EndpointName",
     "Route",
-    "is_valid_endpoint_name",
     "resolve",
     "split_options",
 ]
 
-EndpointName = NewType("EndpointName", str)
 
-#: Endpoint names appear in DNS host names, so they are DNS labels (RFC 1123), lowercase.
-ENDPOINT_NAME_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _OPTION_KEY: Final = "endpoint="
 # pg_split_opts splits on C-locale isspace() only, not on Unicode spaces.
 _OPTION_SPACES: Final = frozenset(" \t\n\v\f\r")
@@ -38,11 +33,6 @@ _HINT: Final = (
     "Name the endpoint in one of three ways: the TLS host name <endpoint>.<base-domain>, "
     "the connection option options=endpoint%3D<endpoint>, or the user name <role>.<endpoint>."
 )
-
-
-def is_valid_endpoint_name(name: str) -> bool:
-    """True when ``name`` can be an endpoint name (a lowercase DNS label)."""
-    return bool(ENDPOINT_NAME_PATTERN.fullmatch(name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,15 +29,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy import metrics
-from proxy.protocol import encode
-from proxy.protocol.errors import ProtocolViolation
-from proxy.protocol.framing import MAX_STARTUP_PHASE_MESSAGE_LENGTH, MessageReader
-from proxy.protocol.messages import NEED_DATA, Frame
-from proxy.stream import PeerClosed, read_next
+from pgwake import metrics
+from pgwake.edge.packet_stream import PeerClosed, read_next
+from pgwake.protocol import encode
+from pgwake.protocol.errors import ProtocolViolation
+from pgwake.protocol.framing import MAX_STARTUP_PHASE_MESSAGE_LENGTH, MessageReader
+from pgwake.protocol.messages import NEED_DATA, Frame
 
 if TYPE_CHECKING:
-    from proxy.stream import PacketStream
+    from pgwake.edge.packet_stream import PacketStream
 
 __all__ = ["IdleServer", "IdleServers", "reset_for_reuse"]
 

@@ -18,20 +18,19 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy import metrics
-from proxy.auth.scram import make_verifier
-from proxy.catalog import EndpointExists
-from proxy.compute import ComputeStartError, EndpointSpec
-from proxy.endpoints import DEFAULT_ROLE, connection_uri
-from proxy.lifecycle import EndpointState
-from proxy.names import generate_endpoint_name
-from proxy.routing import is_valid_endpoint_name
+from pgwake import metrics
+from pgwake.auth.scram import make_verifier
+from pgwake.catalog import EndpointExists
+from pgwake.compute import ComputeStartError, EndpointSpec
+from pgwake.endpoint.connection_uri import DEFAULT_ROLE, connection_uri
+from pgwake.endpoint.lifecycle import EndpointState
+from pgwake.endpoint.names import generate_endpoint_name, is_valid_endpoint_name
 
 if TYPE_CHECKING:
-    from proxy.catalog import Catalog, EndpointRecord
-    from proxy.compute import Backends
-    from proxy.lifecycle import LifecycleManager
-    from proxy.settings import Settings
+    from pgwake.catalog import Catalog, EndpointRecord
+    from pgwake.compute import Backends
+    from pgwake.endpoint.lifecycle import LifecycleManager
+    from pgwake.settings import Settings
 
 __all__ = [
     "Caller",

@@ -2,7 +2,7 @@
 
 Creating a database is three lines::
 
-    from proxy.client import PgwakeClient
+    from pgwake.api.client import PgwakeClient
     db = PgwakeClient().create_endpoint(ttl_seconds=3600)
     print(db.connection_uri)  # postgresql://app:...@127.0.0.1:6432/app?options=endpoint%3D...
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from proxy.state_dir import ADMIN_TOKEN, StateDir
+from pgwake.state_dir import ADMIN_TOKEN, StateDir
 
 __all__ = ["ApiError", "Endpoint", "NewEndpoint", "PgwakeClient", "Token", "build"]
 

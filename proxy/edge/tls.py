@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from proxy.auth.scram import tls_server_end_point
-from proxy.state_dir import private_dir, write_private
+from pgwake.auth.scram import tls_server_end_point
+from pgwake.state_dir import private_dir, write_private
 
 if TYPE_CHECKING:
-    from proxy.state_dir import StateDir
+    from pgwake.state_dir import StateDir
 
 __all__ = [
     "TlsMaterial",

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from proxy.compute import ComputeAddress
-    from proxy.stream import PacketStream
+    from pgwake.compute import ComputeAddress
+    from pgwake.edge.packet_stream import PacketStream
 
 __all__ = ["MAX_AGE_SECONDS", "SIZE", "WarmSockets"]
 

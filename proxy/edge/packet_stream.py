@@ -1,6 +1,6 @@
 """A minimal buffered asyncio protocol for the handshake phase of a connection.
 
-Until the relay starts, ``session.py`` reads from and writes to a ``PacketStream``. Unlike
+Until the relay starts, ``client_connection.py`` reads from and writes to a ``PacketStream``. Unlike
 ``asyncio.StreamReader`` it lets the session take back every byte not yet consumed and hand
 the transport to the relay's protocol (``detach``), and it survives ``loop.start_tls``.
 
@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Final, TypeVar, cast
 
-from proxy.protocol.messages import NEED_DATA, NeedData
+from pgwake.protocol.messages import NEED_DATA, NeedData
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from proxy.settings import Settings
+    from pgwake.settings import Settings
 
 __all__ = ["DEFAULT_ROLE", "connection_uri", "format_age"]
 

@@ -1,4 +1,5 @@
-"""Generated endpoint names: readable, and unguessable (they appear in host names).
+"""Endpoint names: what a valid one is, and generated ones that are readable and
+unguessable (they appear in host names).
 
 ``quiet-river-k3x9q2``: two words for people, then 6 random base-36 characters
 (31 bits) from ``secrets`` so that names cannot be enumerated.
@@ -6,10 +7,26 @@
 
 from __future__ import annotations
 
+import re
 import secrets
-from typing import Final
+from typing import Final, NewType
 
-__all__ = ["generate_endpoint_name"]
+__all__ = [
+    "ENDPOINT_NAME_PATTERN",
+    "EndpointName",
+    "generate_endpoint_name",
+    "is_valid_endpoint_name",
+]
+
+EndpointName = NewType("EndpointName", str)
+#: Endpoint names appear in DNS host names, so they are DNS labels (RFC 1123), lowercase.
+ENDPOINT_NAME_PATTERN: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def is_valid_endpoint_name(name: str) -> bool:
+    """True when ``name`` can be an endpoint name (a lowercase DNS label)."""
+    return bool(ENDPOINT_NAME_PATTERN.fullmatch(name))
+
 
 _ADJECTIVES: Final = (
     "amber",

@@ -1,4 +1,4 @@
-"""The endpoint lifecycle: wake on connect, suspend when idle (design §3).
+"""The endpoint lifecycle: wake on connect, suspend when idle (ARCHITECTURE.md).
 
 Rule 1 (after h11's ``_state.py``): everything that changes an endpoint's state lives in
 this file. Transitions are data (``TRANSITIONS``); ``Lifecycle._transition`` is the only
@@ -18,20 +18,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Final
 
-from proxy import metrics
-from proxy.compute import ComputeStartError
-from proxy.compute_link import open_compute
-from proxy.protocol.errors import CannotConnectNow
-from proxy.server_reuse import IdleServers
-from proxy.warm_sockets import WarmSockets
+from pgwake import metrics
+from pgwake.compute import ComputeStartError
+from pgwake.edge.compute_login import open_compute
+from pgwake.edge.server_reuse import IdleServers
+from pgwake.edge.warm_sockets import WarmSockets
+from pgwake.protocol.errors import CannotConnectNow
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
     from typing import Any
 
-    from proxy.catalog import Catalog, EndpointRecord
-    from proxy.compute import Backends, ComputeAddress, ComputeBackend
-    from proxy.compute.management import ManagementConnection
+    from pgwake.catalog import Catalog, EndpointRecord
+    from pgwake.compute import Backends, ComputeAddress, ComputeBackend
+    from pgwake.compute.management import ManagementConnection
 
 __all__ = [
     "TRANSITIONS",
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 
 class EndpointState(enum.Enum):
-    """Where an endpoint's compute is in its life (design §3)."""
+    """Where an endpoint's compute is in its life (ARCHITECTURE.md)."""
 
     #: No compute process; costs nothing. A connect wakes it.
     SUSPENDED = "suspended"
@@ -313,7 +313,7 @@ class Lifecycle:
         if self.state is EndpointState.RUNNING:
             self._transition(Trigger.SUSPEND, reason)
             # From now on no new session may use the compute: they wait for the stop,
-            # then wake it again (design §3), instead of logging in to a dying server.
+            # then wake it again (ARCHITECTURE.md), instead of logging in to a dying server.
             self.address = None
             self.idle_servers.close_all("compute_stopped")
             self.warm_sockets.close_all()
@@ -323,7 +323,7 @@ class Lifecycle:
 
     async def _run_stop(self, reason: str) -> None:
         started = time.monotonic()
-        # Passwords changed on the compute must survive the suspend (design §4).
+        # Passwords changed on the compute must survive the suspend (ARCHITECTURE.md).
         await self.sync_verifiers()
         management, self._management = self._management, None
         if management is not None:
@@ -433,7 +433,7 @@ class Lifecycle:
         if management is not None:
             self.in_background(management.close(), f"management-close:{self.name}")
 
-    # -- verifiers (design §4) -----------------------------------------------------------
+    # -- verifiers (ARCHITECTURE.md) ------------------------------------------------------
 
     async def sync_verifiers(self) -> None:
         """Copy every login role's SCRAM verifier from the running compute to the catalog."""

@@ -1,4 +1,4 @@
-"""Authenticate the client at the edge, before anything wakes (design §4).
+"""Authenticate the client at the edge, before anything wakes (ARCHITECTURE.md).
 
 pgwake runs the server side of SCRAM-SHA-256 (``-PLUS`` over TLS) with the role's stored
 verifier. A stranger, a wrong password or an unknown role never reaches a compute: all
@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from proxy.auth.scram import (
+from pgwake.auth.scram import (
     SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
     ScramAuthenticationFailed,
@@ -24,22 +24,22 @@ from proxy.auth.scram import (
     ScramVerifier,
     parse_verifier,
 )
-from proxy.compute.management import ADMIN_ROLE
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.compute.management import ADMIN_ROLE
+from pgwake.edge.packet_stream import PeerClosed, read_next
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     InvalidAuthorizationSpecification,
     InvalidPassword,
     ProtocolViolation,
 )
-from proxy.protocol.framing import parse_sasl_initial_response, parse_sasl_response
-from proxy.protocol.messages import AuthenticationRequest
-from proxy.stream import PeerClosed, read_next
+from pgwake.protocol.framing import parse_sasl_initial_response, parse_sasl_response
+from pgwake.protocol.messages import AuthenticationRequest
 
 if TYPE_CHECKING:
-    from proxy.protocol.framing import MessageReader
-    from proxy.protocol.messages import Frame
-    from proxy.stream import PacketStream
-    from proxy.throttle import AuthThrottle
+    from pgwake.edge.packet_stream import PacketStream
+    from pgwake.edge.throttle import AuthThrottle
+    from pgwake.protocol.framing import MessageReader
+    from pgwake.protocol.messages import Frame
 
 __all__ = ["EdgeAuthResult", "authenticate_client", "is_text", "throttled"]
 

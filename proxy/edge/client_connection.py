@@ -1,15 +1,18 @@
-"""One client connection, from its first byte to its close.
+"""One client connection, from its first byte to its relay (ARCHITECTURE.md).
 
-The phases, each in its own module:
+The phases, each in its own module of this package:
 
-1. ``handshake``: PROXY header (trusted proxies), TLS (SSLRequest or direct), startup;
-2. routing (``routing``) and the catalog; the endpoint's IP allow-list; connection caps;
-   the failed-login throttle;
-3. ``edge_auth``: SCRAM with the client against the stored verifier. Nothing is woken
-   before the client has proved its password;
-4. ``lifecycle``: wake the compute (the client waits, up to ``wake_timeout``);
-5. ``compute_link``: log in to the compute with the recovered ClientKey, forward the
-   session's opening with pgwake's own cancel keys;
+1. ``handshake``: PROXY header (trusted proxies), TLS (SSLRequest or direct), startup.
+   Until its proof is verified a connection counts only in the unauthenticated budget
+   (``admission``): no session slot, no effect on idleness, no compute connection;
+2. ``routing`` and the catalog; the endpoint's IP allow-list;
+3. ``client_auth``: SCRAM with the client against the stored verifier, the failed-login
+   ``throttle`` checked in the same step. Nothing is woken before the proof;
+4. the session's slot, then ``endpoint.lifecycle``: wake the compute (the client waits,
+   up to ``wake_timeout``);
+5. a backend: a kept one (``server_reuse``), else ``compute_login`` over a connection
+   from ``warm_sockets`` or a new one, with the recovered ClientKey; the session's opening
+   is forwarded with pgwake's own cancel keys;
 6. ``relay``: copy bytes both ways until either side closes.
 
 Any ``ClientError`` becomes one FATAL ``ErrorResponse`` and a close; anything else is
@@ -27,10 +30,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from proxy import metrics
-from proxy.admission import Refusal, UnauthenticatedBudget
-from proxy.cancel import BackendTarget
-from proxy.compute_link import (
+from pgwake import metrics
+from pgwake.edge.admission import Refusal, UnauthenticatedBudget
+from pgwake.edge.cancel_keys import BackendTarget
+from pgwake.edge.client_auth import authenticate_client, is_text, password_failed, throttled
+from pgwake.edge.compute_login import (
     ComputeRefused,
     SessionOpening,
     StaleVerifier,
@@ -38,10 +42,12 @@ from proxy.compute_link import (
     open_compute,
     open_session,
 )
-from proxy.edge_auth import authenticate_client, is_text, password_failed, throttled
-from proxy.handshake import read_handshake, require_tls_error
-from proxy.protocol import encode
-from proxy.protocol.errors import (
+from pgwake.edge.handshake import read_handshake, require_tls_error
+from pgwake.edge.relay import Relays, start_relay
+from pgwake.edge.routing import resolve
+from pgwake.edge.server_reuse import IdleServer, reset_for_reuse
+from pgwake.protocol import encode
+from pgwake.protocol.errors import (
     AdminShutdown,
     CannotConnectNow,
     ClientError,
@@ -51,23 +57,20 @@ from proxy.protocol.errors import (
     ProtocolViolation,
     TooManyConnections,
 )
-from proxy.protocol.framing import MAX_AUTHENTICATION_MESSAGE_LENGTH, MessageReader
-from proxy.protocol.messages import AuthenticationRequest, CancelRequest, StartupMessage
-from proxy.relay import Relays, start_relay
-from proxy.routing import resolve
-from proxy.server_reuse import IdleServer, reset_for_reuse
+from pgwake.protocol.framing import MAX_AUTHENTICATION_MESSAGE_LENGTH, MessageReader
+from pgwake.protocol.messages import AuthenticationRequest, CancelRequest, StartupMessage
 
 if TYPE_CHECKING:
-    from proxy.cancel import CancelMap
-    from proxy.catalog import Catalog, EndpointRecord
-    from proxy.compute import ComputeAddress
-    from proxy.edge_auth import EdgeAuthResult
-    from proxy.handshake import Handshake
-    from proxy.lifecycle import Lifecycle, LifecycleManager
-    from proxy.settings import Settings
-    from proxy.stream import PacketStream
-    from proxy.throttle import AuthThrottle
-    from proxy.tls import TlsMaterial
+    from pgwake.catalog import Catalog, EndpointRecord
+    from pgwake.compute import ComputeAddress
+    from pgwake.edge.cancel_keys import CancelMap
+    from pgwake.edge.client_auth import EdgeAuthResult
+    from pgwake.edge.handshake import Handshake
+    from pgwake.edge.packet_stream import PacketStream
+    from pgwake.edge.throttle import AuthThrottle
+    from pgwake.edge.tls import TlsMaterial
+    from pgwake.endpoint.lifecycle import Lifecycle, LifecycleManager
+    from pgwake.settings import Settings
 
 __all__ = ["SessionContext", "serve_session"]
 

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pydantic
 
-from proxy import __version__
-from proxy.catalog import Catalog
-from proxy.cli_endpoints import add_endpoint_commands, run_endpoint_command
-from proxy.compute import Backends
-from proxy.control import ADMIN, ControlPlane
-from proxy.endpoints import connection_uri
-from proxy.lifecycle import LifecycleManager
-from proxy.settings import Settings, load_settings
-from proxy.state_dir import StateDir, UnsafeStateDir
+from pgwake import __version__
+from pgwake.catalog import Catalog
+from pgwake.cli.endpoint_commands import add_endpoint_commands, run_endpoint_command
+from pgwake.compute import Backends
+from pgwake.endpoint.connection_uri import connection_uri
+from pgwake.endpoint.control_plane import ADMIN, ControlPlane
+from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.settings import Settings, load_settings
+from pgwake.state_dir import StateDir, UnsafeStateDir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -119,7 +119,7 @@ def _run(coro: Any) -> Any:
 
 
 async def _serve(settings: Settings, demo: bool) -> int:
-    from proxy.server import Server, StartupFailure  # noqa: PLC0415 (heavy; serve only)
+    from pgwake.server import Server, StartupFailure  # noqa: PLC0415 (heavy; serve only)
 
     server = Server(settings)
     try:
@@ -127,7 +127,7 @@ async def _serve(settings: Settings, demo: bool) -> int:
             await _ensure_demo(settings)
         await server.serve()
     except (StartupFailure, UnsafeStateDir) as exc:
-        logging.getLogger("proxy.server").error("event=startup_failed reason=%s", exc)
+        logging.getLogger("pgwake.server").error("event=startup_failed reason=%s", exc)
         print(f"pgwake: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
     return 0

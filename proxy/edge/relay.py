@@ -31,10 +31,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from proxy import metrics
-from proxy.protocol import encode
-from proxy.protocol.errors import AdminShutdown, ErrorKind
-from proxy.stream import PacketStream
+from pgwake import metrics
+from pgwake.edge.packet_stream import PacketStream
+from pgwake.protocol import encode
+from pgwake.protocol.errors import AdminShutdown, ErrorKind
 
 if TYPE_CHECKING:
     from collections.abc import Callable
