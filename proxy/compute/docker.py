@@ -206,9 +206,9 @@ class DockerBackend:
                     continue
                 endpoint = event.get("Actor", {}).get("Attributes", {}).get(LABEL_ENDPOINT)
                 logger.error(
-                    "event=compute_oom backend=docker endpoint=%s "
-                    "reason='a process hit the container memory limit'",
+                    "event=compute_oom backend=docker endpoint=%s reason=%s",
                     endpoint,
+                    "a process hit the container memory limit",
                 )
         finally:
             await self._engine().events.stop()  # type: ignore[no-untyped-call]
