@@ -185,7 +185,10 @@ def live(request: pytest.FixtureRequest) -> Iterator[Live]:
         liveness(server, "bystander")
         assert server.compute_starts("bystander") == 1
         assert server.compute_starts("target") == (1 if target_running else 0)
-        assert not errors_in(server.log_text()), server.log_text()
+        log = server.log_text()
+        assert not errors_in(log), log
+        assert "Task exception was never retrieved" not in log, log
+        assert "XX000" not in log, log
 
 
 def _log_in(pgwake: Pgwake, endpoint: str, password: str) -> None:
