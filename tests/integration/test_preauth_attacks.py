@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -54,7 +55,7 @@ def pgwake() -> Iterator[Pgwake]:
         startup_timeout="30",
         max_unauthenticated_per_address=str(PER_ADDRESS),
     ) as server:
-        for name in ("guess", "slots", "forks", "text"):
+        for name in ("guess", "slots", "forks", "text", "typo"):
             server.create(name, idle_timeout=600)
         server.create("awake", idle_timeout=1)
         server.start()
@@ -239,3 +240,29 @@ def test_names_that_are_not_utf8_are_unknown_roles(pgwake: Pgwake, running: bool
     log = pgwake.log_text()
     assert not errors_in(log), log
     assert "XX000" not in log, log
+
+
+def test_typos_under_sslmode_prefer_are_not_a_lockout(pgwake: Pgwake) -> None:
+    """psql's default sslmode=prefer retries without TLS after a failed TLS attempt, so
+    one typo is two failed proofs. Two typos in a row still read as a wrong password,
+    and the right one right after them gets in."""
+
+    def psql(password: str) -> subprocess.CompletedProcess[str]:
+        dsn = pgwake.dsn("typo", sslmode="prefer", password=password)
+        return subprocess.run(
+            ["psql", dsn, "-XAtc", "select 1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+
+    for _ in range(2):
+        typo = psql("not-the-password")
+        assert typo.returncode != 0
+        assert "password authentication failed" in typo.stderr, typo.stderr
+        assert "too many failed" not in typo.stderr, typo.stderr
+    right = psql(PASSWORD)
+    assert right.returncode == 0, right.stderr
+    assert right.stdout.strip() == "1"
