@@ -1,7 +1,11 @@
-"""Cancel keys: the keys clients see are pgwake's own, mapped to the backend's.
+"""Cancel keys: clients see their backend's real process id and a secret key of
+pgwake's own, mapped to the backend's.
 
-A client never learns a compute's real BackendKeyData. A CancelRequest with a key pgwake
-does not know is dropped without a word, exactly as Postgres treats an unknown key.
+The real pid keeps what clients do with it true: ``pg_terminate_backend(pid)``, matching a
+NOTIFY's sender to the listener's own ``backend_pid``, ``pg_stat_activity`` rows. The
+compute's own secret never leaves pgwake, so a CancelRequest must come through pgwake,
+and one with a key pgwake does not know is dropped without a word, exactly as Postgres
+treats an unknown key.
 """
 
 from __future__ import annotations
@@ -48,11 +52,11 @@ class CancelMap:
         return len(self._targets)
 
     def register(self, target: BackendTarget) -> tuple[int, int]:
-        """Mint a fresh random key pair for ``target`` and return it."""
+        """Return the key pair ``target``'s client gets: the backend's pid and a fresh
+        random secret (two computes may have backends with the same pid)."""
         while True:
-            # Positive 31-bit pid: some clients print it or keep it in a signed int.
-            key = (secrets.randbits(31) or 1, secrets.randbits(32))
-            if key not in self._targets:
+            key = (target.process_id, secrets.randbits(32))
+            if key not in self._targets and key[1] != target.secret_key:
                 self._targets[key] = target
                 return key
 

@@ -277,12 +277,14 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
     return found
 
 
-def test_clients_only_see_pgwake_cancel_keys(clients_endpoint: tuple[Pgwake, str]) -> None:
+def test_clients_see_the_real_backend_pid_and_unknown_keys_are_dropped(
+    clients_endpoint: tuple[Pgwake, str],
+) -> None:
     pgwake, endpoint = clients_endpoint
     with psycopg.connect(pgwake.dsn(endpoint), connect_timeout=60) as conn:
         row = conn.execute("select pg_backend_pid()").fetchone()
         assert row is not None
-        assert conn.info.backend_pid != row[0]
+        assert conn.info.backend_pid == row[0]
 
     before = pgwake.metric("pgwake_cancel_requests_total", outcome="unknown_key")
     forwarded = pgwake.metric("pgwake_cancel_requests_total", outcome="forwarded")

@@ -41,13 +41,15 @@ def test_asyncpg_cancel_reaches_the_backend(feature_endpoint: tuple[Pgwake, str]
     assert pgwake.metric("pgwake_cancel_requests_total", outcome="forwarded") >= 1
 
 
-def test_libpq_cancel_and_pid_is_not_the_backend_pid(feature_endpoint: tuple[Pgwake, str]) -> None:
+def test_libpq_cancel_with_the_real_pid_and_pgwakes_secret(
+    feature_endpoint: tuple[Pgwake, str],
+) -> None:
     pgwake, endpoint = feature_endpoint
     with psycopg.connect(pgwake.dsn(endpoint), connect_timeout=60) as conn:
         backend_pid = conn.execute("select pg_backend_pid()").fetchone()
         assert backend_pid is not None
-        # The key the client holds is pgwake's own, not the backend's.
-        assert conn.info.backend_pid != backend_pid[0]
+        # The pid the client holds is the backend's; the secret beside it is pgwake's.
+        assert conn.info.backend_pid == backend_pid[0]
         timer = threading.Timer(0.5, conn.cancel)
         timer.start()
         started = time.monotonic()
