@@ -37,11 +37,7 @@ if TYPE_CHECKING:
     from pgwake.compute.management import ManagementConnection
     from pgwake.endpoint.compute_resources import ComputeResources
 
-__all__ = [
-    "Lifecycle",
-    "ShuttingDown",
-    "WakeFailed",
-]
+__all__ = ["Lifecycle", "ShuttingDown", "WakeFailed"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +86,7 @@ class Lifecycle:
         self.idle_timeout = idle_timeout
         self._catalog = catalog
         self._wake_timeout = wake_timeout
-        self._resources: ComputeResources = resources or NoResources()
+        self._resources: ComputeResources = resources if resources is not None else NoResources()
         self._machine = EndpointStateMachine(name)
         self._backoff = Backoff()
         #: The running compute's SCRAM verifiers, and the catalog's copy of them.

@@ -46,7 +46,7 @@ class LifecycleManager:
     ) -> None:
         self.backends = backends
         self._catalog = catalog
-        self._resources: ComputeResources = resources or NoResources()
+        self._resources: ComputeResources = resources if resources is not None else NoResources()
         self._default_idle_timeout = default_idle_timeout
         self._wake_timeout = wake_timeout
         self._lifecycles: dict[str, Lifecycle] = {}
