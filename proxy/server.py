@@ -26,11 +26,12 @@ from pgwake.catalog import Catalog
 from pgwake.compute import Backends
 from pgwake.edge.cancel_keys import CancelMap
 from pgwake.edge.client_connection import SessionContext, serve_session
+from pgwake.edge.kept_connections import KeptConnections
 from pgwake.edge.packet_stream import PacketStream
 from pgwake.edge.throttle import AuthThrottle
 from pgwake.edge.tls import ensure_self_signed, load_tls
 from pgwake.endpoint.control_plane import ControlPlane
-from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.state_dir import ADMIN_TOKEN, MOCK_SECRET, StateDir, UnsafeStateDir
 
 if TYPE_CHECKING:
@@ -183,12 +184,10 @@ class Server:
                 tls = self._load_tls(state)
             except (OSError, ValueError, ssl.SSLError) as exc:
                 raise StartupFailure(f"cannot load the TLS certificate: {exc}") from exc
+            # The edge owns what it keeps open to computes; the lifecycles say when it goes.
+            kept = KeptConnections(settings.server_reuse_seconds)
             lifecycles = LifecycleManager(
-                backends,
-                catalog,
-                settings.idle_timeout,
-                settings.wake_timeout,
-                settings.server_reuse_seconds,
+                backends, catalog, settings.idle_timeout, settings.wake_timeout, resources=kept
             )
             adopted = await lifecycles.adopt_running()
             # Without the API nobody holds the admin token: an unguessable throwaway.
@@ -206,6 +205,7 @@ class Server:
                 AuthThrottle(),
                 state.secret(MOCK_SECRET, lambda: secrets.token_bytes(32)),
                 tls,
+                kept,
             )
 
             if settings.metrics_address is not None:

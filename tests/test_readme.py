@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgwake.endpoint.lifecycle import state_diagram
+from pgwake.endpoint.states import state_diagram
 from pgwake.settings import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pgwake.endpoint import names
-from pgwake.endpoint.lifecycle import EndpointState
+from pgwake.endpoint.states import EndpointState
 from pgwake.settings import (
     MAX_CPUS,
     MIN_CPUS,

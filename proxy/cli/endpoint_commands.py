@@ -21,7 +21,7 @@ from pgwake.catalog import Catalog
 from pgwake.compute import Backends
 from pgwake.endpoint.connection_uri import format_age
 from pgwake.endpoint.control_plane import ADMIN, ControlError, ControlPlane
-from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.settings import (
     MAX_CPUS,
     MIN_CPUS,

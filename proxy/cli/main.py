@@ -22,7 +22,7 @@ from pgwake.cli.endpoint_commands import add_endpoint_commands, run_endpoint_com
 from pgwake.compute import Backends
 from pgwake.endpoint.connection_uri import connection_uri
 from pgwake.endpoint.control_plane import ADMIN, ControlPlane
-from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.settings import Settings, load_settings
 from pgwake.state_dir import StateDir, UnsafeStateDir
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_ROLE",
+    "QUERY_TIMEOUT",
     "ManagementConnection",
     "admin_password",
     "quote_ident",
@@ -29,6 +30,9 @@ __all__ = [
 
 ADMIN_ROLE: Final = "pgwake_admin"
 _CONNECT_TIMEOUT: Final = 10.0
+#: Each call of ``ManagementConnection`` (waiting its turn, connecting, the query) ends
+#: within this: a compute slower than that is dying, and the idle timer must keep ticking.
+QUERY_TIMEOUT: Final = 5.0
 
 # Our own connection is excluded by pid; background workers have another backend_type.
 _COUNT_SESSIONS_SQL: Final = (
@@ -80,7 +84,7 @@ class ManagementConnection:
 
     Used for the idle check and to read SCRAM verifiers; queries are serialised (an
     asyncpg connection runs one at a time). Its own backend is excluded from the session
-    count by pid."""
+    count by pid. Every query raises ``TimeoutError`` after ``QUERY_TIMEOUT``."""
 
     def __init__(self, address: ComputeAddress, password: str) -> None:
         self._address = address
@@ -97,13 +101,13 @@ class ManagementConnection:
 
     async def count_client_sessions(self) -> int:
         """Client sessions the compute has besides this one."""
-        async with self._lock:
+        async with asyncio.timeout(QUERY_TIMEOUT), self._lock:
             count: int = await (await self._connection()).fetchval(_COUNT_SESSIONS_SQL)
             return count
 
     async def verifiers(self) -> dict[str, str]:
         """Every login role's SCRAM verifier, by role name."""
-        async with self._lock:
+        async with asyncio.timeout(QUERY_TIMEOUT), self._lock:
             rows = await (await self._connection()).fetch(_VERIFIERS_SQL, ADMIN_ROLE)
         return {row["rolname"]: row["rolpassword"] for row in rows}
 
@@ -118,7 +122,8 @@ class ManagementConnection:
         if read is None:
             read = self._next_read = asyncio.ensure_future(self._read_for_waiters())
             read.add_done_callback(_retrieve)  # every waiter may have gone
-        return (await asyncio.shield(read)).get(role)
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            return (await asyncio.shield(read)).get(role)
 
     async def _read_for_waiters(self) -> dict[str, str]:
         async with self._lock:

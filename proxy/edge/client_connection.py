@@ -46,6 +46,7 @@ from pgwake.edge.handshake import read_handshake, require_tls_error
 from pgwake.edge.relay import Relays, start_relay
 from pgwake.edge.routing import resolve
 from pgwake.edge.server_reuse import IdleServer, reset_for_reuse
+from pgwake.endpoint.lifecycle import ShuttingDown, WakeFailed
 from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     AdminShutdown,
@@ -66,10 +67,12 @@ if TYPE_CHECKING:
     from pgwake.edge.cancel_keys import CancelMap
     from pgwake.edge.client_auth import EdgeAuthResult
     from pgwake.edge.handshake import Handshake
+    from pgwake.edge.kept_connections import KeptConnections
     from pgwake.edge.packet_stream import PacketStream
     from pgwake.edge.throttle import AuthThrottle
     from pgwake.edge.tls import TlsMaterial
-    from pgwake.endpoint.lifecycle import Lifecycle, LifecycleManager
+    from pgwake.endpoint.lifecycle import Lifecycle
+    from pgwake.endpoint.lifecycles import LifecycleManager
     from pgwake.settings import Settings
 
 __all__ = ["SessionContext", "serve_session"]
@@ -99,6 +102,8 @@ class SessionContext:
     mock_secret: bytes
     #: The current certificate; replaced on SIGHUP (sessions keep the one they began with).
     tls: TlsMaterial | None
+    #: Kept backends and warm sockets, per endpoint (``kept_connections.py``).
+    kept: KeptConnections
     #: Relayed sessions (their coroutines have ended; the server's drain waits on these).
     relays: Relays = field(default_factory=Relays)
     #: Authenticated sessions open now (``max_client_connections``).
@@ -342,6 +347,16 @@ class _Session:
                 detail=f"the compute was not ready within {timeout:g} s",
                 hint="Try again shortly.",
             ) from None
+        except WakeFailed as failed:
+            raise CannotConnectNow(
+                f'endpoint "{lifecycle.name}" could not start',
+                detail=failed.reason,
+                hint=f"pgwake will try to start it again in {failed.retry_in:.0f} s.",
+            ) from None
+        except ShuttingDown:
+            raise CannotConnectNow(
+                "pgwake is shutting down", hint="Connect again shortly."
+            ) from None
         if not was_running:
             logger.info(
                 "event=woke conn=%s endpoint=%s ms=%d",
@@ -355,7 +370,10 @@ class _Session:
         self, lifecycle: Lifecycle, auth: EdgeAuthResult, startup: bytes, role: str
     ) -> None:
         address = lifecycle.address
-        if address is not None and (kept := lifecycle.idle_servers.take(startup)) is not None:
+        if (
+            address is not None
+            and (kept := self.ctx.kept.of(lifecycle.name).idle_servers.take(startup)) is not None
+        ):
             self._reuse(lifecycle, address, auth, kept)
             return
         address = await self._wake(lifecycle)
@@ -374,11 +392,10 @@ class _Session:
                 ) from None
         await self._login(lifecycle, auth=auth, address=address, role=role, startup=startup)
 
-    @staticmethod
-    async def _connect(lifecycle: Lifecycle, address: ComputeAddress) -> PacketStream:
+    async def _connect(self, lifecycle: Lifecycle, address: ComputeAddress) -> PacketStream:
         """A connection whose backend is forked already (``warm_sockets.py``), else a new
         one."""
-        warm = lifecycle.warm_sockets.take(address)
+        warm = self.ctx.kept.of(lifecycle.name).warm_sockets.take(address)
         return warm if warm is not None else await open_compute(address)
 
     def _reuse(
@@ -488,7 +505,7 @@ class _SessionEnd:
         lifecycle, opening = self.lifecycle, self.opening
         return (
             lifecycle is not None
-            and lifecycle.idle_servers.enabled
+            and self.ctx.kept.reuse_enabled
             and opening is not None
             and opening.backend_key is not None
         )
@@ -499,7 +516,8 @@ class _SessionEnd:
         assert lifecycle is not None
         assert opening is not None
         lifecycle.in_background(
-            _keep(lifecycle, stream, status, self.startup, opening), f"keep:{lifecycle.name}"
+            _keep(lifecycle, stream, status, self.startup, opening, kept_connections=self.ctx.kept),
+            f"keep:{lifecycle.name}",
         )
 
     def relayed(self, to_compute: int, to_client: int) -> None:
@@ -587,6 +605,8 @@ async def _keep(
     status: bytes,
     startup: bytes,
     opening: SessionOpening,
+    *,
+    kept_connections: KeptConnections,
 ) -> None:
     assert opening.backend_key is not None
     parameter_status = await reset_for_reuse(stream, opening.parameter_status, status)
@@ -599,7 +619,7 @@ async def _keep(
         return
     process_id, secret_key = opening.backend_key
     kept = IdleServer(stream, process_id, secret_key, parameter_status, time.monotonic())
-    if not lifecycle.idle_servers.put(startup, kept):
+    if not kept_connections.of(lifecycle.name).idle_servers.put(startup, kept):
         metrics.SERVER_REUSE.labels(lifecycle.name, "full").inc()
         stream.close()
 

@@ -1,2 +1,5 @@
-"""The endpoint domain: its lifecycle (``lifecycle``), the control-plane service that
-creates, lists, branches and deletes endpoints (``control_plane``), and their names."""
+"""The endpoint domain: its states (``states``), its lifecycle (``lifecycle``,
+``lifecycles``) and the jobs beside it (``verifiers``, ``disk_usage``), the hook through
+which it tells the edge when to close what it keeps (``compute_resources``), the
+control-plane service that creates, lists, branches and deletes endpoints
+(``control_plane``), and their names. It never imports the edge."""

@@ -23,13 +23,14 @@ from pgwake.auth.scram import make_verifier
 from pgwake.catalog import EndpointExists
 from pgwake.compute import ComputeStartError, EndpointSpec
 from pgwake.endpoint.connection_uri import DEFAULT_ROLE, connection_uri
-from pgwake.endpoint.lifecycle import EndpointState
+from pgwake.endpoint.lifecycle import WakeFailed
 from pgwake.endpoint.names import generate_endpoint_name, is_valid_endpoint_name
+from pgwake.endpoint.states import EndpointState
 
 if TYPE_CHECKING:
     from pgwake.catalog import Catalog, EndpointRecord
     from pgwake.compute import Backends
-    from pgwake.endpoint.lifecycle import LifecycleManager
+    from pgwake.endpoint.lifecycles import LifecycleManager
     from pgwake.settings import Settings
 
 __all__ = [
@@ -407,8 +408,12 @@ class ControlPlane:
                 await self.lifecycles.get(record).wake()
         except TimeoutError:
             raise ControlError("wake_timeout", "the compute did not start in time", 504) from None
-        except Exception as exc:  # CannotConnectNow carries a client-safe reason
-            detail = getattr(exc, "detail", None) or str(exc)
+        except WakeFailed as exc:  # its reason is client-safe
+            raise ControlError(
+                "wake_failed", f"the compute could not start: {exc.reason or exc}", 503
+            ) from None
+        except Exception as exc:  # ShuttingDown, or a bug: still a 503 (no traceback)
+            detail = str(exc)
             raise ControlError(
                 "wake_failed", f"the compute could not start: {detail}", 503
             ) from None

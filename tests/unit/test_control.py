@@ -12,7 +12,7 @@ from pgwake import metrics
 from pgwake.catalog import Catalog
 from pgwake.compute import Backends, ComputeAddress, ComputeStartError, EndpointSpec
 from pgwake.endpoint.control_plane import ADMIN, Caller, ControlError, ControlPlane
-from pgwake.endpoint.lifecycle import LifecycleManager
+from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.settings import load_settings
 
 ADMIN_TOKEN = "unit-test-admin-token"
@@ -28,6 +28,7 @@ class SlowBackend:
         self.deleted: list[str] = []
         self.running: set[str] = set()
         self.branch_error: str | None = None
+        self.start_error: str | None = None
 
     async def prepare(self) -> None:
         pass
@@ -50,6 +51,8 @@ class SlowBackend:
         self.created.append(target)
 
     async def start(self, endpoint: str, ready_timeout: float) -> ComputeAddress:
+        if self.start_error is not None:
+            raise ComputeStartError(self.start_error)
         self.running.add(endpoint)
         return ComputeAddress(unix_socket=f"/nonexistent/{endpoint}")
 
@@ -200,3 +203,28 @@ def test_scoped_tokens_are_stored_as_hashes_and_revocable(tmp_path: Path) -> Non
     assert minted.secret.encode() not in data
     control.revoke_token(ADMIN, minted.id)
     assert control.authenticate(minted.secret) is None
+
+
+def test_a_wake_that_cannot_start_is_a_503_with_the_reason(tmp_path: Path) -> None:
+    control, backend, _ = _control(tmp_path)
+
+    async def scenario() -> list[ControlError]:
+        await control.create(ADMIN, name="broken")
+        backend.start_error = "out of disk"
+        refused = []
+        for _ in range(2):  # the failed start, then the back-off's refusal: same text
+            with pytest.raises(ControlError) as info:
+                await control.wake(ADMIN, "broken")
+            refused.append(info.value)
+        await control.lifecycles.suspend_all()
+        with pytest.raises(ControlError) as info:
+            await control.wake(ADMIN, "broken")
+        refused.append(info.value)
+        return refused
+
+    failed, in_backoff, shutting_down = _run(scenario())
+    for error in (failed, in_backoff):
+        assert (error.code, error.status) == ("wake_failed", 503)
+        assert error.message == "the compute could not start: out of disk"
+    assert (shutting_down.code, shutting_down.status) == ("wake_failed", 503)
+    assert shutting_down.message == "the compute could not start: pgwake is shutting down"

@@ -14,7 +14,7 @@ import pytest
 import pgwake
 from pgwake.auth.scram import make_verifier
 from pgwake.edge.routing import resolve, split_options
-from pgwake.endpoint.lifecycle import RETRY_MAX_SECONDS, retry_delay
+from pgwake.endpoint.states import RETRY_MAX_SECONDS, retry_delay
 from pgwake.protocol.messages import AuthenticationRequest
 
 PROXY_DIR = Path(pgwake.__file__).parent
