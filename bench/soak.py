@@ -35,7 +35,6 @@ import itertools
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -53,11 +52,12 @@ import asyncpg
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-# The repository root, for proxy.* and bench.core when run as a script.
+# The repository root, for bench.core when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core import Processes, free_port, log, percentile, read_postmaster_pid, tail
 from pgwake.api.client import PgwakeClient
+from pgwake.logs import parse_logfmt
 
 __all__ = ["SoakReport", "run_soak"]
 
@@ -473,24 +473,20 @@ def postgres_processes(state_dir: Path) -> dict[int, str]:
     return found
 
 
-_TRANSITION = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ proxy\.lifecycle "
-    r"event=transition endpoint=(\S+) from=\w+ to=(\w+)",
-    re.MULTILINE,
-)
-
-
 def annotate_states(errors: list[SessionError], log_path: Path, t0_wall: float) -> None:
     """Set each error's ``pgwake_state``: the endpoint's state, per pgwake's transition
-    log lines (millisecond timestamps, local time), when the session began."""
+    log lines (logfmt, UTC timestamps), when the session began."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
         return
     history: dict[str, list[tuple[float, str]]] = {}
-    for stamp, endpoint, state in _TRANSITION.findall(text):
-        when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        history.setdefault(endpoint, []).append((when, state))
+    for line in text.splitlines():
+        if "event=transition" not in line:
+            continue
+        fields = parse_logfmt(line)
+        when = datetime.fromisoformat(fields["ts"].replace("Z", "+00:00")).timestamp()
+        history.setdefault(fields["endpoint"], []).append((when, fields["to"]))
     for error in errors:
         began = t0_wall + error.started
         state = "suspended"
@@ -507,9 +503,9 @@ def scan_log(path: Path) -> dict[str, Any]:
     except OSError:
         return {}
     lines = text.splitlines()
-    errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
+    errors = [line for line in lines if " level=error " in line or " level=critical " in line]
     return {
-        "warnings": sum(" WARNING " in line for line in lines),
+        "warnings": sum(" level=warning " in line for line in lines),
         "errors": len(errors),
         "tracebacks": text.count("Traceback (most recent call last)"),
         "samples": errors[:10],

@@ -229,6 +229,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    log_format: Literal["logfmt", "json"] = Field(
+        "logfmt",
+        description="Log lines as logfmt (key=value, quoted where needed) or one JSON "
+        "object per line, with the same keys.",
+    )
 
     @field_validator("docker_ports")
     @classmethod

@@ -23,6 +23,7 @@ from pgwake.compute import Backends
 from pgwake.endpoint.connection_uri import connection_uri
 from pgwake.endpoint.control_plane import ADMIN, ControlPlane
 from pgwake.endpoint.lifecycles import LifecycleManager
+from pgwake.logs import configure_logging
 from pgwake.settings import Settings, load_settings
 from pgwake.state_dir import StateDir, UnsafeStateDir
 
@@ -102,14 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-
-
 def _run(coro: Any) -> Any:
     try:
         import uvloop  # noqa: PLC0415 (optional off Linux)
@@ -167,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (pydantic.ValidationError, FileNotFoundError) as exc:
         print(f"pgwake: invalid settings: {_one_line(exc)}", file=sys.stderr)
         return STARTUP_FAILURE
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         result: int = _run(_serve(settings, args.demo))
         return result

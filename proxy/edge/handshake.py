@@ -108,7 +108,7 @@ async def read_handshake(
         )
     except CloseWithoutReply as refusal:
         logger.warning(
-            'event=bad_startup conn=%s peer=%s reason="%s" detail="%s"',
+            "event=bad_startup conn=%s peer=%s reason=%s detail=%s",
             conn_id,
             _peer_text(stream),
             refusal.reason,

@@ -120,22 +120,26 @@ class Lifecycle:
     def _transition(self, trigger: Trigger, reason: str | None = None, **fields: object) -> None:
         old_state = self._machine.fire(trigger, reason)  # IllegalTransition: nothing moved
         new_state = self._machine.state
-        extra = "".join(f" {key}={value}" for key, value in fields.items())
         log = (
             logger.warning
             if new_state is EndpointState.FAILED or trigger is Trigger.CRASHED
             else logger.info
         )
-        log(
-            "event=transition endpoint=%s from=%s to=%s trigger=%s backend=%s%s%s",
+        words = ["event=transition endpoint=%s from=%s to=%s trigger=%s backend=%s"]
+        args: list[object] = [
             self.name,
             old_state.value,
             new_state.value,
             trigger.value,
             self.backend.name,
-            extra,
-            f" reason={reason!r}" if reason else "",
-        )
+        ]
+        for key, value in fields.items():
+            words.append(f"{key}=%s")
+            args.append(value)
+        if reason:
+            words.append("reason=%r")
+            args.append(reason)
+        log(" ".join(words), *args)
         metrics.STATE_TRANSITIONS.labels(trigger.value).inc()
         self._publish_state()
         self._catalog.set_state(self.name, new_state.value, reason, last_active=time.time())

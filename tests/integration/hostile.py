@@ -43,8 +43,8 @@ _PRE_AUTH_TYPES = frozenset(b"REv")
 #: TLS record content types (RFC 8446 section 5.1): change_cipher_spec .. application_data.
 _TLS_CONTENT_TYPES = range(20, 24)
 _TLS_MAX_RECORD = 2**14 + 2048
-#: A log line at level ERROR (format: date time LEVEL logger message).
-_ERROR_LINE = re.compile(r"^\S+ \S+ (?:ERROR|CRITICAL) .*$", re.MULTILINE)
+#: A log line at level ERROR (logfmt: ts=... level=... logger=... ...).
+_ERROR_LINE = re.compile(r"^ts=\S+ level=(?:error|critical) .*$", re.MULTILINE)
 
 
 def target_startup(endpoint: str = "target", user: str = "app") -> bytes:

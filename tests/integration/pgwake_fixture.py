@@ -24,6 +24,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgwake.logs import parse_logfmt
 from pgwake.state_dir import StateDir
 
 PASSWORD = "s3cret-pw"
@@ -285,8 +286,25 @@ def running_pgwake(**settings: str) -> Iterator[Pgwake]:
         yield server
     finally:
         leftovers = server.cleanup()
+        unparsable = unparsable_log_lines(server.log_text())
         shutil.rmtree(server.state_dir, ignore_errors=True)
         assert not leftovers, f"computes outlived pgwake's shutdown: {leftovers}"
+        assert not unparsable, f"log lines that are not logfmt: {unparsable[:5]}"
+
+
+def unparsable_log_lines(text: str) -> list[str]:
+    """The lines of a pgwake log that are not logfmt with ``ts``, ``level`` and ``logger``
+    (every line a test server writes must be)."""
+    bad = []
+    for line in text.splitlines():
+        try:
+            fields = parse_logfmt(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        if not {"ts", "level", "logger"} <= fields.keys():
+            bad.append(line)
+    return bad
 
 
 def wait_for(predicate: object, timeout: float = 30, interval: float = 0.02) -> None:
