@@ -33,19 +33,18 @@ from typing import TYPE_CHECKING, Final
 from pgwake import metrics
 from pgwake.edge.admission import Refusal, UnauthenticatedBudget
 from pgwake.edge.cancel_keys import BackendTarget
-from pgwake.edge.client_auth import authenticate_client, is_text, password_failed, throttled
+from pgwake.edge.client_auth import authenticate_client, is_text, password_failed
 from pgwake.edge.compute_login import (
     ComputeRefused,
     SessionOpening,
     StaleVerifier,
-    begin_login,
     open_compute,
     open_session,
 )
 from pgwake.edge.handshake import read_handshake, require_tls_error
 from pgwake.edge.relay import Relays, start_relay
 from pgwake.edge.routing import resolve
-from pgwake.edge.server_reuse import IdleServer, reset_for_reuse
+from pgwake.edge.server_reuse import IdleServer, keep_backend
 from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     AdminShutdown,
@@ -57,8 +56,13 @@ from pgwake.protocol.errors import (
     ProtocolViolation,
     TooManyConnections,
 )
-from pgwake.protocol.framing import MAX_AUTHENTICATION_MESSAGE_LENGTH, MessageReader
-from pgwake.protocol.messages import AuthenticationRequest, CancelRequest, StartupMessage
+from pgwake.protocol.messages import (
+    READY_FOR_QUERY,
+    TRANSACTION_IDLE,
+    AuthenticationRequest,
+    CancelRequest,
+    StartupMessage,
+)
 
 if TYPE_CHECKING:
     from pgwake.catalog import Catalog, EndpointRecord
@@ -77,7 +81,7 @@ __all__ = ["SessionContext", "serve_session"]
 logger = logging.getLogger(__name__)
 
 _AUTHENTICATION_OK: Final = encode.authentication(AuthenticationRequest.OK)
-_READY_IDLE: Final = encode.message(b"Z", b"I")
+_READY_IDLE: Final = encode.message(READY_FOR_QUERY, TRANSACTION_IDLE)
 
 # Postgres's own authentication_timeout default: the compute must finish pgwake's login
 # within it (the compute enforces the same on its side).
@@ -281,28 +285,20 @@ class _Session:
     async def _authenticate(
         self, lifecycle: Lifecycle, role: str, handshake: Handshake
     ) -> EdgeAuthResult:
-        throttle = self.ctx.throttle
-        endpoint = lifecycle.name
-        # A cheap early refusal; the check that bounds parallel guesses runs at the proof.
-        wait = throttle.wait_seconds(self.client_host, endpoint, time.monotonic())
-        if wait > 0:
-            raise throttled(wait)
-        reader = MessageReader(MAX_AUTHENTICATION_MESSAGE_LENGTH)
-        reader.feed(handshake.trailing)
         tls = handshake.tls
         try:
             async with asyncio.timeout_at(self.deadline):
-                auth = await authenticate_client(
+                return await authenticate_client(
                     self.client,
-                    reader,
                     role=role,
                     # A name that is not UTF-8 is no role: a mock exchange, then 28P01.
                     verifier_lookup=lifecycle.verifier(role) if is_text(role) else None,
                     mock_secret=self.ctx.mock_secret,
                     channel_binding=tls.end_point_hash if tls is not None else None,
-                    throttle=throttle,
+                    throttle=self.ctx.throttle,
                     client_host=self.client_host,
-                    endpoint=endpoint,
+                    endpoint=lifecycle.name,
+                    conn_id=self.conn_id,
                 )
         except TimeoutError:
             raise ProtocolViolation(
@@ -310,24 +306,6 @@ class _Session:
                 detail=f"startup and authentication must finish within "
                 f"{self.ctx.settings.startup_timeout:g} s",
             ) from None
-        except ClientError as error:
-            if error.sqlstate in (
-                password_failed(role).sqlstate,
-                InvalidAuthorizationSpecification.sqlstate,
-            ):
-                logger.warning(
-                    "event=auth_failed conn=%s endpoint=%s client=%s retry_in_s=%g",
-                    self.conn_id,
-                    endpoint,
-                    self.client_host,
-                    throttle.wait_seconds(self.client_host, endpoint, time.monotonic()),
-                )
-            raise
-        # auth.sasl_final goes out with the compute's opening (``open_session``).
-        leftover = reader.take_remaining()
-        if leftover:
-            self.client.unread(leftover)
-        return auth
 
     async def _wake(self, lifecycle: Lifecycle) -> ComputeAddress:
         timeout = self.ctx.settings.wake_timeout
@@ -419,10 +397,10 @@ class _Session:
         assert self.compute is not None
         try:
             async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
-                login = await begin_login(self.compute, startup)
                 self.opening = await open_session(
-                    login,
+                    self.compute,
                     self.client,
+                    startup=startup,
                     preface=auth.sasl_final,
                     client_key=auth.client_key,
                     verifier=auth.verifier,
@@ -499,7 +477,8 @@ class _SessionEnd:
         assert lifecycle is not None
         assert opening is not None
         lifecycle.in_background(
-            _keep(lifecycle, stream, status, self.startup, opening), f"keep:{lifecycle.name}"
+            keep_backend(lifecycle, stream, status, self.startup, opening),
+            f"keep:{lifecycle.name}",
         )
 
     def relayed(self, to_compute: int, to_client: int) -> None:
@@ -579,29 +558,6 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
             session.close()
             end.take_over(session)
             end.finish(outcome)
-
-
-async def _keep(
-    lifecycle: Lifecycle,
-    stream: PacketStream,
-    status: bytes,
-    startup: bytes,
-    opening: SessionOpening,
-) -> None:
-    assert opening.backend_key is not None
-    parameter_status = await reset_for_reuse(stream, opening.parameter_status, status)
-    if parameter_status is None:
-        metrics.SERVER_REUSE.labels(lifecycle.name, "reset_failed").inc()
-        stream.close()
-        return
-    if lifecycle.address is None:  # the compute is going away
-        stream.close()
-        return
-    process_id, secret_key = opening.backend_key
-    kept = IdleServer(stream, process_id, secret_key, parameter_status, time.monotonic())
-    if not lifecycle.idle_servers.put(startup, kept):
-        metrics.SERVER_REUSE.labels(lifecycle.name, "full").inc()
-        stream.close()
 
 
 def _report(session: _Session, error: ClientError) -> None:
