@@ -13,7 +13,7 @@ result or raises:
   connection next (the next exchange, or the relay).
 
 ``packet_stream.drive`` runs an exchange over a ``PacketStream``; deadlines sit around
-that call. A test runs one by answering its steps with bytes of its own (``run`` in
+that call. A test runs one by answering its steps with bytes of its own (``Peer.run`` in
 ``tests/unit/exchanges.py``). The exchanges: ``handshake.negotiate``,
 ``client_auth.offer_sasl`` and ``client_auth.verify_proof``, ``compute_login.log_in``,
 ``server_reuse.reset``.
