@@ -39,6 +39,7 @@ import aiohttp
 from pgwake.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
 from pgwake.compute.pgdata import start_failure_reason
 from pgwake.protocol import encode
+from pgwake.protocol.messages import AUTHENTICATION
 from pgwake.settings import MAX_CPUS, MIN_CPUS, parse_memory
 from pgwake.state_dir import INSTANCE_ID, StateDir
 
@@ -722,4 +723,4 @@ async def _accepts_logins(port: int) -> bool:
     finally:
         writer.close()  # an unanswered SASL exchange ends silently on the server
     kind, _length = struct.unpack("!cI", header)
-    return bool(kind == b"R")
+    return bool(kind == AUTHENTICATION)

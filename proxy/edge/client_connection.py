@@ -1,19 +1,13 @@
 """One client connection, from its first byte to its relay (ARCHITECTURE.md).
 
-The phases, each in its own module of this package:
-
-1. ``handshake``: PROXY header (trusted proxies), TLS (SSLRequest or direct), startup.
-   Until its proof is verified a connection counts only in the unauthenticated budget
-   (``admission``): no session slot, no effect on idleness, no compute connection;
-2. ``routing`` and the catalog; the endpoint's IP allow-list;
-3. ``client_auth``: SCRAM with the client against the stored verifier, the failed-login
-   ``throttle`` checked in the same step. Nothing is woken before the proof;
-4. the session's slot, then ``endpoint.lifecycle``: wake the compute (the client waits,
-   up to ``wake_timeout``);
-5. a backend: a kept one (``server_reuse``), else ``compute_login`` over a connection
-   from ``warm_sockets`` or a new one, with the recovered ClientKey; the session's opening
-   is forwarded with pgwake's own cancel keys;
-6. ``relay``: copy bytes both ways until either side closes.
+Rule: a connection's phase (``phases.py``) changes in ``ClientConnection._enter`` only,
+with one ``event=phase`` line at debug level. ``ClientConnection.run`` goes through them
+in order, each phase's work done by a module of this package: ``handshake``, then
+``routing`` and the catalog (``ROUTED``), ``client_auth``, the session's slot
+(``AUTHENTICATED``), ``backend`` (``ATTACHED``), ``relay`` (``RELAYING``). Until its proof
+is verified a connection counts only in the unauthenticated budget (``admission``): no
+session slot, no effect on idleness, no compute connection. Once it relays, its coroutine
+has ended: what is left is the ``ClientConnection``'s few slots, until ``finish``.
 
 Any ``ClientError`` becomes one FATAL ``ErrorResponse`` and a close; anything else is
 logged with its traceback and answered with XX000. The client never sees a traceback.
@@ -22,35 +16,26 @@ logged with its traceback and answered with XX000. The client never sees a trace
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import ssl
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from pgwake import metrics
-from pgwake.edge.admission import Refusal, UnauthenticatedBudget
-from pgwake.edge.cancel_keys import BackendTarget
-from pgwake.edge.client_auth import authenticate_client, is_text, password_failed, throttled
-from pgwake.edge.compute_login import (
-    ComputeRefused,
-    SessionOpening,
-    StaleVerifier,
-    begin_login,
-    open_compute,
-    open_session,
-)
+from pgwake.edge.admission import Refusal
+from pgwake.edge.backend import acquire_backend
+from pgwake.edge.client_auth import authenticate_client, is_text
+from pgwake.edge.compute_login import ComputeRefused
 from pgwake.edge.handshake import read_handshake, require_tls_error
-from pgwake.edge.relay import Relays, start_relay
-from pgwake.edge.routing import resolve
-from pgwake.edge.server_reuse import IdleServer, reset_for_reuse
-from pgwake.endpoint.lifecycle import ShuttingDown, WakeFailed
+from pgwake.edge.phases import PHASE_MOVES, IllegalPhaseMove, Phase
+from pgwake.edge.relay import start_relay
+from pgwake.edge.routing import address_allowed, compute_parameters, resolve
+from pgwake.edge.server_reuse import keep_backend
+from pgwake.edge.session_context import SessionContext, too_many_unauthenticated
 from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     AdminShutdown,
-    CannotConnectNow,
     ClientError,
     InternalError,
     InvalidAuthorizationSpecification,
@@ -58,130 +43,77 @@ from pgwake.protocol.errors import (
     ProtocolViolation,
     TooManyConnections,
 )
-from pgwake.protocol.framing import MAX_AUTHENTICATION_MESSAGE_LENGTH, MessageReader
-from pgwake.protocol.messages import AuthenticationRequest, CancelRequest, StartupMessage
+from pgwake.protocol.messages import CancelRequest
 
 if TYPE_CHECKING:
-    from pgwake.catalog import Catalog, EndpointRecord
-    from pgwake.compute import ComputeAddress
-    from pgwake.edge.cancel_keys import CancelMap
     from pgwake.edge.client_auth import EdgeAuthResult
+    from pgwake.edge.compute_login import SessionOpening
     from pgwake.edge.handshake import Handshake
-    from pgwake.edge.kept_connections import KeptConnections
     from pgwake.edge.packet_stream import PacketStream
-    from pgwake.edge.throttle import AuthThrottle
-    from pgwake.edge.tls import TlsMaterial
+    from pgwake.edge.routing import Route
     from pgwake.endpoint.lifecycle import Lifecycle
-    from pgwake.endpoint.lifecycles import LifecycleManager
-    from pgwake.settings import Settings
+    from pgwake.protocol.messages import StartupMessage
 
-__all__ = ["SessionContext", "serve_session"]
+__all__ = ["ClientConnection", "SessionContext", "serve_session"]
 
 logger = logging.getLogger(__name__)
 
-_AUTHENTICATION_OK: Final = encode.authentication(AuthenticationRequest.OK)
-_READY_IDLE: Final = encode.message(b"Z", b"I")
-
-# Postgres's own authentication_timeout default: the compute must finish pgwake's login
-# within it (the compute enforces the same on its side).
-_AUTHENTICATION_TIMEOUT: Final = 60.0
 #: The newest protocol 3.x minor pgwake speaks (NegotiateProtocolVersion otherwise).
 _NEWEST_MINOR: Final = 0
 
 
-@dataclass(slots=True)
-class SessionContext:
-    """What every session shares; built once by ``server.py``."""
+class ClientConnection:
+    """One client connection. ``run`` takes it through its phases up to the relay; from
+    then on the relay holds it (``relayed``, ``keep_compute``) until ``finish``.
 
-    settings: Settings
-    catalog: Catalog
-    lifecycles: LifecycleManager
-    cancels: CancelMap
-    throttle: AuthThrottle
-    #: Server-wide secret for SCRAM mock salts (stable, so probes see stable salts).
-    mock_secret: bytes
-    #: The current certificate; replaced on SIGHUP (sessions keep the one they began with).
-    tls: TlsMaterial | None
-    #: Kept backends and warm sockets, per endpoint (``kept_connections.py``).
-    kept: KeptConnections
-    #: Relayed sessions (their coroutines have ended; the server's drain waits on these).
-    relays: Relays = field(default_factory=Relays)
-    #: Authenticated sessions open now (``max_client_connections``).
-    active_sessions: int = field(default=0)
-    #: Connections that have not proved a password yet (``admission.py``).
-    unauthenticated: UnauthenticatedBudget = field(init=False)
+    Its slots are all that stays of it while it relays: what its end must undo and log.
+    The handshake, the route and the SCRAM state live in ``run``'s frame only."""
 
-    def __post_init__(self) -> None:
-        self.unauthenticated = UnauthenticatedBudget(
-            per_address=self.settings.max_unauthenticated_per_address,
-            total=self.settings.max_unauthenticated_connections,
-        )
-
-
-def too_many_unauthenticated(refusal: Refusal) -> TooManyConnections:
-    """The 53300 for a connection over the unauthenticated budget."""
-    if refusal.scope == "address":
-        return TooManyConnections(
-            "too many connections from your address are still logging in",
-            detail=f"at most {refusal.limit} connections per client address may be in "
-            "TLS, startup or authentication at once",
-            hint="Finish or close the connections that are still logging in.",
-        )
-    return TooManyConnections(
-        "too many connections are still logging in",
-        detail=f"at most {refusal.limit} connections may be in TLS, startup or "
-        "authentication at once",
-        hint="Try again shortly.",
+    __slots__ = (
+        "cancel_key",
+        "compute",
+        "conn_id",
+        "ctx",
+        "endpoint",
+        "lifecycle",
+        "opening",
+        "peer_host",
+        "phase",
+        "started",
+        "startup",
+        "unauthenticated_as",
     )
 
-
-def _compute_parameters(startup: StartupMessage, role: str, options: str | None) -> dict[str, str]:
-    parameters = {
-        key: value
-        for key, value in startup.parameters.items()
-        # _pq_.* are protocol extensions we declined in NegotiateProtocolVersion.
-        if key not in ("user", "options") and not key.startswith("_pq_.")
-    }
-    parameters = {"user": role, **parameters}
-    if options:
-        parameters["options"] = options
-    return parameters
-
-
-def _allowed(client_host: str, record: EndpointRecord) -> bool:
-    if not record.allowed_cidrs:
-        return True
-    try:
-        address = ipaddress.ip_address(client_host)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in record.allowed_cidrs)
-
-
-class _Session:
-    def __init__(
-        self, client: PacketStream, ctx: SessionContext, conn_id: str, peer_host: str
-    ) -> None:
-        self.client = client
+    def __init__(self, ctx: SessionContext, conn_id: str, peer_host: str) -> None:
         self.ctx = ctx
         self.conn_id = conn_id
         self.peer_host = peer_host
-        self.client_host = peer_host
+        self.started = time.monotonic()
+        self.phase = Phase.HANDSHAKE
         #: The address this connection counts under in the unauthenticated budget
         #: (``None`` once it has proved its password, or if it never entered).
         self.unauthenticated_as: str | None = None
+        #: Set once routed.
         self.endpoint: str | None = None
+        #: Set once authenticated: the client is a session of this endpoint.
+        self.lifecycle: Lifecycle | None = None
+        #: Set while attached: the backend's connection (the relay's once relaying).
         self.compute: PacketStream | None = None
         self.cancel_key: tuple[int, int] | None = None
         #: The compute's startup message and login: what keeping its backend needs.
         self.startup = b""
         self.opening: SessionOpening | None = None
-        #: Set once the relay runs: from then on the relay ends the session, not us.
-        self.relaying = False
-        #: Set once the client is a session of the endpoint (authenticated, counted).
-        self.lifecycle: Lifecycle | None = None
-        #: The startup *and* the client's SCRAM exchange must be done by then.
-        self.deadline = asyncio.get_running_loop().time() + ctx.settings.startup_timeout
+
+    def _enter(self, phase: Phase) -> None:
+        """Move to ``phase``: the one place the phase changes."""
+        if phase not in PHASE_MOVES[self.phase]:
+            raise IllegalPhaseMove(self.phase, phase)
+        logger.debug(
+            "event=phase conn=%s from=%s to=%s", self.conn_id, self.phase.value, phase.value
+        )
+        self.phase = phase
+
+    # -- the unauthenticated budget ------------------------------------------------------
 
     def admit(self) -> None:
         """Count the new connection in the unauthenticated budget (``Refusal`` if full)."""
@@ -189,22 +121,38 @@ class _Session:
         self.unauthenticated_as = self.peer_host
         metrics.UNAUTHENTICATED.inc()
 
-    def leave_unauthenticated(self) -> None:
+    def _count_as(self, client_host: str) -> None:
+        """A PROXY header named the real client: it counts under its own address."""
+        if self.unauthenticated_as is None or client_host == self.unauthenticated_as:
+            return
+        try:
+            self.ctx.unauthenticated.move(self.unauthenticated_as, client_host)
+        except Refusal as refusal:
+            metrics.UNAUTHENTICATED_REFUSED.labels(refusal.scope).inc()
+            raise too_many_unauthenticated(refusal) from None
+        self.unauthenticated_as = client_host
+
+    def _leave_unauthenticated(self) -> None:
         """Leave the unauthenticated budget: the client proved its password, or left."""
         address, self.unauthenticated_as = self.unauthenticated_as, None
         if address is not None:
             self.ctx.unauthenticated.leave(address)
             metrics.UNAUTHENTICATED.dec()
 
-    async def run(self) -> None:
-        ctx = self.ctx
-        settings = ctx.settings
+    # -- the phases ----------------------------------------------------------------------
+
+    async def run(self, client: PacketStream) -> None:
+        """Take the connection from its first byte to its relay, or to a forwarded cancel
+        request. Raises ``ClientError`` (the client must hear it), ``ComputeRefused`` (it
+        has), or ``ConnectionError``/``TimeoutError``/``ssl.SSLError``."""
+        settings = self.ctx.settings
+        deadline = asyncio.get_running_loop().time() + settings.startup_timeout
         try:
-            async with asyncio.timeout_at(self.deadline):
+            async with asyncio.timeout_at(deadline):
                 handshake = await read_handshake(
-                    self.client,
+                    client,
                     peer_host=self.peer_host,
-                    tls=ctx.tls,
+                    tls=self.ctx.tls,
                     trusted_proxies=settings.trusted_networks,
                     conn_id=self.conn_id,
                 )
@@ -213,37 +161,56 @@ class _Session:
                 "startup not completed in time",
                 detail=f"the limit is {settings.startup_timeout:g} s",
             ) from None
-        self.client_host = handshake.client_host
-        if self.unauthenticated_as is not None and self.client_host != self.unauthenticated_as:
-            # A PROXY header named the real client: it counts under its own address.
-            try:
-                ctx.unauthenticated.move(self.unauthenticated_as, self.client_host)
-            except Refusal as refusal:
-                metrics.UNAUTHENTICATED_REFUSED.labels(refusal.scope).inc()
-                raise too_many_unauthenticated(refusal) from None
-            self.unauthenticated_as = self.client_host
+        self._count_as(handshake.client_host)
         message = handshake.message
         if isinstance(message, CancelRequest):
             # Plaintext cancels are allowed, as in Postgres: the key is the secret.
-            await ctx.cancels.forward(message.process_id, message.secret_key)
+            await self.ctx.cancels.forward(message.process_id, message.secret_key)
             return
         if handshake.tls is None and settings.tls_required:
             raise require_tls_error()
-        if message.protocol_minor > _NEWEST_MINOR or any(
-            key.startswith("_pq_.") for key in message.parameters
-        ):
-            self.client.write(
-                encode.negotiate_protocol_version(
-                    _NEWEST_MINOR, [k for k in message.parameters if k.startswith("_pq_.")]
-                )
-            )
+        declined = [key for key in message.parameters if key.startswith("_pq_.")]
+        if message.protocol_minor > _NEWEST_MINOR or declined:
+            client.write(encode.negotiate_protocol_version(_NEWEST_MINOR, declined))
 
-        catalog = ctx.catalog
+        route, lifecycle = self._route(handshake, message)
+        try:
+            async with asyncio.timeout_at(deadline):
+                auth = await self._authenticate(client, lifecycle, route.role, handshake)
+        except TimeoutError:
+            raise ProtocolViolation(
+                "authentication not completed in time",
+                detail=f"startup and authentication must finish within "
+                f"{settings.startup_timeout:g} s",
+            ) from None
+        self._take_slot(lifecycle)
+
+        startup = encode.startup_message(compute_parameters(message, route))
+        self.startup = startup
+        attached = await acquire_backend(
+            lifecycle,
+            client,
+            startup=startup,
+            auth=auth,
+            role=route.role,
+            cancels=self.ctx.cancels,
+            connections=self.ctx.kept.of(lifecycle.name),
+            wake_timeout=settings.wake_timeout,
+            conn_id=self.conn_id,
+        )
+        self.compute, self.opening = attached.stream, attached.opening
+        self.cancel_key = attached.opening.cancel_key
+        self._enter(Phase.ATTACHED)
+        self._relay(client)
+
+    def _route(self, handshake: Handshake, message: StartupMessage) -> tuple[Route, Lifecycle]:
+        """HANDSHAKE -> ROUTED: the endpoint, from the catalog, letting the client in."""
+        catalog = self.ctx.catalog
         route = resolve(
             user=message.user,
             options=message.parameters.get("options"),
             server_name=handshake.server_name,
-            base_domain=settings.base_domain,
+            base_domain=self.ctx.settings.base_domain,
             exists=catalog.exists,
         )
         record = catalog.get(route.endpoint)
@@ -256,259 +223,70 @@ class _Session:
             record.name,
             route.source,
             handshake.tls is not None,
-            self.client_host,
+            handshake.client_host,
         )
-        if not _allowed(self.client_host, record):
+        if not address_allowed(handshake.client_host, record.allowed_cidrs):
             raise InvalidAuthorizationSpecification(
                 "connection refused by the endpoint's IP allow-list",
-                detail=f"address {self.client_host} is not allowed",
+                detail=f"address {handshake.client_host} is not allowed",
             )
-        lifecycle = ctx.lifecycles.get(record)
-        auth = await self._authenticate(lifecycle, route.role, handshake)
-        self.leave_unauthenticated()
-        # Only now is the client a session: it takes a slot and keeps the endpoint awake.
+        self._enter(Phase.ROUTED)
+        return route, self.ctx.lifecycles.get(record)
+
+    async def _authenticate(
+        self, client: PacketStream, lifecycle: Lifecycle, role: str, handshake: Handshake
+    ) -> EdgeAuthResult:
+        tls = handshake.tls
+        return await authenticate_client(
+            client,
+            role=role,
+            # A name that is not UTF-8 is no role: a mock exchange, then 28P01.
+            verifier_lookup=lifecycle.verifier(role) if is_text(role) else None,
+            mock_secret=self.ctx.mock_secret,
+            channel_binding=tls.end_point_hash if tls is not None else None,
+            throttle=self.ctx.throttle,
+            client_host=handshake.client_host,
+            endpoint=lifecycle.name,
+            conn_id=self.conn_id,
+        )
+
+    def _take_slot(self, lifecycle: Lifecycle) -> None:
+        """ROUTED -> AUTHENTICATED: only now is the client a session. It leaves the
+        unauthenticated budget, takes a slot and keeps the endpoint awake."""
+        ctx, settings = self.ctx, self.ctx.settings
+        self._leave_unauthenticated()
         if ctx.active_sessions >= settings.max_client_connections:
             raise TooManyConnections("sorry, too many clients already")
         if lifecycle.sessions >= settings.max_endpoint_connections:
             raise TooManyConnections(
-                f'too many connections to endpoint "{record.name}"',
+                f'too many connections to endpoint "{lifecycle.name}"',
                 detail=f"the limit is {settings.max_endpoint_connections}",
             )
         ctx.active_sessions += 1
         lifecycle.acquire()
         self.lifecycle = lifecycle
-        metrics.CONNECTIONS_ACTIVE.labels(record.name).inc()
-        metrics.CONNECTIONS_TOTAL.labels(record.name).inc()
-        startup = encode.startup_message(_compute_parameters(message, route.role, route.options))
-        self.startup = startup
-        await self._open_compute_session(lifecycle, auth, startup, route.role)
+        metrics.CONNECTIONS_ACTIVE.labels(lifecycle.name).inc()
+        metrics.CONNECTIONS_TOTAL.labels(lifecycle.name).inc()
+        self._enter(Phase.AUTHENTICATED)
 
-    async def _authenticate(
-        self, lifecycle: Lifecycle, role: str, handshake: Handshake
-    ) -> EdgeAuthResult:
-        throttle = self.ctx.throttle
-        endpoint = lifecycle.name
-        # A cheap early refusal; the check that bounds parallel guesses runs at the proof.
-        wait = throttle.wait_seconds(self.client_host, endpoint, time.monotonic())
-        if wait > 0:
-            raise throttled(wait)
-        reader = MessageReader(MAX_AUTHENTICATION_MESSAGE_LENGTH)
-        reader.feed(handshake.trailing)
-        tls = handshake.tls
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                auth = await authenticate_client(
-                    self.client,
-                    reader,
-                    role=role,
-                    # A name that is not UTF-8 is no role: a mock exchange, then 28P01.
-                    verifier_lookup=lifecycle.verifier(role) if is_text(role) else None,
-                    mock_secret=self.ctx.mock_secret,
-                    channel_binding=tls.end_point_hash if tls is not None else None,
-                    throttle=throttle,
-                    client_host=self.client_host,
-                    endpoint=endpoint,
-                )
-        except TimeoutError:
-            raise ProtocolViolation(
-                "authentication not completed in time",
-                detail=f"startup and authentication must finish within "
-                f"{self.ctx.settings.startup_timeout:g} s",
-            ) from None
-        except ClientError as error:
-            if error.sqlstate in (
-                password_failed(role).sqlstate,
-                InvalidAuthorizationSpecification.sqlstate,
-            ):
-                logger.warning(
-                    "event=auth_failed conn=%s endpoint=%s client=%s retry_in_s=%g",
-                    self.conn_id,
-                    endpoint,
-                    self.client_host,
-                    throttle.wait_seconds(self.client_host, endpoint, time.monotonic()),
-                )
-            raise
-        # auth.sasl_final goes out with the compute's opening (``open_session``).
-        leftover = reader.take_remaining()
-        if leftover:
-            self.client.unread(leftover)
-        return auth
-
-    async def _wake(self, lifecycle: Lifecycle) -> ComputeAddress:
-        timeout = self.ctx.settings.wake_timeout
-        was_running = lifecycle.address is not None
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                address = await lifecycle.wake()
-        except TimeoutError:
-            raise CannotConnectNow(
-                f'endpoint "{lifecycle.name}" did not start in time',
-                detail=f"the compute was not ready within {timeout:g} s",
-                hint="Try again shortly.",
-            ) from None
-        except WakeFailed as failed:
-            raise CannotConnectNow(
-                f'endpoint "{lifecycle.name}" could not start',
-                detail=failed.reason,
-                hint=f"pgwake will try to start it again in {failed.retry_in:.0f} s.",
-            ) from None
-        except ShuttingDown:
-            raise CannotConnectNow(
-                "pgwake is shutting down", hint="Connect again shortly."
-            ) from None
-        if not was_running:
-            logger.info(
-                "event=woke conn=%s endpoint=%s ms=%d",
-                self.conn_id,
-                lifecycle.name,
-                (time.monotonic() - started) * 1000,
-            )
-        return address
-
-    async def _open_compute_session(
-        self, lifecycle: Lifecycle, auth: EdgeAuthResult, startup: bytes, role: str
-    ) -> None:
-        address = lifecycle.address
-        if (
-            address is not None
-            and (kept := self.ctx.kept.of(lifecycle.name).idle_servers.take(startup)) is not None
-        ):
-            self._reuse(lifecycle, address, auth, kept)
-            return
-        address = await self._wake(lifecycle)
-        try:
-            self.compute = await self._connect(lifecycle, address)
-        except (OSError, TimeoutError):
-            # The compute died after we saw it running: recheck it and wake once more.
-            await lifecycle.compute_unreachable()
-            address = await self._wake(lifecycle)
-            try:
-                self.compute = await self._connect(lifecycle, address)
-            except (OSError, TimeoutError) as exc:
-                raise CannotConnectNow(
-                    f'endpoint "{lifecycle.name}" is not reachable',
-                    detail=f"connecting to the compute failed: {type(exc).__name__}",
-                ) from None
-        await self._login(lifecycle, auth=auth, address=address, role=role, startup=startup)
-
-    async def _connect(self, lifecycle: Lifecycle, address: ComputeAddress) -> PacketStream:
-        """A connection whose backend is forked already (``warm_sockets.py``), else a new
-        one."""
-        warm = self.ctx.kept.of(lifecycle.name).warm_sockets.take(address)
-        return warm if warm is not None else await open_compute(address)
-
-    def _reuse(
-        self, lifecycle: Lifecycle, address: ComputeAddress, auth: EdgeAuthResult, kept: IdleServer
-    ) -> None:
-        """Hand the client a kept backend (``server_reuse.py``): the opening its login
-        would have had, with pgwake's own cancel keys, in one write."""
-        self.compute = kept.stream
-        self.cancel_key = self.ctx.cancels.register(
-            BackendTarget(lifecycle.name, address, kept.process_id, kept.secret_key)
-        )
-        self.opening = SessionOpening(
-            self.cancel_key, (kept.process_id, kept.secret_key), kept.parameter_status
-        )
-        self.client.write(
-            auth.sasl_final
-            + _AUTHENTICATION_OK
-            + kept.parameter_status
-            + encode.backend_key_data(*self.cancel_key)
-            + _READY_IDLE
-        )
-        logger.info(
-            "event=reused conn=%s endpoint=%s backend_pid=%d",
-            self.conn_id,
-            lifecycle.name,
-            kept.process_id,
-        )
-
-    async def _login(
-        self,
-        lifecycle: Lifecycle,
-        *,
-        auth: EdgeAuthResult,
-        address: ComputeAddress,
-        role: str,
-        startup: bytes,
-    ) -> None:
-        assert self.compute is not None
-        try:
-            async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
-                login = await begin_login(self.compute, startup)
-                self.opening = await open_session(
-                    login,
-                    self.client,
-                    preface=auth.sasl_final,
-                    client_key=auth.client_key,
-                    verifier=auth.verifier,
-                    endpoint=lifecycle.name,
-                    address=address,
-                    cancels=self.ctx.cancels,
-                )
-                self.cancel_key = self.opening.cancel_key
-        except TimeoutError:
-            raise CannotConnectNow(
-                f'endpoint "{lifecycle.name}" did not complete the login',
-                detail=f"no ReadyForQuery within {_AUTHENTICATION_TIMEOUT:g} s",
-            ) from None
-        except StaleVerifier:
-            # The password changed since the catalog's copy: refresh it, refuse this one.
-            await lifecycle.sync_verifiers()
-            raise password_failed(role) from None
-
-    def close(self) -> None:
-        """Close both sides (the cancel key goes with ``_SessionEnd.finish``)."""
-        self.leave_unauthenticated()
-        if self.compute is not None:
-            self.compute.close()
-        self.client.close()
-
-
-class _SessionEnd:
-    """What is left of a session once it relays: everything its end must undo and log.
-
-    It holds no reference to the ``_Session``, so the handshake, SCRAM state and the
-    coroutine's frames are freed while the relay runs."""
-
-    __slots__ = (
-        "cancel_key",
-        "conn_id",
-        "ctx",
-        "endpoint",
-        "lifecycle",
-        "opening",
-        "started",
-        "startup",
-    )
-
-    def __init__(self, ctx: SessionContext, conn_id: str, started: float) -> None:
-        self.ctx = ctx
-        self.conn_id = conn_id
-        self.started = started
-        self.endpoint: str | None = None
-        self.lifecycle: Lifecycle | None = None
-        self.cancel_key: tuple[int, int] | None = None
-        self.startup = b""
-        self.opening: SessionOpening | None = None
-
-    def take_over(self, session: _Session) -> None:
-        self.endpoint = session.endpoint
-        self.lifecycle = session.lifecycle
-        self.cancel_key = session.cancel_key
-        self.startup = session.startup
-        self.opening = session.opening
-
-    def may_keep_compute(self) -> bool:
-        """Whether this session's backend may be kept when it ends at rest."""
+    def _relay(self, client: PacketStream) -> None:
+        """ATTACHED -> RELAYING: hand both connections to the relay. Entered first: a
+        side that closed already ends the relay (and this connection) at once."""
+        compute, self.compute = self.compute, None
+        assert compute is not None
         lifecycle, opening = self.lifecycle, self.opening
-        return (
+        reusable = (
             lifecycle is not None
             and self.ctx.kept.reuse_enabled
             and opening is not None
             and opening.backend_key is not None
         )
+        self._enter(Phase.RELAYING)
+        start_relay(
+            client, compute, self.ctx.relays, self.relayed, self.keep_compute if reusable else None
+        )
+
+    # -- the end -------------------------------------------------------------------------
 
     def keep_compute(self, stream: PacketStream, status: bytes) -> None:
         """The relay's ``on_reusable``: reset the backend, then keep it (in the background)."""
@@ -516,14 +294,32 @@ class _SessionEnd:
         assert lifecycle is not None
         assert opening is not None
         lifecycle.in_background(
-            _keep(lifecycle, stream, status, self.startup, opening, kept_connections=self.ctx.kept),
+            keep_backend(
+                lifecycle,
+                stream,
+                status,
+                self.startup,
+                opening,
+                idle_servers=self.ctx.kept.of(lifecycle.name).idle_servers,
+            ),
             f"keep:{lifecycle.name}",
         )
 
     def relayed(self, to_compute: int, to_client: int) -> None:
+        """The relay's ``on_done``: both sides have closed."""
         self.finish("ok", to_compute, to_client)
 
+    def abandon(self, client: PacketStream) -> None:
+        """Close both sides of a connection that never reached the relay."""
+        self._leave_unauthenticated()
+        compute, self.compute = self.compute, None
+        if compute is not None:
+            compute.close()
+        client.close()
+
     def finish(self, outcome: str, to_compute: int = 0, to_client: int = 0) -> None:
+        """-> CLOSED: release the slot and the cancel key, count, log ``event=closed``."""
+        self._enter(Phase.CLOSED)
         ctx = self.ctx
         metrics.OPEN_CONNECTIONS.dec()
         if self.lifecycle is not None:  # it was a session (authenticated, counted)
@@ -547,37 +343,31 @@ class _SessionEnd:
 
 
 async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
-    """Serve one accepted client connection up to its relay (which then ends the session
-    by itself, see ``_SessionEnd``) or its close; never raises but ``CancelledError``."""
+    """Serve one accepted client connection up to its relay (which then ends it, see
+    ``ClientConnection.finish``) or its close; never raises but ``CancelledError``."""
     conn_id = secrets.token_hex(4)
     peername = client.peername
     peer_host = peername[0] if isinstance(peername, tuple) else "local"
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
-    end = _SessionEnd(ctx, conn_id, time.monotonic())
-    session = _Session(client, ctx, conn_id, peer_host)
+    connection = ClientConnection(ctx, conn_id, peer_host)
     metrics.OPEN_CONNECTIONS.inc()
     metrics.ACCEPTED.inc()
     logger.info("event=accepted conn=%s peer=%s", conn_id, peer)
     outcome = "ok"
     try:
         try:
-            session.admit()
+            connection.admit()
         except Refusal as refusal:
             # Refused before reading a byte: an ErrorResponse is what libpq expects
             # even in answer to an SSLRequest (as when a server cannot fork).
             metrics.UNAUTHENTICATED_REFUSED.labels(refusal.scope).inc()
             raise too_many_unauthenticated(refusal) from None
-        await session.run()
-        if session.compute is not None:
-            end.take_over(session)
-            reusable = end.keep_compute if end.may_keep_compute() else None
-            start_relay(client, session.compute, ctx.relays, end.relayed, reusable)
-            session.relaying = True
+        await connection.run(client)
     except ComputeRefused as refused:
         outcome = refused.sqlstate or "compute_refused"
     except ClientError as error:
         outcome = error.sqlstate
-        _report(session, error)
+        _report(connection, client, error)
     except (ConnectionError, TimeoutError) as exc:
         outcome = type(exc).__name__
     except ssl.SSLError as exc:
@@ -586,52 +376,28 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         logger.warning("event=tls_error conn=%s peer=%s reason=%s", conn_id, peer, exc.reason)
     except asyncio.CancelledError:
         outcome = "cancelled"
-        _report(session, AdminShutdown("terminating connection due to administrator command"))
+        _report(
+            connection, client, AdminShutdown("terminating connection due to administrator command")
+        )
         raise
     except Exception:
         outcome = InternalError.sqlstate
         logger.exception("event=session_error conn=%s", conn_id)
-        _report(session, InternalError("internal error in pgwake"))
+        _report(connection, client, InternalError("internal error in pgwake"))
     finally:
-        if not session.relaying:
-            session.close()
-            end.take_over(session)
-            end.finish(outcome)
+        if connection.phase not in (Phase.RELAYING, Phase.CLOSED):
+            connection.abandon(client)
+            connection.finish(outcome)
 
 
-async def _keep(
-    lifecycle: Lifecycle,
-    stream: PacketStream,
-    status: bytes,
-    startup: bytes,
-    opening: SessionOpening,
-    *,
-    kept_connections: KeptConnections,
-) -> None:
-    assert opening.backend_key is not None
-    parameter_status = await reset_for_reuse(stream, opening.parameter_status, status)
-    if parameter_status is None:
-        metrics.SERVER_REUSE.labels(lifecycle.name, "reset_failed").inc()
-        stream.close()
-        return
-    if lifecycle.address is None:  # the compute is going away
-        stream.close()
-        return
-    process_id, secret_key = opening.backend_key
-    kept = IdleServer(stream, process_id, secret_key, parameter_status, time.monotonic())
-    if not kept_connections.of(lifecycle.name).idle_servers.put(startup, kept):
-        metrics.SERVER_REUSE.labels(lifecycle.name, "full").inc()
-        stream.close()
-
-
-def _report(session: _Session, error: ClientError) -> None:
+def _report(connection: ClientConnection, client: PacketStream, error: ClientError) -> None:
     metrics.CLIENT_ERRORS.labels(error.sqlstate, error.kind.value).inc()
     log = logger.error if error.kind.value == "internal" else logger.warning
     log(
         "event=client_error conn=%s endpoint=%s sqlstate=%s message=%r",
-        session.conn_id,
-        session.endpoint or "-",
+        connection.conn_id,
+        connection.endpoint or "-",
         error.sqlstate,
         error.message,
     )
-    session.client.write(encode.error_response(error))
+    client.write(encode.error_response(error))

@@ -7,59 +7,69 @@ checks the compute's ServerSignature too. Then it forwards AuthenticationOk, the
 ParameterStatus messages and ReadyForQuery to the client, swapping BackendKeyData for
 pgwake's own keys.
 
-The login runs in two halves: ``begin_login`` (startup and client-first-message in one
-write, up to the compute's server-first) needs no key; ``open_session`` finishes with
-the ClientKey. Both run only after the client has proved its password: a stranger never
-makes a compute fork a backend (``warm_sockets.py`` keeps that fork off the critical
-path instead).
+``log_in`` is that exchange, sans-IO (``exchange.py``); ``open_session`` drives it over the
+compute's connection and writes the client its opening. Both run only after the client
+has proved its password: a stranger never makes a compute fork a backend
+(``warm_sockets.py`` keeps that fork off the critical path instead).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from pgwake.auth.scram import SCRAM_SHA_256, ScramAuthenticationFailed, ScramClient, ScramError
 from pgwake.edge.cancel_keys import BackendTarget
-from pgwake.edge.packet_stream import PacketStream, PeerClosed, read_next
+from pgwake.edge.exchange import PeerClosed, Send, receive_message, unread
+from pgwake.edge.packet_stream import PacketStream, drive
 from pgwake.protocol import encode
 from pgwake.protocol.errors import CannotConnectNow, ProtocolViolation
 from pgwake.protocol.framing import (
     MAX_STARTUP_PHASE_MESSAGE_LENGTH,
     MessageReader,
+    error_sqlstate,
     parse_authentication,
     parse_backend_key_data,
-    parse_error_fields,
 )
-from pgwake.protocol.messages import AuthenticationRequest, Frame
+from pgwake.protocol.messages import (
+    AUTHENTICATION,
+    BACKEND_KEY_DATA,
+    ERROR_RESPONSE,
+    PARAMETER_STATUS,
+    READY_FOR_QUERY,
+    AuthenticationRequest,
+    Frame,
+)
 
 if TYPE_CHECKING:
     from pgwake.auth.scram import ScramVerifier
     from pgwake.compute import ComputeAddress
     from pgwake.edge.cancel_keys import CancelMap
+    from pgwake.edge.exchange import Exchange
 
 __all__ = [
+    "ComputeLogin",
     "ComputeRefused",
-    "PendingLogin",
     "SessionOpening",
     "StaleVerifier",
-    "begin_login",
+    "log_in",
     "open_compute",
     "open_session",
 ]
 
-logger = logging.getLogger(__name__)
 _CONNECT_TIMEOUT: Final = 10.0
 
 
 class ComputeRefused(Exception):
-    """The compute answered the login with an ErrorResponse (already sent to the client)."""
+    """The compute answered the login with an ErrorResponse. ``forward`` is what the client
+    must get: the messages before it, and the ErrorResponse itself."""
 
-    def __init__(self, sqlstate: str | None) -> None:
+    def __init__(self, sqlstate: str | None, forward: bytes = b"") -> None:
         super().__init__(sqlstate)
         self.sqlstate = sqlstate
+        self.forward = forward
 
 
 class StaleVerifier(Exception):
@@ -79,25 +89,17 @@ async def open_compute(address: ComputeAddress) -> PacketStream:
     return stream
 
 
-async def _next_frame(stream: PacketStream, reader: MessageReader) -> Frame:
-    try:
-        return await read_next(stream, reader.feed, reader.next_message)
-    except PeerClosed:
-        raise CannotConnectNow(
-            "the compute closed the connection", detail="the compute closed during the login"
-        ) from None
-
-
 @dataclass(frozen=True, slots=True)
-class PendingLogin:
-    """A compute connection that got the startup, and as much of the login as can run
-    before the client's proof is known: the compute's next message, unhandled."""
+class ComputeLogin:
+    """What ``log_in`` got from the compute."""
 
-    compute: PacketStream
-    reader: MessageReader
-    #: The SCRAM client that sent the client-first-message (it waits for the ClientKey).
-    scram: ScramClient | None
-    pending: Frame
+    #: The session's opening for the client, from AuthenticationOk to ReadyForQuery,
+    #: with pgwake's cancel keys in its BackendKeyData.
+    to_client: bytes
+    #: The backend's own process id and secret key (``None``: none sent).
+    backend_key: tuple[int, int] | None
+    #: The ParameterStatus messages of the opening.
+    parameter_status: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ class SessionOpening:
 
 
 def _offers_scram(frame: Frame) -> bool:
-    if frame.type != b"R":
+    if frame.type != AUTHENTICATION:
         return False
     try:
         request = parse_authentication(frame)
@@ -125,35 +127,98 @@ def _offers_scram(frame: Frame) -> bool:
     )
 
 
-async def begin_login(compute: PacketStream, startup: bytes) -> PendingLogin:
-    """Send the StartupMessage and the SCRAM client-first-message together; return with
-    the compute's answer (its server-first-message) unhandled.
+def log_in(
+    startup: bytes,
+    *,
+    client_key: bytes,
+    verifier: ScramVerifier,
+    cancel_key_for: Callable[[int, int], tuple[int, int]],
+    nonce: str | None = None,
+) -> Exchange[ComputeLogin]:
+    """The login on the compute, sans-IO: StartupMessage and client-first-message in one
+    write, the server-first-message, the client-final-message made with ``client_key``,
+    the ServerSignature checked against ``verifier``; then the session's opening up to
+    ReadyForQuery, collected for the client. ``cancel_key_for(process_id, secret_key)``
+    gives pgwake's keys for the backend's (the client gets those).
 
     Computes made by pgwake authenticate every role with SCRAM-SHA-256 (initdb's
     ``--auth-local``/``--auth-host``), so the client-first-message need not wait for the
-    compute's AuthenticationSASL: one round trip instead of two. A compute that answers
-    with an ErrorResponse first (starting up, shutting down) exits without reading it; one
-    that asks for anything else is refused."""
+    compute's AuthenticationSASL: one round trip fewer. Raises ``ComputeRefused`` with the
+    client's share when the compute sends an ErrorResponse, ``StaleVerifier`` when its salt
+    or ServerSignature is not the catalog verifier's, and ``CannotConnectNow`` when it
+    misbehaves (no SCRAM offer, another method, an invalid message, a close). ``nonce``
+    fixes the client nonce, for tests."""
     reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
-    scram = ScramClient.awaiting_client_key()
-    compute.write(
-        startup + encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message())
-    )
-    first = await _next_frame(compute, reader)
-    if first.type == b"E":
-        return PendingLogin(compute, reader, None, first)  # open_session forwards it
-    if not _offers_scram(first):
-        raise CannotConnectNow(
-            "the compute does not ask for SCRAM-SHA-256",
-            detail="pgwake logs in to computes with SCRAM only; check the compute's pg_hba.conf",
+    scram = ScramClient.from_client_key(client_key, verifier, nonce=nonce)
+    to_client = bytearray()
+    backend_key: tuple[int, int] | None = None
+    parameter_status = bytearray()
+    try:
+        yield Send(
+            startup + encode.sasl_initial_response(SCRAM_SHA_256, scram.client_first_message())
         )
-    return PendingLogin(compute, reader, scram, await _next_frame(compute, reader))
+        frame = yield from receive_message(reader.feed, reader.next_message)
+        # A compute that answers with an ErrorResponse first (starting up, shutting down)
+        # exits without reading the client-first-message; it is forwarded below.
+        if frame.type != ERROR_RESPONSE:
+            if not _offers_scram(frame):
+                raise CannotConnectNow(
+                    "the compute does not ask for SCRAM-SHA-256",
+                    detail="pgwake logs in to computes with SCRAM only; "
+                    "check the compute's pg_hba.conf",
+                )
+            frame = yield from receive_message(reader.feed, reader.next_message)
+        while True:
+            kind = frame.type
+            if kind == AUTHENTICATION:
+                request = parse_authentication(frame)
+                if request.code == AuthenticationRequest.OK:
+                    to_client += encode.message(kind, frame.body)
+                elif request.code == AuthenticationRequest.SASL_CONTINUE:
+                    yield Send(encode.sasl_response(scram.handle_server_first(request.data)))
+                elif request.code == AuthenticationRequest.SASL_FINAL:
+                    scram.handle_server_final(request.data)
+                elif request.code == AuthenticationRequest.SASL:
+                    # Answered already: a second offer is one pgwake cannot follow.
+                    raise CannotConnectNow("the compute does not offer SCRAM-SHA-256")
+                else:
+                    raise CannotConnectNow(
+                        "the compute asked for an authentication method pgwake cannot use",
+                        detail=f"authentication request code {request.code}",
+                    )
+            elif kind == BACKEND_KEY_DATA:
+                keys = parse_backend_key_data(frame)
+                backend_key = (keys.process_id, keys.secret_key)
+                to_client += encode.backend_key_data(*cancel_key_for(*backend_key))
+            elif kind == ERROR_RESPONSE:
+                to_client += encode.message(kind, frame.body)
+                raise ComputeRefused(error_sqlstate(frame), bytes(to_client))
+            else:
+                message = encode.message(kind, frame.body)
+                to_client += message
+                if kind == PARAMETER_STATUS:
+                    parameter_status += message
+                elif kind == READY_FOR_QUERY:
+                    yield from unread(reader.take_remaining())
+                    return ComputeLogin(bytes(to_client), backend_key, bytes(parameter_status))
+            frame = yield from receive_message(reader.feed, reader.next_message)
+    except ScramAuthenticationFailed as exc:
+        raise StaleVerifier(exc.message) from None
+    except ScramError as exc:
+        raise CannotConnectNow("the compute's login failed", detail=exc.message) from None
+    except ProtocolViolation:
+        raise CannotConnectNow("the compute sent an invalid message") from None
+    except PeerClosed:
+        raise CannotConnectNow(
+            "the compute closed the connection", detail="the compute closed during the login"
+        ) from None
 
 
 async def open_session(
-    login: PendingLogin,
+    compute: PacketStream,
     client: PacketStream,
     *,
+    startup: bytes,
     preface: bytes,
     client_key: bytes,
     verifier: ScramVerifier,
@@ -161,75 +226,34 @@ async def open_session(
     address: ComputeAddress,
     cancels: CancelMap,
 ) -> SessionOpening:
-    """Finish the login on the compute and send the client ``preface`` (its
-    AuthenticationSASLFinal) and the session's opening, in one write.
+    """Log in on ``compute`` (``log_in``), then send the client ``preface`` (its
+    AuthenticationSASLFinal) and the session's opening, in one write: one segment, one
+    wake-up for the client.
 
     Returns the cancel key pair handed to the client and what reusing the backend needs.
-    Raises ``ComputeRefused`` after forwarding the compute's ErrorResponse,
-    ``StaleVerifier`` when the compute's salt differs from the catalog's, and
-    ``CannotConnectNow`` when the compute misbehaves."""
-    compute, reader, scram = login.compute, login.reader, login.scram
-    # Everything for the client goes out at once: one segment, one wake-up for it.
-    to_client = bytearray(preface)
-    cancel_key: tuple[int, int] | None = None
-    backend_key: tuple[int, int] | None = None
-    parameter_status = bytearray()
-    frame: Frame | None = login.pending
+    Raises ``ComputeRefused`` after forwarding the compute's ErrorResponse, and what
+    ``log_in`` raises; a cancel key it registered is dropped again."""
+    registered: list[tuple[int, int]] = []
+
+    def cancel_key_for(process_id: int, secret_key: int) -> tuple[int, int]:
+        key = cancels.register(BackendTarget(endpoint, address, process_id, secret_key))
+        registered.append(key)
+        return key
+
+    exchange = log_in(
+        startup, client_key=client_key, verifier=verifier, cancel_key_for=cancel_key_for
+    )
     try:
-        if scram is not None:
-            scram.use_client_key(client_key, verifier)
-        while True:
-            if frame is None:
-                frame = await _next_frame(compute, reader)
-            kind = frame.type
-            if kind == b"R":
-                request = parse_authentication(frame)
-                if request.code == AuthenticationRequest.OK:
-                    to_client += encode.message(kind, frame.body)
-                elif request.code == AuthenticationRequest.SASL:
-                    # begin_login answered an offer of SCRAM-SHA-256: this one has none.
-                    raise CannotConnectNow("the compute does not offer SCRAM-SHA-256")
-                elif request.code == AuthenticationRequest.SASL_CONTINUE and scram:
-                    compute.write(encode.sasl_response(scram.handle_server_first(request.data)))
-                elif request.code == AuthenticationRequest.SASL_FINAL and scram:
-                    scram.handle_server_final(request.data)
-                else:
-                    raise CannotConnectNow(
-                        "the compute asked for an authentication method pgwake cannot use",
-                        detail=f"authentication request code {request.code}",
-                    )
-            elif kind == b"K":
-                keys = parse_backend_key_data(frame)
-                backend_key = (keys.process_id, keys.secret_key)
-                cancel_key = cancels.register(
-                    BackendTarget(endpoint, address, keys.process_id, keys.secret_key)
-                )
-                to_client += encode.backend_key_data(*cancel_key)
-            elif kind == b"E":
-                to_client += encode.message(kind, frame.body)
-                client.write(bytes(to_client))
-                raise ComputeRefused(parse_error_fields(frame).get("C"))
-            else:
-                message = encode.message(kind, frame.body)
-                to_client += message
-                if kind == b"S":
-                    parameter_status += message
-                elif kind == b"Z":
-                    client.write(bytes(to_client))
-                    rest = reader.take_remaining()
-                    if rest:
-                        compute.unread(rest)
-                    return SessionOpening(cancel_key, backend_key, bytes(parameter_status))
-            frame = None
-    except ScramAuthenticationFailed as exc:
-        if cancel_key is not None:
-            cancels.unregister(cancel_key)
-        raise StaleVerifier(exc.message) from None
-    except ScramError as exc:
-        raise CannotConnectNow("the compute's login failed", detail=exc.message) from None
-    except ProtocolViolation:
-        raise CannotConnectNow("the compute sent an invalid message") from None
-    except BaseException:
-        if cancel_key is not None:
-            cancels.unregister(cancel_key)
+        login = await drive(compute, exchange)
+    except ComputeRefused as refused:
+        client.write(preface + refused.forward)
+        for key in registered:
+            cancels.unregister(key)
         raise
+    except BaseException:
+        for key in registered:
+            cancels.unregister(key)
+        raise
+    client.write(preface + login.to_client)
+    cancel_key = registered[-1] if registered else None
+    return SessionOpening(cancel_key, login.backend_key, login.parameter_status)

@@ -3,12 +3,13 @@
 Reads only what comes before authentication: a PROXY protocol header (only from trusted
 proxies, which must send one), SSLRequest (-> TLS, SNI captured), a direct TLS ClientHello
 (PostgreSQL 17 ``sslnegotiation=direct``, ALPN ``postgresql`` required), GSSENCRequest
-(-> 'N'), then a StartupMessage or CancelRequest. Parsing is the sans-IO readers' job;
-this module only waits for bytes and upgrades the transport.
+(-> 'N'), then a StartupMessage or CancelRequest. ``negotiate`` is that exchange, sans-IO
+(``exchange.py``): the codec's readers parse, and TLS is a step the driver carries out.
 
 A startup packet Postgres would close on without a reply (an impossible length, a packet
-cut short by the client's close) is logged here, once, and raised as ``BadStartupPacket``:
-a ``ConnectionError``, which the session ends on without writing anything.
+cut short by the client's close) is logged by ``read_handshake``, once, and raised as
+``BadStartupPacket``: a ``ConnectionError``, which the session ends on without writing
+anything.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
-from pgwake.edge.packet_stream import PeerClosed, read_next
-from pgwake.edge.tls import server_name_of
+from pgwake.edge.exchange import PeerClosed, Send, StartTLS, TLSInfo, receive_message, unread
+from pgwake.edge.packet_stream import drive
 from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     CloseWithoutReply,
@@ -38,14 +39,17 @@ from pgwake.protocol.proxy_header import ProxyHeaderReader
 from pgwake.protocol.startup import StartupReader
 
 if TYPE_CHECKING:
+    from pgwake.edge.exchange import Exchange
     from pgwake.edge.packet_stream import PacketStream
     from pgwake.edge.tls import TlsMaterial
 
-__all__ = ["BadStartupPacket", "Handshake", "read_handshake"]
+__all__ = ["BadStartupPacket", "Handshake", "negotiate", "read_handshake", "require_tls_error"]
 
 logger = logging.getLogger(__name__)
 
 _ALPN: Final = "postgresql"
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 class BadStartupPacket(ConnectionAbortedError):
@@ -53,9 +57,10 @@ class BadStartupPacket(ConnectionAbortedError):
     packet; the reason is logged (``event=bad_startup``), the client is told nothing."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Handshake:
-    """What the client said before authentication."""
+    """What the client said before authentication. The bytes it sent after the startup
+    packet stay in the stream, for the authentication."""
 
     message: StartupMessage | CancelRequest
     #: The client's address (from the PROXY header when a trusted proxy sent one).
@@ -63,25 +68,14 @@ class Handshake:
     server_name: str | None
     #: The certificate the session uses when it is encrypted, else ``None``.
     tls: TlsMaterial | None
-    #: Bytes already read after the startup packet (the client's next messages).
-    trailing: bytes
 
 
-def _is_trusted(
-    host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-) -> bool:
+def _is_trusted(host: str, networks: Networks) -> bool:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
     return any(address in network for network in networks)
-
-
-async def _read_proxy_header(stream: PacketStream) -> tuple[str | None, bytes]:
-    reader = ProxyHeaderReader()
-    header = await read_next(stream, reader.feed, reader.next_header)
-    source = header.source[0] if header.source else None
-    return source, reader.take_remaining()
 
 
 def _peer_text(stream: PacketStream) -> str:
@@ -94,17 +88,17 @@ async def read_handshake(
     *,
     peer_host: str,
     tls: TlsMaterial | None,
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    trusted_proxies: Networks,
     conn_id: str = "-",
 ) -> Handshake:
-    """Read up to the StartupMessage or CancelRequest.
+    """Run ``negotiate`` over ``stream``: read up to the StartupMessage or CancelRequest.
 
     Raises ``ClientError`` on input Postgres answers with an ErrorResponse,
     ``BadStartupPacket`` (after logging why) on input Postgres closes on without a word,
     and ``PeerClosed`` when the client leaves between packets."""
     try:
-        return await _negotiate(
-            stream, peer_host=peer_host, tls=tls, trusted_proxies=trusted_proxies
+        return await drive(
+            stream, negotiate(peer_host=peer_host, tls=tls, trusted_proxies=trusted_proxies)
         )
     except CloseWithoutReply as refusal:
         logger.warning(
@@ -117,32 +111,46 @@ async def read_handshake(
         raise BadStartupPacket(refusal.reason) from None
 
 
-async def _read_packet(stream: PacketStream, reader: StartupReader) -> StartupPacket:
+def _next_packet(reader: StartupReader) -> Exchange[StartupPacket]:
     try:
-        return await read_next(stream, reader.feed, reader.next_message)
+        packet = yield from receive_message(reader.feed, reader.next_message)
     except PeerClosed:
         reader.end_of_stream()  # raises CloseWithoutReply if a packet was cut short
         raise
+    # mypy cannot take NeedData out of the StartupPacket union by itself.
+    return cast("StartupPacket", packet)
 
 
-async def _negotiate(
-    stream: PacketStream,
-    *,
-    peer_host: str,
-    tls: TlsMaterial | None,
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
-) -> Handshake:
+def _start_tls(tls: TlsMaterial, initial: bytes = b"") -> Exchange[TLSInfo]:
+    info = yield StartTLS(tls.context, initial)
+    if not isinstance(info, TLSInfo):
+        raise TypeError(f"StartTLS answered with {type(info).__name__}")
+    return info
+
+
+def negotiate(
+    *, peer_host: str, tls: TlsMaterial | None, trusted_proxies: Networks
+) -> Exchange[Handshake]:
+    """The startup negotiation, sans-IO: the PROXY header if ``peer_host`` is a trusted
+    proxy, then encryption requests (TLS with ``tls``, else refused), up to the
+    StartupMessage or CancelRequest. Bytes after it are handed back (``Unread``).
+
+    Raises ``ProtocolViolation`` and the codec's other ``ClientError``s on input Postgres
+    answers with an ErrorResponse, ``CloseWithoutReply`` on input it closes on without a
+    word, and ``PeerClosed`` when the client leaves between packets."""
     client_host = peer_host
     reader = StartupReader()
     if trusted_proxies and _is_trusted(peer_host, trusted_proxies):
-        source, rest = await _read_proxy_header(stream)
-        client_host = source or peer_host  # LOCAL: the proxy's own health check
-        reader.feed(rest)
+        proxy_reader = ProxyHeaderReader()
+        header = yield from receive_message(proxy_reader.feed, proxy_reader.next_header)
+        # No source: LOCAL, the proxy's own health check.
+        client_host = (header.source[0] if header.source else None) or peer_host
+        reader.feed(proxy_reader.take_remaining())
     session_tls: TlsMaterial | None = None
     gss_refused = False
     server_name: str | None = None
     while True:
-        message = await _read_packet(stream, reader)
+        message = yield from _next_packet(reader)
         if isinstance(message, SSLRequest):
             if session_tls is not None:
                 raise ProtocolViolation("SSLRequest received on an encrypted connection")
@@ -150,23 +158,20 @@ async def _negotiate(
                 # Bytes after SSLRequest would be read as if encrypted (CVE-2021-23214).
                 raise ProtocolViolation("received unencrypted data after SSL request")
             if tls is None:
-                stream.write(encode.ENCRYPTION_REFUSED)
+                yield Send(encode.ENCRYPTION_REFUSED)
                 continue
-            stream.write(encode.ENCRYPTION_ACCEPTED)
-            await stream.start_tls(tls.context)
+            yield Send(encode.ENCRYPTION_ACCEPTED)
+            server_name = (yield from _start_tls(tls)).server_name
             session_tls = tls
         elif isinstance(message, DirectTLSHello):
             if session_tls is not None or tls is None:
                 raise ProtocolViolation("unexpected TLS handshake")
             initial = reader.trailing_data
             reader = StartupReader()
-            await stream.start_tls(tls.context, initial)
+            info = yield from _start_tls(tls, initial)
+            server_name = info.server_name
             session_tls = tls
-            assert stream.transport is not None
-            ssl_object = stream.transport.get_extra_info("ssl_object")
-            if ssl_object is None or stream.closed.done():
-                raise PeerClosed("client closed during the TLS handshake")
-            if ssl_object.selected_alpn_protocol() != _ALPN:
+            if info.alpn_protocol != _ALPN:
                 # As Postgres: direct TLS without ALPN could be a confused non-PG client.
                 raise ProtocolViolation(
                     "received direct SSL connection request without ALPN protocol "
@@ -176,14 +181,12 @@ async def _negotiate(
             if session_tls is not None or gss_refused:
                 raise ProtocolViolation("unexpected GSSENCRequest")
             gss_refused = True
-            stream.write(encode.ENCRYPTION_REFUSED)
+            yield Send(encode.ENCRYPTION_REFUSED)
         else:
             if isinstance(message, CancelRequest) and reader.trailing_data:
                 raise ProtocolViolation("unexpected data after cancel request")
-            if session_tls is not None:
-                assert stream.transport is not None
-                server_name = server_name_of(stream.transport.get_extra_info("ssl_object"))
-            return Handshake(message, client_host, server_name, session_tls, reader.trailing_data)
+            yield from unread(reader.trailing_data)
+            return Handshake(message, client_host, server_name, session_tls)
 
 
 def require_tls_error() -> InvalidAuthorizationSpecification:

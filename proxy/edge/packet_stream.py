@@ -1,8 +1,10 @@
-"""A minimal buffered asyncio protocol for the handshake phase of a connection.
+"""A minimal buffered asyncio protocol for a connection before its relay, and the driver
+that runs sans-IO exchanges over it (psycopg's ``waiting.py``).
 
-Until the relay starts, ``client_connection.py`` reads from and writes to a ``PacketStream``. Unlike
-``asyncio.StreamReader`` it lets the session take back every byte not yet consumed and hand
-the transport to the relay's protocol (``detach``), and it survives ``loop.start_tls``.
+Until the relay starts, a connection is read and written only through ``drive``, which
+runs one exchange (``exchange.py``) at a time over a ``PacketStream``. Unlike
+``asyncio.StreamReader`` the stream takes back every byte an exchange did not consume,
+hands the transport to the relay's protocol (``detach``), and survives ``loop.start_tls``.
 
 Its buffer is bounded: once it holds ``_READ_BUFFER_LIMIT`` bytes, reading from the peer
 pauses until the reader has consumed them and asks for more. A peer that sends faster
@@ -13,15 +15,19 @@ costs at most that much, plus one transport read, not what it sends.
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from pgwake.protocol.messages import NEED_DATA, NeedData
+from pgwake.edge.exchange import RECEIVE, PeerClosed, Send, TLSInfo, Unread
+from pgwake.edge.tls import server_name_of
+
+if TYPE_CHECKING:
+    import ssl
+
+    from pgwake.edge.exchange import Exchange, Reply, StartTLS
 
 T = TypeVar("T")
 
-__all__ = ["PacketStream", "PeerClosed", "read_next"]
+__all__ = ["PacketStream", "PeerClosed", "drive"]
 
 # How long closing a TLS connection waits for the peer's close_notify. asyncio's default
 # (30 s) lets a silent client hold a socket long after its session ended.
@@ -45,24 +51,41 @@ def _feed_protocol(protocol: Any, data: bytes) -> None:
         protocol.data_received(data)
 
 
-class PeerClosed(ConnectionResetError):
-    """The peer closed the connection before the message we waited for arrived."""
+async def drive(stream: PacketStream, exchange: Exchange[T]) -> T:
+    """Run ``exchange`` over ``stream`` until it returns; return its result.
+
+    Each step is answered as ``exchange.py`` says: ``Send`` writes, ``RECEIVE`` waits for
+    bytes, ``Unread`` puts bytes back, ``StartTLS`` upgrades the connection. Raises what
+    the exchange raises, and ``PeerClosed`` when the peer leaves during a TLS handshake."""
+    reply: Reply = None
+    try:
+        while True:
+            try:
+                step = exchange.send(reply)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            if step is RECEIVE:
+                reply = await stream.read()
+            elif isinstance(step, Send):
+                stream.write(step.data)
+                reply = None
+            elif isinstance(step, Unread):
+                stream.unread(step.data)
+                reply = None
+            else:
+                reply = await _start_tls(stream, step)
+    finally:
+        exchange.close()
 
 
-async def read_next(
-    stream: PacketStream, feed: Callable[[bytes], None], poll: Callable[[], T | NeedData]
-) -> T:
-    """Feed bytes from ``stream`` to a sans-IO reader until ``poll`` returns a message.
-
-    Raises ``PeerClosed`` at EOF, and whatever the reader raises on bad input."""
-    while True:
-        message = poll()
-        if message is not NEED_DATA:
-            return message
-        data = await stream.read()
-        if not data:
-            raise PeerClosed("the peer closed the connection")
-        feed(data)
+async def _start_tls(stream: PacketStream, step: StartTLS) -> TLSInfo:
+    await stream.start_tls(step.context, step.initial)
+    assert stream.transport is not None
+    ssl_object = stream.transport.get_extra_info("ssl_object")
+    if ssl_object is None or stream.closed.done():
+        raise PeerClosed("client closed during the TLS handshake")
+    return TLSInfo(server_name_of(ssl_object), ssl_object.selected_alpn_protocol())
 
 
 class PacketStream(asyncio.Protocol):

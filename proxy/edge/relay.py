@@ -35,6 +35,13 @@ from pgwake import metrics
 from pgwake.edge.packet_stream import PacketStream
 from pgwake.protocol import encode
 from pgwake.protocol.errors import AdminShutdown, ErrorKind
+from pgwake.protocol.messages import (
+    READY_FOR_QUERY,
+    TERMINATE,
+    TRANSACTION_FAILED,
+    TRANSACTION_IDLE,
+    TRANSACTION_IN_BLOCK,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,12 +52,12 @@ __all__ = ["Relay", "Relays", "start_relay"]
 _HIGH_WATER: Final = 512 * 1024
 _LOW_WATER: Final = 128 * 1024
 # Terminate as a whole message, and ReadyForQuery without its status byte.
-_TERMINATE: Final = b"X\x00\x00\x00\x04"
-_READY_FOR_QUERY: Final = b"Z\x00\x00\x00\x05"
+_TERMINATE: Final = encode.message(TERMINATE)
+_READY_FOR_QUERY: Final = encode.message(READY_FOR_QUERY, TRANSACTION_IDLE)[:-1]
 # The transaction statuses a ReadyForQuery may carry; a relay starts right after the
 # login's (or a kept backend's reset's) ReadyForQuery, which is always idle.
-_STATUSES: Final = (b"I", b"T", b"E")
-_IDLE: Final = b"I"
+_STATUSES: Final = (TRANSACTION_IDLE, TRANSACTION_IN_BLOCK, TRANSACTION_FAILED)
+_IDLE: Final = TRANSACTION_IDLE
 #: What a client is told when its compute closed under it at rest.
 _COMPUTE_STOPPED_ERROR: Final = AdminShutdown(
     "terminating connection because the endpoint's compute stopped unexpectedly",

@@ -10,16 +10,22 @@ behind SNI or options routing.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pgwake.endpoint.names import EndpointName, is_valid_endpoint_name
 from pgwake.protocol.errors import InvalidCatalogName, SqlclientUnableToEstablishSqlconnection
 
+if TYPE_CHECKING:
+    from pgwake.protocol.messages import StartupMessage
+
 __all__ = [
     "Route",
+    "address_allowed",
+    "compute_parameters",
     "resolve",
     "split_options",
 ]
@@ -163,3 +169,30 @@ def resolve(
             hint=_HINT,
         )
     return Route(EndpointName(endpoint), final_role, new_options, source)
+
+
+def address_allowed(client_host: str, allowed_cidrs: Sequence[str]) -> bool:
+    """Whether an endpoint's IP allow-list (empty: everyone) lets ``client_host`` in; a
+    host that is no IP address (a unix socket) is let in only by an empty list."""
+    if not allowed_cidrs:
+        return True
+    try:
+        address = ipaddress.ip_address(client_host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in allowed_cidrs)
+
+
+def compute_parameters(startup: StartupMessage, route: Route) -> dict[str, str]:
+    """The startup parameters the compute gets: the client's, with the route's role as
+    ``user`` and its ``options`` (without ``endpoint=``), less the ``_pq_.`` protocol
+    extensions pgwake declined in NegotiateProtocolVersion."""
+    parameters = {
+        key: value
+        for key, value in startup.parameters.items()
+        if key not in ("user", "options") and not key.startswith("_pq_.")
+    }
+    parameters = {"user": route.role, **parameters}
+    if route.options:
+        parameters["options"] = route.options
+    return parameters

@@ -18,35 +18,49 @@ connections for that; pgwake does the same in session mode, opt-in with
   compute sees the same session it would have logged in.
 * Kept backends are closed after ``server_reuse_seconds``, when the endpoint suspends or
   its compute crashes, and before the idle check counts the compute's sessions.
+
+``reset`` is the reset's exchange, sans-IO (``exchange.py``); ``keep_backend`` drives it
+and keeps the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from pgwake import metrics
-from pgwake.edge.packet_stream import PeerClosed, read_next
+from pgwake.edge.exchange import PeerClosed, Send, receive_message
+from pgwake.edge.packet_stream import drive
 from pgwake.protocol import encode
 from pgwake.protocol.errors import ProtocolViolation
 from pgwake.protocol.framing import MAX_STARTUP_PHASE_MESSAGE_LENGTH, MessageReader
-from pgwake.protocol.messages import NEED_DATA, Frame
+from pgwake.protocol.messages import (
+    COMMAND_COMPLETE,
+    NEED_DATA,
+    PARAMETER_STATUS,
+    QUERY,
+    READY_FOR_QUERY,
+    TRANSACTION_IDLE,
+    Frame,
+)
 
 if TYPE_CHECKING:
+    from pgwake.edge.compute_login import SessionOpening
+    from pgwake.edge.exchange import Exchange
     from pgwake.edge.packet_stream import PacketStream
+    from pgwake.endpoint.lifecycle import Lifecycle
 
-__all__ = ["IdleServer", "IdleServers", "reset_for_reuse"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["IdleServer", "IdleServers", "keep_backend", "reset", "reset_for_reuse"]
 
 #: A compute's answer to the reset must come within this.
 _RESET_TIMEOUT: Final = 5.0
 #: Kept backends per endpoint at most (a compute has ``max_connections = 300``).
 _LIMIT_PER_ENDPOINT: Final = 16
+_ROLLBACK: Final = b"ROLLBACK\0"
+_DISCARD_ALL: Final = b"DISCARD ALL\0"
 
 
 @dataclass(slots=True)
@@ -61,38 +75,48 @@ class IdleServer:
     since: float
 
 
-async def reset_for_reuse(
-    stream: PacketStream, parameter_status: bytes, status: bytes
-) -> bytes | None:
-    """Reset a backend whose client has left, its last ReadyForQuery status ``status``
-    (``I``, ``T`` or ``E``); return the ParameterStatus messages a new client must get
-    (the login's, updated by what the reset reported), or ``None`` when the backend is
-    not clean and idle afterwards."""
-    commands = [b"ROLLBACK\0", b"DISCARD ALL\0"] if status != b"I" else [b"DISCARD ALL\0"]
-    stream.write(b"".join(encode.message(b"Q", command) for command in commands))
+def reset(parameter_status: bytes, status: bytes) -> Exchange[bytes | None]:
+    """The reset of a backend whose client has left, sans-IO: ROLLBACK if its last
+    ReadyForQuery status ``status`` was not idle, then DISCARD ALL, in one write.
+
+    Returns the ParameterStatus messages a new client must get (the login's
+    ``parameter_status``, updated by what the reset reported), or ``None`` when the answer
+    is anything but CommandComplete for each command, ParameterStatus messages and
+    ReadyForQuery idle, and nothing after. Raises ``ProtocolViolation`` for a message that
+    is not one (or over ``MAX_STARTUP_PHASE_MESSAGE_LENGTH``) and ``PeerClosed`` at EOF."""
+    commands = [_DISCARD_ALL] if status == TRANSACTION_IDLE else [_ROLLBACK, _DISCARD_ALL]
+    yield Send(b"".join(encode.message(QUERY, command) for command in commands))
     reader = MessageReader(MAX_STARTUP_PHASE_MESSAGE_LENGTH)
     reported: dict[bytes, bytes] = {}
-    try:
-        async with asyncio.timeout(_RESET_TIMEOUT):
-            for command in commands:
-                frame = await read_next(stream, reader.feed, reader.next_message)
-                if (frame.type, frame.body) != (b"C", command):
-                    return None
-                while True:
-                    frame = await read_next(stream, reader.feed, reader.next_message)
-                    if frame.type == b"S":
-                        reported[frame.body.split(b"\0", 1)[0]] = frame.body
-                    elif (frame.type, frame.body) == (b"Z", b"I"):
-                        break
-                    else:
-                        return None
-    except (TimeoutError, PeerClosed, ProtocolViolation, OSError):
-        return None
+    for command in commands:
+        frame = yield from receive_message(reader.feed, reader.next_message)
+        if (frame.type, frame.body) != (COMMAND_COMPLETE, command):
+            return None
+        while True:
+            frame = yield from receive_message(reader.feed, reader.next_message)
+            if frame.type == PARAMETER_STATUS:
+                reported[frame.body.split(b"\0", 1)[0]] = frame.body
+            elif (frame.type, frame.body) == (READY_FOR_QUERY, TRANSACTION_IDLE):
+                break
+            else:
+                return None
     if reader.take_remaining():
         return None  # more than the reset's answer: not a backend at rest
     if not reported:
         return parameter_status
     return _merge_parameter_status(parameter_status, reported)
+
+
+async def reset_for_reuse(
+    stream: PacketStream, parameter_status: bytes, status: bytes
+) -> bytes | None:
+    """Run ``reset`` over ``stream`` within ``_RESET_TIMEOUT``; ``None`` when the backend
+    is not clean and idle afterwards, or does not answer in time."""
+    try:
+        async with asyncio.timeout(_RESET_TIMEOUT):
+            return await drive(stream, reset(parameter_status, status))
+    except (TimeoutError, PeerClosed, ProtocolViolation, OSError):
+        return None
 
 
 def _merge_parameter_status(opening: bytes, reported: dict[bytes, bytes]) -> bytes:
@@ -102,9 +126,36 @@ def _merge_parameter_status(opening: bytes, reported: dict[bytes, bytes]) -> byt
     while (frame := reader.next_message()) is not NEED_DATA:
         assert isinstance(frame, Frame)
         name = frame.body.split(b"\0", 1)[0]
-        merged.append(encode.message(b"S", reported.pop(name, frame.body)))
-    merged += [encode.message(b"S", body) for body in reported.values()]
+        merged.append(encode.message(PARAMETER_STATUS, reported.pop(name, frame.body)))
+    merged += [encode.message(PARAMETER_STATUS, body) for body in reported.values()]
     return b"".join(merged)
+
+
+async def keep_backend(
+    lifecycle: Lifecycle,
+    stream: PacketStream,
+    status: bytes,
+    startup: bytes,
+    opening: SessionOpening,
+    *,
+    idle_servers: IdleServers,
+) -> None:
+    """Reset the backend of a session that ended at rest and keep it for the next client
+    with the same ``startup``; close it when it cannot be kept."""
+    assert opening.backend_key is not None
+    parameter_status = await reset_for_reuse(stream, opening.parameter_status, status)
+    if parameter_status is None:
+        metrics.SERVER_REUSE.labels(lifecycle.name, "reset_failed").inc()
+        stream.close()
+        return
+    if lifecycle.address is None:  # the compute is going away
+        stream.close()
+        return
+    process_id, secret_key = opening.backend_key
+    kept = IdleServer(stream, process_id, secret_key, parameter_status, time.monotonic())
+    if not idle_servers.put(startup, kept):
+        metrics.SERVER_REUSE.labels(lifecycle.name, "full").inc()
+        stream.close()
 
 
 class IdleServers:

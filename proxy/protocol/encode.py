@@ -7,7 +7,24 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from pgwake.protocol.errors import SUCCESSFUL_COMPLETION, ClientError
-from pgwake.protocol.messages import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE
+from pgwake.protocol.messages import (
+    AUTHENTICATION,
+    BACKEND_KEY_DATA,
+    CANCEL_REQUEST_CODE,
+    ERROR_FIELD_DETAIL,
+    ERROR_FIELD_HINT,
+    ERROR_FIELD_MESSAGE,
+    ERROR_FIELD_SEVERITY,
+    ERROR_FIELD_SEVERITY_NONLOCALIZED,
+    ERROR_FIELD_SQLSTATE,
+    ERROR_RESPONSE,
+    NEGOTIATE_PROTOCOL_VERSION,
+    NOTICE_RESPONSE,
+    PROTOCOL_3_0,
+    SASL_RESPONSE,
+    SSL_REQUEST_CODE,
+    AuthenticationRequest,
+)
 
 __all__ = [
     "ENCRYPTION_ACCEPTED",
@@ -52,20 +69,27 @@ def _text_cstring(text: str) -> bytes:
 def _notice_fields(
     severity: str, sqlstate: str, text: str, detail: str | None, hint: str | None
 ) -> bytes:
-    # Field codes from "Error and Notice Message Fields"; V is the non-localized severity.
-    parts = [b"S", _cstring(severity), b"V", _cstring(severity), b"C", _cstring(sqlstate)]
-    parts += [b"M", _text_cstring(text)]
+    parts = [
+        ERROR_FIELD_SEVERITY,
+        _cstring(severity),
+        ERROR_FIELD_SEVERITY_NONLOCALIZED,
+        _cstring(severity),
+        ERROR_FIELD_SQLSTATE,
+        _cstring(sqlstate),
+        ERROR_FIELD_MESSAGE,
+        _text_cstring(text),
+    ]
     if detail:
-        parts += [b"D", _text_cstring(detail)]
+        parts += [ERROR_FIELD_DETAIL, _text_cstring(detail)]
     if hint:
-        parts += [b"H", _text_cstring(hint)]
+        parts += [ERROR_FIELD_HINT, _text_cstring(hint)]
     return b"".join(parts) + b"\0"
 
 
 def error_response(error: ClientError, severity: str = "FATAL") -> bytes:
     """Encode ``error`` as an ``ErrorResponse`` ('E')."""
     body = _notice_fields(severity, error.sqlstate, error.message, error.detail, error.hint)
-    return message(b"E", body)
+    return message(ERROR_RESPONSE, body)
 
 
 def notice_response(
@@ -76,7 +100,7 @@ def notice_response(
     hint: str | None = None,
 ) -> bytes:
     """Encode a ``NoticeResponse`` ('N') with severity NOTICE."""
-    return message(b"N", _notice_fields("NOTICE", sqlstate, text, detail, hint))
+    return message(NOTICE_RESPONSE, _notice_fields("NOTICE", sqlstate, text, detail, hint))
 
 
 def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) -> bytes:
@@ -85,33 +109,33 @@ def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) ->
     names = list(unsupported)
     body = _INT32.pack(newest_minor) + _INT32.pack(len(names))
     body += b"".join(_cstring(name) for name in names)
-    return message(b"v", body)
+    return message(NEGOTIATE_PROTOCOL_VERSION, body)
 
 
 def authentication(code: int, data: bytes = b"") -> bytes:
     """Encode an Authentication* ('R') message: AuthenticationOk is code 0."""
-    return message(b"R", _INT32.pack(code) + data)
+    return message(AUTHENTICATION, _INT32.pack(code) + data)
 
 
 def authentication_sasl(mechanisms: Iterable[str]) -> bytes:
     """Encode AuthenticationSASL: the mechanisms offered, most preferred first."""
     names = b"".join(_cstring(name) for name in mechanisms) + b"\0"
-    return authentication(10, names)
+    return authentication(AuthenticationRequest.SASL, names)
 
 
 def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
     """Encode SASLInitialResponse ('p'): mechanism, int32 length, data."""
-    return message(b"p", _cstring(mechanism) + _INT32.pack(len(data)) + data)
+    return message(SASL_RESPONSE, _cstring(mechanism) + _INT32.pack(len(data)) + data)
 
 
 def sasl_response(data: bytes) -> bytes:
     """Encode SASLResponse ('p')."""
-    return message(b"p", data)
+    return message(SASL_RESPONSE, data)
 
 
 def backend_key_data(process_id: int, secret_key: int) -> bytes:
     """Encode ``BackendKeyData`` ('K')."""
-    return message(b"K", struct.pack("!II", process_id, secret_key))
+    return message(BACKEND_KEY_DATA, struct.pack("!II", process_id, secret_key))
 
 
 def startup_message(parameters: Mapping[str, str], version: int = PROTOCOL_3_0) -> bytes:

@@ -16,7 +16,12 @@ from typing import Final, Literal
 from pgwake.protocol.buffer import ReceiveBuffer
 from pgwake.protocol.errors import ProtocolViolation
 from pgwake.protocol.messages import (
+    ERROR_FIELD_SQLSTATE,
     NEED_DATA,
+    SASL_RESPONSE,
+    TRANSACTION_FAILED,
+    TRANSACTION_IDLE,
+    TRANSACTION_IN_BLOCK,
     AuthenticationRequest,
     BackendKeyData,
     Frame,
@@ -29,6 +34,7 @@ __all__ = [
     "MAX_AUTHENTICATION_MESSAGE_LENGTH",
     "MAX_STARTUP_PHASE_MESSAGE_LENGTH",
     "MessageReader",
+    "error_sqlstate",
     "parse_authentication",
     "parse_backend_key_data",
     "parse_error_fields",
@@ -90,7 +96,7 @@ def parse_sasl_initial_response(frame: Frame) -> SASLInitialResponse:
     """Decode a 'p' message that opens a SASL exchange (mechanism, int32 length, data)."""
     body = frame.body
     end = body.find(b"\0")
-    if frame.type != b"p" or end < 1 or len(body) < end + 5:
+    if frame.type != SASL_RESPONSE or end < 1 or len(body) < end + 5:
         raise ProtocolViolation("invalid SASLInitialResponse message")
     mechanism = body[:end].decode("ascii", "replace")
     (length,) = _INT32.unpack_from(body, end + 1)
@@ -105,7 +111,7 @@ def parse_sasl_initial_response(frame: Frame) -> SASLInitialResponse:
 
 def parse_sasl_response(frame: Frame) -> bytes:
     """Decode a 'p' message that continues a SASL exchange: its body is the data."""
-    if frame.type != b"p":
+    if frame.type != SASL_RESPONSE:
         raise ProtocolViolation("expected a SASLResponse message")
     return frame.body
 
@@ -120,10 +126,11 @@ def parse_backend_key_data(frame: Frame) -> BackendKeyData:
 
 def parse_ready_for_query(frame: Frame) -> ReadyForQuery:
     """Decode a 'Z' message body."""
-    if frame.body not in (b"I", b"T", b"E"):
+    body = frame.body
+    if body not in (TRANSACTION_IDLE, TRANSACTION_IN_BLOCK, TRANSACTION_FAILED):
         raise ProtocolViolation("invalid ReadyForQuery message")
     status: Literal["I", "T", "E"] = (
-        "I" if frame.body == b"I" else "T" if frame.body == b"T" else "E"
+        "I" if body == TRANSACTION_IDLE else "T" if body == TRANSACTION_IN_BLOCK else "E"
     )
     return ReadyForQuery(status)
 
@@ -135,3 +142,8 @@ def parse_error_fields(frame: Frame) -> dict[str, str]:
         if part:
             fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
     return fields
+
+
+def error_sqlstate(frame: Frame) -> str | None:
+    """The SQLSTATE of an 'E' or 'N' message, ``None`` if it has none."""
+    return parse_error_fields(frame).get(ERROR_FIELD_SQLSTATE.decode())

@@ -11,11 +11,31 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
 __all__ = [
+    "AUTHENTICATION",
+    "BACKEND_KEY_DATA",
     "CANCEL_REQUEST_CODE",
+    "COMMAND_COMPLETE",
+    "ERROR_FIELD_DETAIL",
+    "ERROR_FIELD_HINT",
+    "ERROR_FIELD_MESSAGE",
+    "ERROR_FIELD_SEVERITY",
+    "ERROR_FIELD_SEVERITY_NONLOCALIZED",
+    "ERROR_FIELD_SQLSTATE",
+    "ERROR_RESPONSE",
     "GSSENC_REQUEST_CODE",
     "NEED_DATA",
+    "NEGOTIATE_PROTOCOL_VERSION",
+    "NOTICE_RESPONSE",
+    "PARAMETER_STATUS",
     "PROTOCOL_3_0",
+    "QUERY",
+    "READY_FOR_QUERY",
+    "SASL_RESPONSE",
     "SSL_REQUEST_CODE",
+    "TERMINATE",
+    "TRANSACTION_FAILED",
+    "TRANSACTION_IDLE",
+    "TRANSACTION_IN_BLOCK",
     "AuthenticationRequest",
     "BackendKeyData",
     "CancelRequest",
@@ -35,6 +55,56 @@ CANCEL_REQUEST_CODE: Final = (1234 << 16) | 5678
 SSL_REQUEST_CODE: Final = (1234 << 16) | 5679
 GSSENC_REQUEST_CODE: Final = (1234 << 16) | 5680
 PROTOCOL_3_0: Final = (3 << 16) | 0
+
+# The type byte of each typed message pgwake reads or writes ("Message Formats"). One
+# letter can name a frontend and a backend message: each constant is named after the one
+# pgwake means, the direction in its comment.
+
+#: Backend: AuthenticationOk, AuthenticationSASL, ...SASLContinue, ...SASLFinal.
+AUTHENTICATION: Final = b"R"
+#: Backend: the keys a client needs to cancel a query.
+BACKEND_KEY_DATA: Final = b"K"
+#: Backend: a command finished (its tag in the body).
+COMMAND_COMPLETE: Final = b"C"
+#: Backend: an error, fatal or not.
+ERROR_RESPONSE: Final = b"E"
+#: Backend: the newest protocol minor version and the options the server declined.
+NEGOTIATE_PROTOCOL_VERSION: Final = b"v"
+#: Backend: a notice.
+NOTICE_RESPONSE: Final = b"N"
+#: Backend: a run-time parameter's value (``name\0value\0``).
+PARAMETER_STATUS: Final = b"S"
+#: Backend: ready for a new query; the body is the transaction status.
+READY_FOR_QUERY: Final = b"Z"
+#: Frontend: a simple query.
+QUERY: Final = b"Q"
+#: Frontend: SASLInitialResponse and SASLResponse (and PasswordMessage) share this byte.
+SASL_RESPONSE: Final = b"p"
+#: Frontend: the client ends the session.
+TERMINATE: Final = b"X"
+
+# ReadyForQuery's transaction status byte.
+#: Not in a transaction block.
+TRANSACTION_IDLE: Final = b"I"
+#: In a transaction block.
+TRANSACTION_IN_BLOCK: Final = b"T"
+#: In a failed transaction block (queries are rejected until it ends).
+TRANSACTION_FAILED: Final = b"E"
+
+# The field codes of ErrorResponse and NoticeResponse that pgwake writes or reads
+# ("Error and Notice Message Fields").
+#: Severity, possibly localized.
+ERROR_FIELD_SEVERITY: Final = b"S"
+#: Severity, never localized.
+ERROR_FIELD_SEVERITY_NONLOCALIZED: Final = b"V"
+#: The SQLSTATE code.
+ERROR_FIELD_SQLSTATE: Final = b"C"
+#: The primary message.
+ERROR_FIELD_MESSAGE: Final = b"M"
+#: An optional detail.
+ERROR_FIELD_DETAIL: Final = b"D"
+#: An optional hint.
+ERROR_FIELD_HINT: Final = b"H"
 
 
 class NeedData(enum.Enum):

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from pgwake.compute import ComputeAddress
-from pgwake.edge.client_connection import _Session
+from pgwake.edge import backend
 from pgwake.edge.kept_connections import KeptConnections
 from pgwake.edge.server_reuse import IdleServer
 from pgwake.endpoint.lifecycle import ShuttingDown, WakeFailed
@@ -96,9 +96,8 @@ class _FailingLifecycle:
 
 
 async def _wake(error: Exception) -> CannotConnectNow:
-    session = SimpleNamespace(ctx=SimpleNamespace(settings=SimpleNamespace(wake_timeout=5.0)))
     with pytest.raises(CannotConnectNow) as info:
-        await _Session._wake(cast(Any, session), cast(Any, _FailingLifecycle(error)))
+        await backend._wake(cast(Any, _FailingLifecycle(error)), 5.0, "conn")
     return info.value
 
 

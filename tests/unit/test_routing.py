@@ -1,4 +1,5 @@
-"""routing.resolve(): the endpoint from SNI, options or the user name, and what the compute sees."""
+"""routing.resolve(): the endpoint from SNI, options or the user name, and what the compute
+sees; the IP allow-list."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from pgwake.edge.routing import Route, resolve, split_options
+from pgwake.edge.routing import (
+    Route,
+    address_allowed,
+    compute_parameters,
+    resolve,
+    split_options,
+)
 from pgwake.endpoint.names import EndpointName, is_valid_endpoint_name
 from pgwake.protocol.errors import InvalidCatalogName, SqlclientUnableToEstablishSqlconnection
+from pgwake.protocol.messages import StartupMessage
 
 EXISTING = frozenset({"demo", "other", "db"})
 BASE = "pg.example.com"
@@ -321,3 +329,47 @@ def test_rewritten_options_split_to_the_same_words(options: str) -> None:
         assert pg_split_opts(result.options) == kept
     else:
         assert result.options is None
+
+
+# -- the allow-list and the compute's startup parameters ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "cidrs", "allowed"),
+    [
+        ("192.0.2.7", (), True),  # no list: everyone
+        ("local", (), True),
+        ("192.0.2.7", ("192.0.2.0/24",), True),
+        ("192.0.2.7", ("198.51.100.0/24", "192.0.2.7"), True),
+        ("198.51.100.1", ("192.0.2.0/24",), False),
+        ("2001:db8::1", ("2001:db8::/32",), True),
+        ("2001:db8::1", ("192.0.2.0/24",), False),
+        ("local", ("192.0.2.0/24",), False),  # a unix socket has no address to allow
+    ],
+)
+def test_address_allowed(host: str, cidrs: tuple[str, ...], allowed: bool) -> None:
+    assert address_allowed(host, cidrs) is allowed
+
+
+def test_compute_parameters_take_the_routes_role_and_options() -> None:
+    startup = StartupMessage(
+        3,
+        0,
+        {
+            "user": "alice.demo",
+            "database": "db",
+            "options": "endpoint=demo -c search_path=app",
+            "_pq_.feature": "on",
+            "application_name": "psql",
+        },
+    )
+    parameters = compute_parameters(startup, expect("demo", "alice", "-c search_path=app", "user"))
+    assert parameters == {
+        "user": "alice",
+        "database": "db",
+        "application_name": "psql",
+        "options": "-c search_path=app",
+    }
+    assert next(iter(parameters)) == "user"
+    without = compute_parameters(startup, expect("demo", "alice", None, "options"))
+    assert "options" not in without
