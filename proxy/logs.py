@@ -121,3 +121,5 @@ def configure_logging(level: str, style: Literal["logfmt", "json"] = "logfmt") -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python's warnings (a coroutine never awaited, a deprecation) become log lines too.
+    logging.captureWarnings(True)

@@ -198,7 +198,7 @@ async def authenticate_client(
     stream: PacketStream,
     *,
     role: str,
-    verifier_lookup: Awaitable[str | None] | None,
+    verifier_lookup: Callable[[], Awaitable[str | None]] | None,
     mock_secret: bytes,
     channel_binding: bytes | None,
     throttle: AuthThrottle,
@@ -215,7 +215,7 @@ async def authenticate_client(
     wait = throttle.wait_seconds(client_host, endpoint, time.monotonic())
     if wait > 0:
         raise throttled(wait)
-    lookup = asyncio.ensure_future(verifier_lookup) if verifier_lookup is not None else None
+    lookup = asyncio.ensure_future(verifier_lookup()) if verifier_lookup is not None else None
     try:
         initial = await drive(stream, offer_sasl(channel_binding))
         verifier_text = await lookup if lookup is not None else None

@@ -16,6 +16,7 @@ logged with its traceback and answered with XX000. The client never sees a trace
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import ssl
@@ -241,7 +242,7 @@ class ClientConnection:
             client,
             role=role,
             # A name that is not UTF-8 is no role: a mock exchange, then 28P01.
-            verifier_lookup=lifecycle.verifier(role) if is_text(role) else None,
+            verifier_lookup=functools.partial(lifecycle.verifier, role) if is_text(role) else None,
             mock_secret=self.ctx.mock_secret,
             channel_binding=tls.end_point_hash if tls is not None else None,
             throttle=self.ctx.throttle,
