@@ -1,9 +1,11 @@
-"""The ``pgwake`` command: endpoint create/list/delete, settings, help, clear failures."""
+"""The ``pgwake`` command: endpoint create/list/delete, settings, help, clear failures, a
+prompt stop."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import psycopg
 
 from pgwake.settings import Settings
-from tests.integration.pgwake_fixture import Pgwake, make_state_dir
+from tests.integration.pgwake_fixture import Pgwake, make_state_dir, wait_for
 
 
 def test_create_list_delete_from_an_empty_state_dir() -> None:
@@ -180,3 +182,31 @@ def test_second_server_on_the_same_state_dir_is_refused(pgwake: Pgwake) -> None:
     assert result.returncode == 3
     assert "another pgwake serve is using" in result.stderr
     assert time.monotonic() - started < 30
+
+
+# -- stopping -------------------------------------------------------------------------------
+
+
+def test_sigint_stops_an_idle_server_with_a_running_compute_promptly(pgwake: Pgwake) -> None:
+    """Nothing to drain, one compute to suspend: no timer should hold the exit up."""
+    pgwake.create("prompt")
+    pgwake.start()
+    with psycopg.connect(pgwake.dsn("prompt"), connect_timeout=60) as conn:
+        conn.execute("select 1")
+    pgwake.wait_state("prompt", "running")
+    wait_for(lambda: pgwake.metric("pgwake_client_connections_active", endpoint="prompt") == 0)
+    process = pgwake.process
+    assert process is not None
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=1.5)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running 1.5 s after SIGINT:\n{pgwake.log_text()}") from None
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0, pgwake.log_text()
+    assert "to=suspended trigger=stopped" in pgwake.log_text()
+    assert pgwake.postgres_pids() == [], f"stopped in {elapsed:.2f} s, computes left"
+    # A copy of the template the server was making is stopped, not waited for, and gone.
+    spares = pgwake.state_dir / "computes" / "spares"
+    assert [p.name for p in spares.iterdir() if p.name.startswith(".")] == []
