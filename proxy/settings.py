@@ -2,13 +2,15 @@
 
 One name serves everywhere: ``idle_timeout`` is ``--idle-timeout``, ``PGWAKE_IDLE_TIMEOUT``
 and TOML ``idle_timeout``. A flag beats env, env beats TOML, TOML beats the default.
-Durations are in seconds. Nothing else in pgwake reads ``os.environ`` for configuration.
+Durations are in seconds. Nothing else in pgwake reads ``os.environ`` for configuration
+(but ``pgwake.state_dir``, for the default state dir, and the stdlib-only client).
 """
 
 from __future__ import annotations
 
 import contextvars
 import ipaddress
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -21,6 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from pgwake.state_dir import default_path
 
 __all__ = [
     "MAX_CPUS",
@@ -35,6 +39,8 @@ __all__ = [
     "load_settings",
     "parse_host_port",
     "parse_memory",
+    "shown_choices",
+    "shown_default",
 ]
 
 #: A shorter admin token would be guessable; generated ones have 43 characters.
@@ -105,8 +111,11 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Field(
-        Path(".pgwake"),
-        description="Directory for the catalog, computes' data, TLS material and logs.",
+        default_factory=default_path,
+        description="Directory for the catalog, computes' data, TLS material and logs: "
+        "`$XDG_DATA_HOME/pgwake` when `XDG_DATA_HOME` is set, else `/var/lib/pgwake` for "
+        "root and `~/.local/share/pgwake` for other users.",
+        json_schema_extra={"default_text": "per user"},
     )
     listen: str = Field("127.0.0.1:6432", description="Address the Postgres proxy listens on.")
     idle_timeout: IdleTimeout = Field(
@@ -347,13 +356,40 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         _toml_file.reset(token)
 
 
+def shown_default(name: str, *, here: bool = False) -> str:
+    """Setting ``name``'s default as README's table shows it, or with ``here`` as ``serve
+    --help`` does (this machine's value where it depends on the user, e.g. the state dir).
+    ``unset`` when there is none, ``none`` for an empty list."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+        extra = field.json_schema_extra
+        if not here and isinstance(extra, dict) and isinstance(extra.get("default_text"), str):
+            return str(extra["default_text"])
+        return str(value) if value else "none"
+    if field.default in (None, PydanticUndefined):
+        return "unset"
+    return str(field.default)
+
+
+def shown_choices(name: str) -> tuple[str, ...] | None:
+    """The values setting ``name`` takes when they are few (booleans, ``Literal`` names),
+    for ``--help``; ``None`` for the others."""
+    annotation = Settings.model_fields[name].annotation
+    if annotation is bool or bool in typing.get_args(annotation):  # also ``bool | None``
+        return ("true", "false")
+    if typing.get_origin(annotation) is Literal:
+        return tuple(str(value) for value in typing.get_args(annotation))
+    return None
+
+
 def settings_table() -> str:
     """The Markdown table of every setting, as README shows it (a test keeps them equal)."""
     lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = "unset" if field.default in (None, PydanticUndefined) else f"`{field.default}`"
-        if field.default_factory is not None:
-            default = "none"
+        default = shown_default(name)
+        if default not in ("unset", "none", "per user"):
+            default = f"`{default}`"
         lines.append(
             f"| `{name}` / `--{name.replace('_', '-')}` | `PGWAKE_{name.upper()}` "
             f"| {default} | {field.description} |"

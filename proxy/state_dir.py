@@ -19,6 +19,11 @@ is wider (``pgwake serve`` and the local CLI call it before anything else), logg
 warning per change. A mode it cannot change (a file another user owns) raises
 ``UnsafeStateDir`` and pgwake does not start, as ssh refuses an unprotected private key.
 
+Where it is: ``--state-dir`` or ``PGWAKE_STATE_DIR``, else ``default_path()``, a per-user
+directory that does not depend on the current directory (``$XDG_DATA_HOME/pgwake``, or
+``~/.local/share/pgwake``; ``/var/lib/pgwake`` for root). Commands that only read (``pgwake
+status``, ``endpoint list``) never create it.
+
 Only stdlib imports: ``pgwake.api.client`` reads the admin token through this module.
 """
 
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "ADMIN_PASSWORD",
@@ -43,10 +48,13 @@ __all__ = [
     "INSTANCE_ID",
     "MOCK_SECRET",
     "SECRET_FILES",
+    "SYSTEM_STATE_DIR",
     "LooseMode",
     "StateDir",
     "UnsafeStateDir",
+    "configured_path",
     "create_private",
+    "default_path",
     "private_dir",
     "write_private",
 ]
@@ -63,6 +71,7 @@ MOCK_SECRET: Final = "mock-secret"  # noqa: S105 (a file name)
 #: This server's id on a Docker engine.
 INSTANCE_ID: Final = "instance-id"
 _LOCK: Final = "server.lock"
+_SERVE_LOG: Final = "serve.log"
 _TLS: Final = "tls"
 _TLS_KEY: Final = f"{_TLS}/server.key"
 _TLS_CERT: Final = f"{_TLS}/server.crt"
@@ -89,6 +98,37 @@ _PASS_THROUGH_DIR_MODE: Final = 0o711
 _GROUP_OTHER: Final = 0o077
 #: Bits the state dir must not have: reading (listing) or writing by group or others.
 _GROUP_OTHER_READ_WRITE: Final = 0o066
+
+
+#: The state dir of a pgwake run as root, as a system service (the systemd unit in
+#: ``deploy/`` names it too): root's home is no place for computes' data, which the
+#: unprivileged compute user must reach.
+SYSTEM_STATE_DIR: Final = Path("/var/lib/pgwake")
+
+
+def default_path(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
+    """The state dir when neither ``--state-dir`` nor ``PGWAKE_STATE_DIR`` names one.
+
+    ``$XDG_DATA_HOME/pgwake`` when that variable holds an absolute path (the XDG Base
+    Directory spec ignores a relative one), else ``/var/lib/pgwake`` for root, else
+    ``$HOME/.local/share/pgwake``. Never relative: every command finds the same state dir
+    from any directory. ``environ`` and ``euid`` default to this process's."""
+    environ = os.environ if environ is None else environ
+    euid = os.geteuid() if euid is None else euid
+    data_home = environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(data_home):
+        return Path(data_home) / "pgwake"
+    if euid == 0:
+        return SYSTEM_STATE_DIR
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "share" / "pgwake"
+
+
+def configured_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``PGWAKE_STATE_DIR`` if set, else ``default_path()``: the state dir of a process
+    that has no settings (the Python client)."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("PGWAKE_STATE_DIR") or default_path(environ))
 
 
 class UnsafeStateDir(Exception):
@@ -197,10 +237,20 @@ class StateDir:
     def admin_password(self) -> Path:
         return self.path / ADMIN_PASSWORD
 
+    def exists(self) -> bool:
+        """Whether the state dir is there (a directory). Creates nothing."""
+        return self.path.is_dir()
+
     @property
     def lock_file(self) -> Path:
-        """Held (``flock``) by the one ``pgwake serve`` using this state dir."""
+        """Held (``flock``) by the one ``pgwake serve`` using this state dir, which writes
+        its pid into it: the server's pid file."""
         return self.path / _LOCK
+
+    @property
+    def serve_log(self) -> Path:
+        """Where ``pgwake serve --detach`` logs."""
+        return self.path / _SERVE_LOG
 
     @property
     def tls_dir(self) -> Path:
@@ -250,8 +300,9 @@ class StateDir:
     # -- the server lock ---------------------------------------------------------------------
 
     def lock(self) -> IO[bytes] | None:
-        """Take the server lock; return the open lock file (hold it for the server's
-        lifetime), or ``None`` when another ``pgwake serve`` holds it."""
+        """Take the server lock and write this process's pid into it; return the open lock
+        file (hold it for the server's lifetime), or ``None`` when another ``pgwake serve``
+        holds it."""
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, _PRIVATE_FILE_MODE)
         lock = os.fdopen(fd, "r+b", buffering=0)
         try:
@@ -259,21 +310,36 @@ class StateDir:
         except BlockingIOError:
             lock.close()
             return None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n".encode())
         return lock
 
     def server_running(self) -> bool:
         """Whether a ``pgwake serve`` holds this state dir. Creates nothing."""
+        return self._holder() is not None
+
+    def server_pid(self) -> int | None:
+        """The pid of the ``pgwake serve`` holding this state dir; ``None`` when none does,
+        or in the instant before it has written its pid. Creates nothing."""
+        holder = self._holder()
+        return int(holder) if holder and holder.isdigit() else None
+
+    def _holder(self) -> str | None:
+        """The lock file's text while a server holds the lock, else ``None``."""
         try:
             fd = os.open(self.lock_file, os.O_RDONLY)
         except OSError:
-            return False  # no state dir, or no server ever ran on it
+            return None  # no state dir, or no server ever ran on it
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Held: the holder wrote its pid right after taking the lock (empty in
+                # the instant between the two).
+                return os.read(fd, 64).decode(errors="replace").strip()
+            return None
         finally:
             os.close(fd)
-        return False
 
     # -- permissions ---------------------------------------------------------------------
 

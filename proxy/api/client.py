@@ -8,7 +8,8 @@ Creating a database is three lines::
 
 ``PgwakeClient()`` reads ``PGWAKE_API_URL`` (default ``http://127.0.0.1:8080``) and the
 token from ``PGWAKE_TOKEN``, else ``PGWAKE_ADMIN_TOKEN``, else the ``admin-token`` file of
-the local state dir (``PGWAKE_STATE_DIR``, default ``./.pgwake``).
+the local state dir (``PGWAKE_STATE_DIR``, else the per-user default of
+``pgwake.state_dir.default_path``). A 401 names where the token came from.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from http import HTTPStatus
 from typing import Any, Final
 
-from pgwake.state_dir import ADMIN_TOKEN, StateDir
+from pgwake.state_dir import ADMIN_TOKEN, StateDir, configured_path
 
-__all__ = ["ApiError", "Endpoint", "NewEndpoint", "PgwakeClient", "Token", "build"]
+__all__ = [
+    "ApiError",
+    "Endpoint",
+    "NewEndpoint",
+    "PgwakeClient",
+    "Token",
+    "build",
+    "default_token",
+]
 
 DEFAULT_API_URL: Final = "http://127.0.0.1:8080"
 _TIMEOUT: Final = 60.0
@@ -92,11 +101,21 @@ def build(cls: type[Any], data: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-def _default_token() -> str | None:
+def default_token() -> tuple[str | None, str]:
+    """The token ``PgwakeClient()`` uses, and where it found it: ``PGWAKE_TOKEN``, else
+    ``PGWAKE_ADMIN_TOKEN``, else the state dir's ``admin-token`` file (a path). With no
+    token, the second item names every place it looked. Creates nothing."""
     for name in ("PGWAKE_TOKEN", "PGWAKE_ADMIN_TOKEN"):
         if os.environ.get(name):
-            return os.environ[name]
-    return StateDir(Path(os.environ.get("PGWAKE_STATE_DIR", ".pgwake"))).read_secret(ADMIN_TOKEN)
+            return os.environ[name], name
+    state = StateDir(configured_path())
+    token = state.read_secret(ADMIN_TOKEN)
+    if token is None:
+        return None, (
+            "none: PGWAKE_TOKEN and PGWAKE_ADMIN_TOKEN are unset, and "
+            f"{state.admin_token} is missing or unreadable"
+        )
+    return token, str(state.admin_token)
 
 
 class PgwakeClient:
@@ -105,7 +124,11 @@ class PgwakeClient:
 
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
         self.url = (url or os.environ.get("PGWAKE_API_URL") or DEFAULT_API_URL).rstrip("/")
-        self._token = token if token is not None else _default_token()
+        #: Where the token came from, named when the API answers 401.
+        self.token_source = "given"  # noqa: S105 (a description, not a token)
+        if token is None:
+            token, self.token_source = default_token()
+        self._token = token
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = (
@@ -125,9 +148,12 @@ class PgwakeClient:
         except urllib.error.HTTPError as exc:
             try:
                 error = json.loads(exc.read())["error"]
-                raise ApiError(exc.code, error["code"], error["message"]) from None
+                code, message = error["code"], error["message"]
             except (ValueError, KeyError, TypeError):
-                raise ApiError(exc.code, "http_error", str(exc.reason)) from None
+                code, message = "http_error", str(exc.reason)
+            if exc.code == HTTPStatus.UNAUTHORIZED:
+                message = f"{message} (token: {self.token_source})"
+            raise ApiError(exc.code, code, message) from None
         return json.loads(payload) if payload else None
 
     def create_endpoint(

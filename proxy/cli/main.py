@@ -1,7 +1,13 @@
-"""The ``pgwake`` command.
+"""The ``pgwake`` command: ``serve`` (in the foreground, or ``--detach``ed), ``stop``,
+``status`` and ``endpoint ...``.
 
 ``serve`` flags are derived from the ``Settings`` model, so a setting has one name
 everywhere (``idle_timeout`` <-> ``--idle-timeout`` <-> ``PGWAKE_IDLE_TIMEOUT``).
+
+A command that only reads (``status``, ``endpoint list``, ``get`` and the others that need
+an existing endpoint) never creates a state dir: on a missing one it says which path it
+looked at and fails. A failed ``endpoint`` command says where it looked: the catalog of
+which state dir, or which server's API with which token.
 """
 
 from __future__ import annotations
@@ -9,14 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pydantic
 
 from pgwake import __version__
+from pgwake.api.client import default_token
 from pgwake.catalog import Catalog
 from pgwake.cli.endpoint_commands import add_endpoint_commands, run_endpoint_command
 from pgwake.compute import Backends
@@ -24,16 +34,24 @@ from pgwake.endpoint.connection_uri import connection_uri
 from pgwake.endpoint.control_plane import ADMIN, ControlPlane
 from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.logs import configure_logging
-from pgwake.settings import Settings, load_settings
+from pgwake.settings import Settings, load_settings, shown_choices, shown_default
 from pgwake.state_dir import StateDir, UnsafeStateDir
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
 #: Exit status when pgwake cannot start (uvicorn's STARTUP_FAILURE).
 STARTUP_FAILURE: Final = 3
+#: ``pgwake status`` exits as ``pg_ctl status`` does: 0 running, 3 not running, 4 no
+#: state dir (pg_ctl: no accessible data directory).
+STATUS_NOT_RUNNING: Final = 3
+STATUS_NO_STATE_DIR: Final = 4
+#: Endpoint commands that make a state dir; every other one needs an existing one.
+_CREATING_ACTIONS: Final = frozenset({"create"})
+#: What ``pgwake serve --detach`` writes to the readiness pipe once it listens.
+_READY: Final = b"ready\n"
 _ENDPOINT_SETTINGS: Final = (
     "state_dir",
     "listen",
@@ -55,12 +73,12 @@ def _add_settings_flags(
             continue
         flag = "--" + name.replace("_", "-")
         env = "PGWAKE_" + name.upper()
-        default = field.default if field.default is not None else "unset"
+        choices = shown_choices(name)
         group.add_argument(
             flag,
             dest=f"setting_{name}",
-            metavar=name.upper(),
-            help=f"{field.description} [{env}; default: {default}]",
+            metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
+            help=f"{field.description} [{env}; default: {shown_default(name, here=True)}]",
         )
 
 
@@ -78,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="pgwake", description="Scale-to-zero Postgres behind an ordinary connection string."
     )
     parser.add_argument("--version", action="version", version=f"pgwake {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(parser=parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser(
         "serve",
@@ -90,7 +109,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Create an endpoint named 'demo' if missing and print its URI.",
     )
+    serve.add_argument(
+        "--detach",
+        action="store_true",
+        help="Run in the background: return once the server listens. It logs to "
+        "<state_dir>/serve.log; `pgwake stop` stops it.",
+    )
     _add_settings_flags(serve)
+
+    stop = commands.add_parser(
+        "stop",
+        help="Stop the server running on the state dir.",
+        description="Stop the pgwake serve running on the state dir, as SIGTERM does (let "
+        "sessions finish for drain_timeout, suspend every compute), and wait until it has.",
+    )
+    _add_settings_flags(stop, ("state_dir",))
+    status = commands.add_parser(
+        "status",
+        help="Show the state dir and whether a server runs on it.",
+        description="Show the state dir and whether a pgwake serve runs on it. Exit "
+        f"status: 0 running, {STATUS_NOT_RUNNING} not running, {STATUS_NO_STATE_DIR} no "
+        "state dir (as pg_ctl status).",
+    )
+    _add_settings_flags(status, ("state_dir",))
 
     endpoint = commands.add_parser(
         "endpoint",
@@ -98,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Through the running server's API when there is one (PGWAKE_API_URL, "
         "or a server on this state dir), else on the local catalog.",
     )
-    actions = endpoint.add_subparsers(dest="action", required=True)
+    endpoint.set_defaults(parser=endpoint)
+    actions = endpoint.add_subparsers(dest="action", metavar="ACTION")
     add_endpoint_commands(actions, lambda sub: _add_settings_flags(sub, _ENDPOINT_SETTINGS))
     return parser
 
@@ -111,14 +153,14 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-async def _serve(settings: Settings, demo: bool) -> int:
+async def _serve(settings: Settings, demo: bool, on_ready: Callable[[], None] | None = None) -> int:
     from pgwake.server import Server, StartupFailure  # noqa: PLC0415 (heavy; serve only)
 
     server = Server(settings)
     try:
         if demo:
             await _ensure_demo(settings)
-        await server.serve()
+        await server.serve(on_ready)
     except (StartupFailure, UnsafeStateDir) as exc:
         logging.getLogger("pgwake.server").error("event=startup_failed reason=%s", exc)
         print(f"pgwake: {exc}", file=sys.stderr)
@@ -144,6 +186,10 @@ async def _ensure_demo(settings: Settings) -> None:
         )
         try:
             created = await control.create(ADMIN, name="demo")
+            # Its disk size is measured in the background: let that write to the catalog
+            # before it closes.
+            for lifecycle in lifecycles:
+                await lifecycle.settle()
         finally:
             await backends.close()
         print("created endpoint demo; connect with:")
@@ -152,9 +198,149 @@ async def _ensure_demo(settings: Settings) -> None:
         catalog.close()
 
 
+def _detach(settings: Settings, demo: bool) -> int:
+    """``serve --detach``: fork a server into its own session and return once it listens
+    (0), or with its exit status when it fails to start, showing its error lines.
+
+    The server keeps this command's stdout until it listens (``--demo`` prints the URI
+    there), then both its stdout and stderr go to ``<state_dir>/serve.log``; its stdin is
+    ``/dev/null``. It tells this process that it listens through a pipe."""
+    state = StateDir(settings.state_dir.resolve())
+    if state.server_running():
+        pid = state.server_pid()
+        print(f"pgwake: pgwake serve (pid {pid}) already runs on {state.path}", file=sys.stderr)
+        return STARTUP_FAILURE
+    try:
+        state.ensure()
+        log = os.open(state.serve_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except (UnsafeStateDir, OSError) as exc:
+        print(f"pgwake: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
+    log_start = os.lseek(log, 0, os.SEEK_END)
+    ready_out, ready_in = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the server
+        os.close(ready_out)
+        os.setsid()  # no terminal: a Ctrl-C or a closed shell does not reach it
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(log, 2)
+
+        def listening() -> None:
+            sys.stdout.flush()
+            os.dup2(log, 1)
+            os.write(ready_in, _READY)
+            os.close(ready_in)
+
+        return _run(_serve(settings, demo, listening))  # type: ignore[no-any-return]
+    os.close(ready_in)
+    os.close(log)
+    with os.fdopen(ready_out, "rb") as ready:
+        said = ready.read()
+    if said == _READY:
+        api = f", API on {settings.api_listen}" if settings.api_listen else ""
+        print(
+            f"pgwake serve (pid {pid}) listens on {settings.listen}{api}; log: "
+            f"{state.serve_log}; `pgwake stop` stops it"
+        )
+        return 0
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status) or STARTUP_FAILURE
+    with open(state.serve_log, "rb") as logged:
+        logged.seek(log_start)
+        lines = logged.read().decode(errors="replace").splitlines()
+    shown = [line for line in lines if line.startswith("pgwake:") or " ERROR " in line]
+    for line in shown or lines[-5:]:
+        print(line, file=sys.stderr)
+    print(f"pgwake: pgwake serve did not start; its log: {state.serve_log}", file=sys.stderr)
+    return code
+
+
+def _stop(settings: Settings) -> int:
+    """``pgwake stop``: SIGTERM the server of the state dir; wait until it has let go."""
+    state = StateDir(settings.state_dir.resolve())
+    if not state.exists():
+        print(_no_state_dir(state), file=sys.stderr)
+        return 1
+    pid = state.server_pid()
+    if pid is None:
+        print(f"pgwake: no pgwake serve runs on {state.path}", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError as exc:
+        print(f"pgwake: cannot stop pgwake serve (pid {pid}): {exc.strerror}", file=sys.stderr)
+        return 1
+    # Its drain, then each compute's fast shutdown (SIGQUIT after stop_timeout).
+    deadline = time.monotonic() + settings.drain_timeout + settings.stop_timeout + 30
+    while state.server_running():
+        if time.monotonic() > deadline:
+            print(
+                f"pgwake: pgwake serve (pid {pid}) is still stopping; see its log",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.02)
+    print(f"stopped pgwake serve (pid {pid}) on {state.path}")
+    return 0
+
+
+def _status(settings: Settings) -> int:
+    """``pgwake status``: the state dir, and the server running on it."""
+    state = StateDir(settings.state_dir.resolve())
+    if not state.exists():
+        print(f"state dir: {state.path} (none yet)")
+        return STATUS_NO_STATE_DIR
+    print(f"state dir: {state.path}")
+    if not state.server_running():
+        print("server: not running")
+        return STATUS_NOT_RUNNING
+    print(f"server: running (pid {state.server_pid()})")
+    return 0
+
+
+def _no_state_dir(state: StateDir) -> str:
+    """Why a command that needs a state dir found none, and what to do."""
+    text = (
+        f"pgwake: no pgwake state dir at {state.path}: `pgwake serve` or `pgwake endpoint "
+        "create` makes it; --state-dir or PGWAKE_STATE_DIR names another"
+    )
+    old = Path(".pgwake")
+    if (old / "catalog.sqlite3").exists() and old.resolve() != state.path.resolve():
+        text += " (./.pgwake here is a state dir: --state-dir .pgwake uses it)"
+    return text
+
+
+def _where(settings: Settings) -> str:
+    """Where an ``endpoint`` command looked: the API it asked, and where its token came
+    from, or the catalog it read (the choice ``run_endpoint_command`` makes)."""
+    state = StateDir(settings.state_dir.resolve())
+    url = os.environ.get("PGWAKE_API_URL")
+    if url:
+        return f"asked the API at {url} (token: {default_token()[1]})"
+    if settings.api_listen and state.server_running():
+        if os.environ.get("PGWAKE_TOKEN"):
+            source = "PGWAKE_TOKEN"
+        elif settings.admin_token is not None:
+            source = "the admin_token setting"
+        else:
+            source = str(state.admin_token)
+        return (
+            f"asked pgwake serve (pid {state.server_pid()}) on {state.path} through its API "
+            f"on {settings.api_listen} (token: {source})"
+        )
+    return f"looked in the catalog of {state.path}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgwake`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command is None or (args.command == "endpoint" and args.action is None):
+        args.parser.print_help()
+        return 0
     try:
         settings = _settings_from(args)
     except (pydantic.ValidationError, FileNotFoundError) as exc:
@@ -162,13 +348,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return STARTUP_FAILURE
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
+        if args.detach:
+            return _detach(settings, args.demo)
         result: int = _run(_serve(settings, args.demo))
         return result
+    if args.command == "stop":
+        return _stop(settings)
+    if args.command == "status":
+        return _status(settings)
+    state = StateDir(settings.state_dir)
+    if (
+        args.action not in _CREATING_ACTIONS
+        and not os.environ.get("PGWAKE_API_URL")
+        and not state.exists()
+    ):
+        print(_no_state_dir(state), file=sys.stderr)
+        return 1
     try:
         status: int = _run(run_endpoint_command(args, settings))
     except Exception as exc:  # one clear line, not a traceback, for operator errors
         print(f"pgwake: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        status = 1
+    if status != 0:
+        print(f"pgwake: {_where(settings)}", file=sys.stderr)
     return status
 
 

@@ -322,13 +322,8 @@ class LocalBackend:
     # -- spare copies of the template ----------------------------------------------------
 
     def _copy_template(self, target: Path) -> None:
-        # cp -a keeps the compute user's ownership; reflink makes it instant where the
-        # filesystem allows (btrfs, XFS), a plain copy (~35 MB) elsewhere.
         subprocess.run(
-            ["cp", "-a", "--reflink=auto", str(self._template), str(target)],
-            check=True,
-            capture_output=True,
-            timeout=300,
+            _copy_command(self._template, target), check=True, capture_output=True, timeout=300
         )
 
     def _take_spare(self, target: Path) -> bool:
@@ -352,13 +347,29 @@ class LocalBackend:
         except FileNotFoundError:
             return 0
 
-    def _make_spare(self) -> None:
+    async def _make_spare(self) -> None:
+        """Copy the template into ``spares/``. Cancelled (the server stops), the copy stops
+        too and leaves nothing: a copy in a thread would hold the process's exit up
+        until it had finished."""
         spares = self._root / "spares"
         spares.mkdir(exist_ok=True, mode=0o711)
         name = secrets.token_hex(8)
         partial = spares / f".{name}"
         try:
-            self._copy_template(partial)
+            copy = await asyncio.create_subprocess_exec(
+                *_copy_command(self._template, partial),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                _, stderr = await copy.communicate()
+            finally:
+                if copy.returncode is None:
+                    copy.kill()
+                    await copy.wait()
+            if copy.returncode != 0:
+                raise RuntimeError(f"cp failed: {stderr.decode(errors='replace').strip()}")
             partial.rename(spares / name)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -370,7 +381,7 @@ class LocalBackend:
         await self.prepare()
         while True:
             while self._spare_count() < spares:
-                await asyncio.to_thread(self._make_spare)
+                await self._make_spare()
             self._spares_wanted.clear()
             await self._spares_wanted.wait()
 
@@ -590,6 +601,12 @@ class LocalBackend:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(directory, name)).st_size
         return total
+
+
+def _copy_command(source: Path, target: Path) -> list[str]:
+    """``cp`` of a data directory: ``-a`` keeps the compute user's ownership; reflink makes
+    it instant where the filesystem allows (btrfs, XFS), a plain copy (~35 MB) elsewhere."""
+    return ["cp", "-a", "--reflink=auto", str(source), str(target)]
 
 
 def _is_postgres_process(pid: int) -> bool:

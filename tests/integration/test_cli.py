@@ -1,9 +1,13 @@
-"""The ``pgwake`` command: endpoint create/list/delete, settings, help, clear failures."""
+"""The ``pgwake`` command: endpoint create/list/delete, settings, help, clear failures, one
+state dir per user, serve --detach/stop/status, a prompt stop."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +16,14 @@ from pathlib import Path
 import psycopg
 
 from pgwake.settings import Settings
-from tests.integration.pgwake_fixture import Pgwake, make_state_dir
+from pgwake.state_dir import StateDir
+from tests.integration.pgwake_fixture import (
+    Pgwake,
+    free_port,
+    make_state_dir,
+    postgres_pids_under,
+    wait_for,
+)
 
 
 def test_create_list_delete_from_an_empty_state_dir() -> None:
@@ -180,3 +191,159 @@ def test_second_server_on_the_same_state_dir_is_refused(pgwake: Pgwake) -> None:
     assert result.returncode == 3
     assert "another pgwake serve is using" in result.stderr
     assert time.monotonic() - started < 30
+
+
+# -- one state dir per user, whatever the current directory --------------------------------
+
+
+def fresh_user() -> tuple[Path, dict[str, str], Path]:
+    """A base dir with an empty HOME, free ports and no PGWAKE_* state dir; the env; and
+    the default state dir that env gives."""
+    base = make_state_dir("pgwake-user-")
+    (base / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PGWAKE_", "XDG_"))}
+    env["HOME"] = str(base / "home")
+    if os.geteuid() == 0:  # root's default, /var/lib/pgwake, belongs to the machine
+        env["XDG_DATA_HOME"] = str(base / "home" / ".local" / "share")
+    env["PGWAKE_LISTEN"] = f"127.0.0.1:{free_port()}"
+    env["PGWAKE_METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
+    env["PGWAKE_API_LISTEN"] = f"127.0.0.1:{free_port()}"
+    return base, env, base / "home" / ".local" / "share" / "pgwake"
+
+
+def run_in(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgwake.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_reading_commands_create_no_state_dir_and_name_the_one_they_wanted() -> None:
+    base, env, state_dir = fresh_user()
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        for args in (["endpoint", "list"], ["endpoint", "get", "x"], ["endpoint", "delete", "x"]):
+            result = run_in(elsewhere, env, *args)
+            assert result.returncode == 1, result
+            assert result.stderr.startswith(f"pgwake: no pgwake state dir at {state_dir}:")
+            assert "Traceback" not in result.stderr
+        status = run_in(elsewhere, env, "status")
+        assert status.returncode == 4
+        assert status.stdout == f"state dir: {state_dir} (none yet)\n"
+        assert not state_dir.exists()
+        assert list(elsewhere.iterdir()) == []  # no ./.pgwake either
+        # A state dir of an earlier version, ./.pgwake, is pointed at, not taken.
+        (elsewhere / ".pgwake").mkdir()
+        (elsewhere / ".pgwake" / "catalog.sqlite3").write_bytes(b"")
+        hinted = run_in(elsewhere, env, "endpoint", "list")
+        assert hinted.returncode == 1
+        assert "--state-dir .pgwake" in hinted.stderr
+        assert not state_dir.exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_every_command_finds_the_one_state_dir_from_any_directory() -> None:
+    base, env, state_dir = fresh_user()
+    here, there = base / "here", base / "there"
+    here.mkdir()
+    there.mkdir()
+    try:
+        created = run_in(here, env, "endpoint", "create", "anywhere", "--password", "pw-12345")
+        assert created.returncode == 0, created.stderr
+        assert (state_dir / "catalog.sqlite3").exists()
+        listing = run_in(there, env, "endpoint", "list")
+        assert listing.stdout.splitlines()[1].split()[:2] == ["anywhere", "suspended"]
+        missing = run_in(there, env, "endpoint", "get", "nope")
+        assert missing.returncode == 1
+        assert missing.stderr.splitlines() == [
+            'pgwake: endpoint "nope" does not exist',
+            f"pgwake: looked in the catalog of {state_dir}",
+        ]
+
+        detached = run_in(here, env, "serve", "--detach")
+        assert detached.returncode == 0, detached.stderr
+        said = re.fullmatch(r"pgwake serve \(pid (\d+)\) listens on .*\n", detached.stdout)
+        assert said is not None, detached.stdout
+        pid = int(said[1])
+        assert StateDir(state_dir).server_pid() == pid
+        status = run_in(there, env, "status")
+        assert (status.returncode, status.stdout) == (
+            0,
+            f"state dir: {state_dir}\nserver: running (pid {pid})\n",
+        )
+        assert "anywhere " in run_in(there, env, "endpoint", "list").stdout  # through the API
+        missing = run_in(there, env, "endpoint", "get", "nope")
+        assert missing.returncode == 1
+        assert missing.stderr.splitlines()[-1] == (
+            f"pgwake: asked pgwake serve (pid {pid}) on {state_dir} through its API on "
+            f"{env['PGWAKE_API_LISTEN']} (token: {state_dir / 'admin-token'})"
+        )
+        again = run_in(there, env, "serve", "--detach")
+        assert again.returncode == 3
+        assert f"pgwake serve (pid {pid}) already runs on {state_dir}" in again.stderr
+
+        stopped = run_in(there, env, "stop")
+        assert stopped.stdout == f"stopped pgwake serve (pid {pid}) on {state_dir}\n"
+        assert run_in(there, env, "status").returncode == 3
+        assert run_in(there, env, "stop").returncode == 1
+        assert "event=stopped" in (state_dir / "serve.log").read_text()
+        assert [p.name for p in there.iterdir()] == []
+    finally:
+        run_in(base, env, "stop")
+        leftovers = postgres_pids_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not leftovers
+
+
+def test_serve_detach_shows_why_it_did_not_start() -> None:
+    base, env, state_dir = fresh_user()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env["PGWAKE_LISTEN"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        try:
+            started = time.monotonic()
+            result = run_in(base, env, "serve", "--detach")
+            assert time.monotonic() - started < 60
+            assert result.returncode == 3
+            assert f"pgwake: cannot listen on {env['PGWAKE_LISTEN']}" in result.stderr
+            assert f"its log: {state_dir / 'serve.log'}" in result.stderr
+            assert result.stdout == ""
+            assert not StateDir(state_dir).server_running()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+# -- stopping -------------------------------------------------------------------------------
+
+
+def test_sigint_stops_an_idle_server_with_a_running_compute_promptly(pgwake: Pgwake) -> None:
+    """Nothing to drain, one compute to suspend: no timer should hold the exit up."""
+    pgwake.create("prompt")
+    pgwake.start()
+    with psycopg.connect(pgwake.dsn("prompt"), connect_timeout=60) as conn:
+        conn.execute("select 1")
+    pgwake.wait_state("prompt", "running")
+    wait_for(lambda: pgwake.metric("pgwake_client_connections_active", endpoint="prompt") == 0)
+    process = pgwake.process
+    assert process is not None
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=1.5)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running 1.5 s after SIGINT:\n{pgwake.log_text()}") from None
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0, pgwake.log_text()
+    assert "to=suspended trigger=stopped" in pgwake.log_text()
+    assert pgwake.postgres_pids() == [], f"stopped in {elapsed:.2f} s, computes left"
+    # A copy of the template the server was making is stopped, not waited for, and gone.
+    spares = pgwake.state_dir / "computes" / "spares"
+    assert [p.name for p in spares.iterdir() if p.name.startswith(".")] == []

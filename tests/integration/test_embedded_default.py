@@ -11,20 +11,28 @@ import time
 
 import psycopg
 
+from pgwake.api.client import PgwakeClient
 from pgwake.compute.binaries import _from_pgserver_wheel
 from tests.integration.pgwake_fixture import Pgwake, free_port, make_state_dir
 
 
 def test_serve_demo_prints_a_working_connection_string() -> None:
-    workdir = make_state_dir("pgwake-demo-")
+    """As a new user runs it: no settings, a fresh HOME, the default state dir."""
+    base = make_state_dir("pgwake-demo-")
+    home, workdir = base / "home", base / "work"
+    home.mkdir()
+    workdir.mkdir()
     port, metrics_port, api_port = free_port(), free_port(), free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("XDG_")},
+        "HOME": str(home),
         "PGWAKE_LISTEN": f"127.0.0.1:{port}",
         "PGWAKE_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         "PGWAKE_API_LISTEN": f"127.0.0.1:{api_port}",
     }
-    # Default state dir: ./.pgwake in the working directory, as a user would run it.
+    if os.geteuid() == 0:  # root's default, /var/lib/pgwake, belongs to the machine
+        env["XDG_DATA_HOME"] = str(home / ".local" / "share")
+    state_dir = home / ".local" / "share" / "pgwake"
     process = subprocess.Popen(
         [sys.executable, "-m", "pgwake.cli", "serve", "--demo"],
         cwd=workdir,
@@ -49,13 +57,19 @@ def test_serve_demo_prints_a_working_connection_string() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        assert (workdir / ".pgwake" / "catalog.sqlite3").exists()
+        assert (state_dir / "catalog.sqlite3").exists()
+        assert list(workdir.iterdir()) == []  # nothing in the current directory
+        # The demo's storage was measured at create, as every endpoint's is.
+        token = (state_dir / "admin-token").read_text().strip()
+        client = PgwakeClient(f"http://127.0.0.1:{api_port}", token)
+        assert client.get_endpoint("demo").disk_bytes
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if " WARNING " in line] == []
 
 
 def test_pgserver_wheel_binaries_run_computes() -> None:

@@ -23,9 +23,12 @@ from pgwake.state_dir import (
     ADMIN_TOKEN,
     MOCK_SECRET,
     SECRET_FILES,
+    SYSTEM_STATE_DIR,
     StateDir,
     UnsafeStateDir,
+    configured_path,
     create_private,
+    default_path,
     private_dir,
     write_private,
 )
@@ -46,6 +49,40 @@ def umask(request: pytest.FixtureRequest) -> Iterator[int]:
         yield request.param
     finally:
         os.umask(old)
+
+
+# -- where it is ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "euid", "expected"),
+    [
+        ({"HOME": "/home/ann"}, 1000, "/home/ann/.local/share/pgwake"),
+        ({"HOME": "/home/ann", "XDG_DATA_HOME": "/data/ann"}, 1000, "/data/ann/pgwake"),
+        # The XDG spec: an empty or relative XDG_DATA_HOME is ignored.
+        ({"HOME": "/home/ann", "XDG_DATA_HOME": ""}, 1000, "/home/ann/.local/share/pgwake"),
+        ({"HOME": "/home/ann", "XDG_DATA_HOME": "data"}, 1000, "/home/ann/.local/share/pgwake"),
+        ({"HOME": "/root"}, 0, str(SYSTEM_STATE_DIR)),
+        ({"HOME": "/root", "XDG_DATA_HOME": "/data/root"}, 0, "/data/root/pgwake"),
+    ],
+)
+def test_the_default_state_dir_is_per_user(
+    environ: dict[str, str], euid: int, expected: str
+) -> None:
+    assert default_path(environ, euid) == Path(expected)
+
+
+def test_the_default_state_dir_does_not_depend_on_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PGWAKE_STATE_DIR", raising=False)
+    assert default_path().is_absolute()
+    assert load_settings().state_dir == default_path() == configured_path()
+    monkeypatch.setenv("PGWAKE_STATE_DIR", "/elsewhere")
+    assert load_settings().state_dir == configured_path() == Path("/elsewhere")
+    assert load_settings(state_dir="/flag").state_dir == Path("/flag")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- a new state dir ---------------------------------------------------------------------
@@ -248,6 +285,24 @@ def test_readers_create_no_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not missing.exists()
 
 
+def test_the_client_says_where_it_looked_for_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGWAKE_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("PGWAKE_TOKEN", raising=False)
+    monkeypatch.delenv("PGWAKE_ADMIN_TOKEN", raising=False)
+    token, source = client.default_token()
+    assert token is None
+    assert str(tmp_path / ADMIN_TOKEN) in source
+    assert "PGWAKE_TOKEN" in source
+    assert "PGWAKE_ADMIN_TOKEN" in source
+    StateDir(tmp_path).secret(ADMIN_TOKEN, lambda: b"pgwa_file\n")
+    assert client.default_token() == ("pgwa_file", str(tmp_path / ADMIN_TOKEN))
+    monkeypatch.setenv("PGWAKE_ADMIN_TOKEN", "pgwa_env")
+    assert client.default_token() == ("pgwa_env", "PGWAKE_ADMIN_TOKEN")
+    assert client.PgwakeClient().token_source == "PGWAKE_ADMIN_TOKEN"
+
+
 def test_the_client_reads_the_generated_admin_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,7 +329,11 @@ def test_the_server_lock(tmp_path: Path, umask: int) -> None:
     try:
         assert mode(state.lock_file) == 0o600
         assert state.server_running()
+        assert state.server_pid() == os.getpid()  # the lock file is the server's pid file
         assert state.lock() is None
+        assert state.server_pid() == os.getpid()  # a refused lock leaves the pid alone
     finally:
         lock.close()
     assert not state.server_running()
+    assert state.server_pid() is None  # a pid nobody holds the lock for is no server's
+    assert state.lock_file.read_text() == f"{os.getpid()}\n"
