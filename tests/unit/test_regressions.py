@@ -36,8 +36,7 @@ def test_no_sqlstate_literal_outside_errors_module() -> None:
     assert offenders == []
 
 
-def test_authentication_ok_constant() -> None:
-    assert AuthenticationRequest.OK == 0
+def test_authentication_codes_are_class_constants_not_fields() -> None:
     assert [f.name for f in dataclasses.fields(AuthenticationRequest)] == ["code", "data"]
 
 
