@@ -1,7 +1,7 @@
 """The lifecycle table, walked whole, and the one state setter ``Lifecycle._transition``.
 
-The backend and catalog here are plain test doubles: the state logic under test never
-reaches a compute or a database.
+The backend is a test double (the state logic under test never reaches a compute); the
+catalog is a real one in a temporary directory that also records its state writes.
 """
 
 from __future__ import annotations
@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import tempfile
 from collections import deque
-from typing import Any, cast
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
-from pgwake.compute import ComputeAddress, ComputeStartError
+from pgwake.catalog import Catalog
+from pgwake.compute import ComputeAddress, ComputeBackend, ComputeStartError, EndpointSpec
 from pgwake.endpoint.lifecycle import (
     RETRY_BASE_SECONDS,
     RETRY_MAX_SECONDS,
@@ -32,20 +34,27 @@ ALL_PAIRS = list(itertools.product(EndpointState, Trigger))
 _names = (f"unit-lifecycle-{n}" for n in itertools.count())
 
 
-class FakeCatalog:
-    """Records ``set_state`` calls instead of writing a database."""
+_catalogs = tempfile.TemporaryDirectory(prefix="pgwake-unit-lifecycle-")
 
-    def __init__(self) -> None:
+
+class RecordingCatalog(Catalog):
+    """A real catalog (in a temporary directory) that also records ``set_state`` calls."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
         self.calls: list[tuple[str, str, str | None, float | None]] = []
 
     def set_state(
         self, name: str, state: str, reason: str | None = None, last_active: float | None = None
     ) -> None:
         self.calls.append((name, state, reason, last_active))
+        super().set_state(name, state, reason, last_active)
 
 
 class FakeBackend:
-    """A compute backend whose starts succeed or fail as the test says, instantly."""
+    """A compute backend whose starts succeed or fail as the test says, instantly. It
+    implements all of ``ComputeBackend`` (checked by mypy, see ``_BACKEND``): lifecycle
+    only uses the start, stop and liveness parts."""
 
     name = "fake"
 
@@ -53,6 +62,24 @@ class FakeBackend:
         self.outcomes = deque(outcomes or [])
         self.starts = 0
         self.stops = 0
+
+    def resolve_options(self, requested: dict[str, str | None]) -> dict[str, str]:
+        return {}
+
+    async def prepare(self) -> None:
+        pass
+
+    async def maintain(self) -> None:
+        pass
+
+    async def create(self, spec: EndpointSpec) -> None:
+        pass
+
+    async def delete(self, endpoint: str) -> None:
+        pass
+
+    async def branch(self, source: str, target: str) -> None:
+        pass
 
     async def start(self, endpoint: str, ready_timeout: float) -> ComputeAddress:
         self.starts += 1
@@ -65,21 +92,37 @@ class FakeBackend:
     async def stop(self, endpoint: str) -> None:
         self.stops += 1
 
+    async def probe(self, endpoint: str) -> ComputeAddress | None:
+        return None
+
     async def is_alive(self, endpoint: str) -> bool:
         return True
 
     def management(self, endpoint: str) -> None:
         return None  # no compute to ask: the double models a compute without SQL access
 
+    def disk_bytes(self, endpoint: str) -> int:
+        return 0
+
+    async def close(self) -> None:
+        pass
+
+
+#: mypy checks here that the double is a ``ComputeBackend`` (``tests/test_sourcecode.py``).
+_BACKEND: ComputeBackend = FakeBackend()
+
 
 def make_lifecycle(
-    backend: FakeBackend | None = None, catalog: FakeCatalog | None = None
-) -> tuple[Lifecycle, FakeCatalog]:
-    catalog = catalog or FakeCatalog()
+    backend: FakeBackend | None = None, catalog: RecordingCatalog | None = None
+) -> tuple[Lifecycle, RecordingCatalog]:
+    name = next(_names)
+    if catalog is None:
+        catalog = RecordingCatalog(Path(_catalogs.name) / f"{name}.sqlite3")
+        catalog.add_endpoint(name, "fake", None, "app", "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5")
     lifecycle = Lifecycle(
-        next(_names),
-        cast(Any, backend or FakeBackend()),
-        cast(Any, catalog),
+        name,
+        backend or FakeBackend(),
+        catalog,
         idle_timeout=3600.0,
         wake_timeout=5.0,
     )
