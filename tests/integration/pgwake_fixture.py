@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgwake.state_dir import StateDir
@@ -235,6 +236,13 @@ class Pgwake:
         log = self.compute_dir(endpoint) / "postgres.log"
         return log.read_text(errors="replace").count(_READY_LINE) if log.exists() else 0
 
+    def compute_settings(self, endpoint: str, names: Iterable[str]) -> dict[str, str]:
+        """``names``' values in the running compute (``SHOW``), in postgresql.conf
+        notation: strings quoted."""
+        with psycopg.connect(self.dsn(endpoint), autocommit=True) as conn:
+            values = {name: conn.execute(f"SHOW {name}").fetchone() for name in names}
+        return {name: _conf_value(row[0] if row else None) for name, row in values.items()}
+
     def postgres_pids(self) -> list[int]:
         return postgres_pids_under(self.state_dir)
 
@@ -246,6 +254,11 @@ class Pgwake:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return [f"postgres pid {pid}" for pid in leftovers]
+
+
+def _conf_value(value: object) -> str:
+    text = str(value)
+    return text if text.replace(".", "").isalnum() else "'" + text + "'"
 
 
 def _flag(option: str) -> str:
