@@ -29,11 +29,12 @@ def saslprep(password: str) -> str:
     we; otherwise a verifier made here would not match what the server computes."""
     if password.isascii():
         return password
-    # Map: "commonly mapped to nothing" (B.1) goes, non-ASCII spaces (C.1.2) become spaces.
+    # Map: non-ASCII spaces (C.1.2) become spaces, then "commonly mapped to nothing" (B.1)
+    # goes. U+200B is in both tables; Postgres checks C.1.2 first, so it becomes a space.
     mapped = "".join(
         " " if stringprep.in_table_c12(char) else char
         for char in password
-        if not stringprep.in_table_b1(char)
+        if stringprep.in_table_c12(char) or not stringprep.in_table_b1(char)
     )
     normalized = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
     if not normalized or any(check(char) for char in normalized for check in _PROHIBITED):

@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any, Final
 import aiodocker
 import aiohttp
 
-from pgwake.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
+from pgwake.compute import (
+    ComputeAddress,
+    ComputeStartError,
+    EndpointSpec,
+    management,
+    postgresql_conf,
+)
 from pgwake.compute.pgdata import start_failure_reason
 from pgwake.protocol import encode
 from pgwake.protocol.messages import AUTHENTICATION
@@ -73,12 +79,9 @@ _INIT_TIMEOUT: Final = 120.0
 # Kept in the container's own log (docker logs) and rotated by the engine.
 _LOG_OPTIONS: Final = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}}
 _PIDS_LIMIT: Final = 1024
-_CONF: Final = (
-    "\n# --- pgwake ---\n"
-    "max_connections = 300\n"
-    "shared_buffers = 32MB\n"
-    "log_line_prefix = '%m [%p] '\n"
-)
+# Appended to postgresql.conf at initdb. A container listens on loopback TCP, at the port
+# given when it is made (see _create_container's command line).
+_CONF: Final = postgresql_conf.render()
 # Run by the init container as the image's postgres user. Secrets come in through the
 # environment of that short-lived container (removed right after), never its command.
 _INIT_SCRIPT: Final = f"""set -eu

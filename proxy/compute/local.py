@@ -33,7 +33,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pgwake.compute import ComputeAddress, ComputeStartError, EndpointSpec, management
+from pgwake.compute import (
+    ComputeAddress,
+    ComputeStartError,
+    EndpointSpec,
+    management,
+    postgresql_conf,
+)
 from pgwake.compute.binaries import find_bindir
 from pgwake.compute.osuser import OsUser, can_reach, resolve_compute_user
 from pgwake.compute.pgdata import read_postmaster_pid, start_failure_reason
@@ -68,16 +74,11 @@ _TEMPLATE_SQL: Final = (
 )
 _FALLBACK_ROOT: Final = Path("/var/lib/pgwake")
 
-# Appended to the template's postgresql.conf. Computes listen on a unix socket only.
-_TEMPLATE_CONF: Final = """
-# --- pgwake ---
-listen_addresses = ''
-unix_socket_permissions = 0700
-# Every client session is its own backend (no pooling), so leave room for bursts.
-max_connections = 300
-shared_buffers = 32MB
-log_line_prefix = '%m [%p] '
-"""
+# Appended to the template's postgresql.conf. Computes listen on a unix socket only, in a
+# directory of their own, that only the compute user may use.
+_TEMPLATE_CONF: Final = postgresql_conf.render(
+    listen_addresses="''", unix_socket_permissions="0700"
+)
 
 
 class LocalBackend:

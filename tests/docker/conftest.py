@@ -2,23 +2,24 @@
 
 Without an engine or the images (``deploy/docker/build-images.sh``) these tests skip, and
 with ``PGWAKE_REQUIRE_DOCKER=1`` (CI) they fail instead. Every container and volume a test
-server made is removed at the end of the session, and the session fails if one was left.
+server made is removed when it stops, and the session fails if one was left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 from docker.errors import DockerException, ImageNotFound
 
 from tests.conftest import REQUIRE_DOCKER
-from tests.integration.pgwake_fixture import PASSWORD, Pgwake, seeded_state_dir
+from tests.integration.pgwake_fixture import Pgwake, serve
 
 # testcontainers' reaper image cannot be pulled here; cleanup is by label instead.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -67,10 +68,22 @@ def remove_labelled(client: docker.DockerClient, instance: str) -> list[str]:
 
 
 class DockerPgwake(Pgwake):
-    """A pgwake server whose endpoints can be docker ones."""
+    """A pgwake server whose endpoints can be docker ones. Its cleanup also fails on a
+    container still running after the stop (a graceful stop suspends every compute),
+    then removes its containers and volumes."""
 
-    #: Extra environment for the server and CLI (e.g. ``DOCKER_HOST``).
-    extra_env: dict[str, str] = {}  # noqa: RUF012 (replaced per instance, never mutated)
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        engine: docker.DockerClient,
+        extra_env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
+        super().__init__(state_dir, **settings)
+        self.engine = engine
+        #: Extra environment for the server and CLI (e.g. ``DOCKER_HOST``).
+        self.extra_env = dict(extra_env or {})
 
     @property
     def env(self) -> dict[str, str]:
@@ -85,15 +98,20 @@ class DockerPgwake(Pgwake):
         memory: str | None = None,
         cpus: str | None = None,
     ) -> str:
-        args = ["endpoint", "create", name, "--password", PASSWORD, "--backend", "docker"]
-        args += ["--image", image]
-        if idle_timeout is not None:
-            args += ["--idle-timeout", str(idle_timeout)]
-        if memory is not None:
-            args += ["--memory", memory]
-        if cpus is not None:
-            args += ["--cpus", cpus]
-        return self.cli(*args).stdout.strip().splitlines()[-1]
+        return self.create(
+            name, backend="docker", image=image, idle_timeout=idle_timeout, memory=memory, cpus=cpus
+        )
+
+    def cleanup(self) -> list[str]:
+        leftovers = super().cleanup()
+        with contextlib.suppress(FileNotFoundError):  # no instance id: nothing was made
+            instance = self.instance
+            _instances.add(instance)
+            label = f"pgwake.instance={instance}"
+            running = self.engine.containers.list(filters={"label": label})
+            leftovers += [f"container {container.name}" for container in running]
+            remove_labelled(self.engine, instance)
+        return leftovers
 
     @property
     def instance(self) -> str:
@@ -114,44 +132,25 @@ class DockerPgwake(Pgwake):
         return logs.count("database system is ready to accept connections")
 
 
-@contextlib.contextmanager
 def docker_pgwake(
-    client: docker.DockerClient, extra_env: dict[str, str] | None = None, **settings: str
-) -> Iterator[DockerPgwake]:
-    """A pgwake server; at the end its containers must all be stopped (a graceful stop
-    suspends every compute), then they and their volumes are removed."""
-    server = DockerPgwake(seeded_state_dir(), **settings)
-    server.extra_env = dict(extra_env or {})
-    try:
-        yield server
-    finally:
-        leftovers = server.cleanup()
-        still_running: list[str] = []
-        with contextlib.suppress(FileNotFoundError):
-            instance = server.instance
-            _instances.add(instance)
-            label = f"pgwake.instance={instance}"
-            still_running = [c.name for c in client.containers.list(filters={"label": label})]
-            remove_labelled(client, instance)
-        shutil.rmtree(server.state_dir, ignore_errors=True)
-        assert not leftovers, f"local computes outlived pgwake's shutdown: {leftovers}"
-        assert not still_running, f"containers outlived pgwake's shutdown: {still_running}"
+    engine: docker.DockerClient, extra_env: dict[str, str] | None = None, **kwargs: Any
+) -> contextlib.AbstractContextManager[DockerPgwake]:
+    """``serve`` (same arguments) with a ``DockerPgwake``."""
+    make = functools.partial(DockerPgwake, engine=engine, extra_env=extra_env)
+    return serve(server=make, **kwargs)
 
 
 @pytest.fixture
 def dpgwake(engine: docker.DockerClient) -> Iterator[DockerPgwake]:
-    """A fresh pgwake for docker endpoints; call ``create_docker`` then ``start``."""
-    with docker_pgwake(engine) as server:
+    """A fresh pgwake for docker endpoints, not started: ``create_docker``, then ``start``."""
+    with docker_pgwake(engine, start=False) as server:
         yield server
-        assert "Traceback" not in server.log_text(), server.log_text()
 
 
 @pytest.fixture(scope="module")
 def shared_dpgwake(engine: docker.DockerClient) -> Iterator[DockerPgwake]:
     with docker_pgwake(engine) as server:
-        server.start()
         yield server
-        assert "Traceback" not in server.log_text(), server.log_text()
 
 
 def repo_root() -> Path:

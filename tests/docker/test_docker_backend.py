@@ -14,6 +14,7 @@ import docker
 import psycopg
 import pytest
 
+from pgwake.compute.postgresql_conf import COMMON_SETTINGS
 from tests.docker.conftest import POSTGRES_IMAGES, DockerPgwake
 from tests.integration.pgwake_fixture import PASSWORD, wait_for
 
@@ -56,6 +57,8 @@ def test_psql_and_asyncpg_wake_a_suspended_docker_endpoint_once(
     assert dpgwake.container_starts(engine, "cold") == 1
     assert dpgwake.metric("pgwake_wakes_total", endpoint="cold", outcome="success") == 1
     assert len(dpgwake.containers(engine, "cold")) == 1
+    # The compute runs with what pgwake's postgresql.conf block says.
+    assert dpgwake.compute_settings("cold", COMMON_SETTINGS) == COMMON_SETTINGS
 
 
 def test_100_concurrent_connects_start_one_container(

@@ -22,7 +22,7 @@ import asyncpg
 import docker
 import pytest
 
-from tests.docker.conftest import DockerPgwake, docker_pgwake
+from tests.docker.conftest import DEFAULT_IMAGE, DockerPgwake, docker_pgwake
 
 pytestmark = pytest.mark.docker
 
@@ -111,10 +111,10 @@ def _sqlstate(server: DockerPgwake, endpoint: str) -> asyncpg.PostgresError | No
 def test_engine_unreachable_gives_57p03_and_recovers(
     relay: EngineRelay, engine: docker.DockerClient
 ) -> None:
-    with docker_pgwake(engine, {"DOCKER_HOST": f"unix://{relay.path}"}) as server:
-        server.create_docker("boat")
-        server.create("plain")
-        server.start()
+    boat = {"backend": "docker", "image": DEFAULT_IMAGE}
+    with docker_pgwake(
+        engine, {"DOCKER_HOST": f"unix://{relay.path}"}, endpoints={"boat": boat, "plain": {}}
+    ) as server:
         assert _sqlstate(server, "boat") is None  # works through the relay
         server.cli("endpoint", "suspend", "boat")
 
@@ -140,4 +140,3 @@ def test_engine_unreachable_gives_57p03_and_recovers(
             assert error.sqlstate == "57P03"
             assert time.monotonic() < deadline, "the endpoint did not recover"
             time.sleep(0.5)
-        assert "Traceback" not in server.log_text()

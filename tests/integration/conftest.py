@@ -6,21 +6,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.pgwake_fixture import Pgwake, running_pgwake
+from tests.integration.pgwake_fixture import Pgwake, serve
 
 
 @pytest.fixture
 def pgwake() -> Iterator[Pgwake]:
-    """A fresh pgwake (own state dir and ports); call ``create`` then ``start``."""
-    with running_pgwake() as server:
+    """A fresh pgwake (own state dir and ports), not started: ``create``, then ``start``."""
+    with serve(start=False) as server:
         yield server
-        assert "Traceback" not in server.log_text(), server.log_text()
 
 
 @pytest.fixture(scope="module")
 def shared_pgwake() -> Iterator[Pgwake]:
     """One running pgwake per test module, base domain ``localhost`` for SNI routing."""
-    with running_pgwake(base_domain="localhost") as server:
-        server.start()
+    with serve(base_domain="localhost") as server:
         yield server
-        assert "Traceback" not in server.log_text(), server.log_text()

@@ -1,12 +1,14 @@
 """A real ``pgwake serve`` process on free loopback ports, for integration tests.
 
 Like psycopg's ``fix_proxy.py``: start the process, wait until it listens, prove it with
-one connection, and stop everything in ``finally``. Teardown fails the test when a
-compute process outlives a graceful stop.
+one connection, and stop everything in ``finally``. Every test server comes from ``serve``,
+whose teardown fails the test when a compute process outlives a graceful stop or the
+server's log holds a traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -19,9 +21,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar, overload
 
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgwake.logs import parse_logfmt
@@ -102,11 +106,17 @@ class Pgwake:
             check=check,
         )
 
-    def create(self, name: str, idle_timeout: float | None = None, password: str = PASSWORD) -> str:
-        """Create an endpoint with the CLI; return the URI it printed last."""
-        args = ["endpoint", "create", name, "--password", password]
-        if idle_timeout is not None:
-            args += ["--idle-timeout", str(idle_timeout)]
+    def create(self, name: str, **options: object) -> str:
+        """Create an endpoint with the CLI; return the URI it printed last.
+
+        Each option is a flag of ``pgwake endpoint create``: ``idle_timeout=1`` is
+        ``--idle-timeout 1``, a list repeats the flag, ``None`` leaves it out. The
+        password is ``PASSWORD`` unless given."""
+        options = {"password": PASSWORD, **options}
+        args = ["endpoint", "create", name]
+        for key, value in options.items():
+            values = value if isinstance(value, list | tuple) else [value]
+            args += [item for v in values if v is not None for item in (_flag(key), str(v))]
         out = self.cli(*args).stdout.strip().splitlines()
         return out[-1]
 
@@ -227,17 +237,33 @@ class Pgwake:
         log = self.compute_dir(endpoint) / "postgres.log"
         return log.read_text(errors="replace").count(_READY_LINE) if log.exists() else 0
 
+    def compute_settings(self, endpoint: str, names: Iterable[str]) -> dict[str, str]:
+        """``names``' values in the running compute (``SHOW``), in postgresql.conf
+        notation: strings quoted."""
+        with psycopg.connect(self.dsn(endpoint), autocommit=True) as conn:
+            values = {name: conn.execute(f"SHOW {name}").fetchone() for name in names}
+        return {name: _conf_value(row[0] if row else None) for name, row in values.items()}
+
     def postgres_pids(self) -> list[int]:
         return postgres_pids_under(self.state_dir)
 
-    def cleanup(self) -> list[int]:
-        """Stop the server; kill and return any compute left running."""
+    def cleanup(self) -> list[str]:
+        """Stop the server; kill and name any compute left running."""
         self.stop()
         leftovers = self.postgres_pids()
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return leftovers
+        return [f"postgres pid {pid}" for pid in leftovers]
+
+
+def _conf_value(value: object) -> str:
+    text = str(value)
+    return text if text.replace(".", "").isalnum() else "'" + text + "'"
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
 
 
 _template_cache: Path | None = None
@@ -279,17 +305,70 @@ def seeded_state_dir() -> Path:
     return state.path
 
 
+#: Endpoints for ``serve`` to create: names, or names mapped to their ``Pgwake.create``
+#: options (``{"fenced": {"allow": "10.0.0.0/8"}}`` runs ``--allow 10.0.0.0/8``).
+Endpoints = Iterable[str] | Mapping[str, Mapping[str, object]]
+ServerT = TypeVar("ServerT", bound=Pgwake)
+
+
+@overload
+def serve(
+    endpoints: Endpoints = (), *, start: bool = True, fresh: bool = False, **settings: str
+) -> contextlib.AbstractContextManager[Pgwake]: ...
+
+
+@overload
+def serve(
+    endpoints: Endpoints = (),
+    *,
+    start: bool = True,
+    fresh: bool = False,
+    server: Callable[..., ServerT],
+    **settings: str,
+) -> contextlib.AbstractContextManager[ServerT]: ...
+
+
 @contextlib.contextmanager
-def running_pgwake(**settings: str) -> Iterator[Pgwake]:
-    server = Pgwake(seeded_state_dir(), **settings)
+def serve(
+    endpoints: Endpoints = (),
+    *,
+    start: bool = True,
+    fresh: bool = False,
+    server: Any = Pgwake,
+    **settings: str,
+) -> Iterator[Any]:
+    """A pgwake server (settings as ``PGWAKE_*``, e.g. ``idle_timeout="1"``) with
+    ``endpoints`` created, started unless ``start`` is false (the test then finishes the
+    setup and calls ``start``).
+
+    Its state dir is a copy of a prepared one, or with ``fresh`` one that does not exist
+    yet (pgwake's first run makes it, and its template). ``server`` builds the ``Pgwake``
+    (a subclass, a ``functools.partial``) from the state dir and the settings.
+
+    At the end the server is stopped and its state dir removed; then, unless the test
+    already failed, the test fails if a compute outlived the stop or the server's log
+    holds a traceback or an unretrieved task exception."""
+    root = make_state_dir("pgwake-fresh-") if fresh else None
+    instance = server(root / "state" if root else seeded_state_dir(), **settings)
+    if root is not None:
+        instance.log_path = root / "serve.log"  # the state dir does not exist yet
     try:
-        yield server
+        specs: Mapping[str, Mapping[str, object]] = (
+            endpoints if isinstance(endpoints, Mapping) else {name: {} for name in endpoints}
+        )
+        for name, options in specs.items():
+            instance.create(name, **options)
+        if start:
+            instance.start()
+        yield instance
     finally:
-        leftovers = server.cleanup()
-        unparsable = unparsable_log_lines(server.log_text())
-        shutil.rmtree(server.state_dir, ignore_errors=True)
-        assert not leftovers, f"computes outlived pgwake's shutdown: {leftovers}"
-        assert not unparsable, f"log lines that are not logfmt: {unparsable[:5]}"
+        leftovers = instance.cleanup()
+        log = instance.log_text()
+        shutil.rmtree(root or instance.state_dir, ignore_errors=True)
+    assert not leftovers, f"computes outlived pgwake's shutdown: {leftovers}"
+    assert not errors_in(log), log
+    unparsable = unparsable_log_lines(log)
+    assert not unparsable, f"log lines that are not logfmt: {unparsable[:5]}"
 
 
 def unparsable_log_lines(text: str) -> list[str]:
@@ -307,8 +386,8 @@ def unparsable_log_lines(text: str) -> list[str]:
     return bad
 
 
-def wait_for(predicate: object, timeout: float = 30, interval: float = 0.02) -> None:
-    assert callable(predicate)
+def wait_for(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.02) -> None:
+    """Return once ``predicate()`` is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -317,5 +396,22 @@ def wait_for(predicate: object, timeout: float = 30, interval: float = 0.02) -> 
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+async def wait_for_async(
+    predicate: Callable[[], object], timeout: float = 30, interval: float = 0.02
+) -> None:
+    """``wait_for`` inside a coroutine: other tasks (open sessions) run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+#: What a server log must never hold: a traceback, or a task whose exception nobody read.
+_FAULTS = re.compile(r"Traceback \(most recent call last\)|Task exception was never retrieved")
+
+
 def errors_in(text: str) -> list[str]:
-    return re.findall(r"Traceback \(most recent call last\)", text)
+    """The faults in a server log (see ``_FAULTS``)."""
+    return _FAULTS.findall(text)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import stat
@@ -25,9 +24,9 @@ from tests.integration.pgwake_fixture import (
     PASSWORD,
     Pgwake,
     postgres_pids_under,
-    running_pgwake,
-    seeded_state_dir,
+    serve,
     wait_for,
+    wait_for_async,
 )
 
 GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+-[0-9a-z]{6}$")
@@ -35,10 +34,8 @@ GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+-[0-9a-z]{6}$")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Pgwake]:
-    with running_pgwake() as pgwake:
-        pgwake.start()
+    with serve() as pgwake:
         yield pgwake
-        assert "Traceback" not in pgwake.log_text(), pgwake.log_text()
 
 
 def _client(server: Pgwake, token: str | None = ADMIN_TOKEN) -> httpx.Client:
@@ -495,14 +492,17 @@ def test_branch_under_write_load_is_a_consistent_copy(server: Pgwake, admin: htt
                         )
 
         task = asyncio.create_task(writer())
-        await asyncio.sleep(0.3)
+        # A few transactions committed before the branch...
+        await wait_for_async(lambda: written > 30)
         async with httpx.AsyncClient(
             base_url=server.api_url,
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             timeout=120,
         ) as client:
             response = await client.post("/v1/endpoints/ledger-src/branches", json={})
-        await asyncio.sleep(0.2)  # the source goes on being written after the branch
+        # ...and more after it.
+        at_branch = written
+        await wait_for_async(lambda: written > at_branch + 30)
         stop.set()
         await task
         await conn.close()
@@ -556,15 +556,8 @@ class _GeneratedAdminToken(Pgwake):
 
 @pytest.fixture(scope="module")
 def reaping() -> Iterator[Pgwake]:
-    server = _GeneratedAdminToken(seeded_state_dir(), reaper_interval="0.5")
-    try:
-        server.start()
+    with serve(server=_GeneratedAdminToken, reaper_interval="0.5") as server:
         yield server
-        assert "Traceback" not in server.log_text(), server.log_text()
-    finally:
-        leftovers = server.cleanup()
-        shutil.rmtree(server.state_dir, ignore_errors=True)
-        assert not leftovers
 
 
 def _generated_token(server: Pgwake) -> str:

@@ -22,15 +22,14 @@ from tests.integration.pgwake_fixture import (
     free_port,
     make_state_dir,
     postgres_pids_under,
+    serve,
     wait_for,
 )
 
 
 def test_create_list_delete_from_an_empty_state_dir() -> None:
     """The whole first-run path: no template yet, pgwake makes it with initdb."""
-    state_dir = make_state_dir()
-    server = Pgwake(state_dir / "state")
-    try:
+    with serve(fresh=True, start=False) as server:
         created = server.cli(
             "endpoint", "create", "first", "--password", "pw one", "--idle-timeout", "42"
         )
@@ -68,14 +67,11 @@ def test_create_list_delete_from_an_empty_state_dir() -> None:
         assert "first" not in server.cli("endpoint", "list").stdout
         missing = server.cli("endpoint", "delete", "first", check=False)
         assert missing.returncode == 1
-        # Nothing stored anywhere holds the plaintext password.
-        for path in (state_dir / "state").rglob("*"):
+        # Nothing stored anywhere holds the plaintext password: the state dir, and the
+        # server's log beside it.
+        for path in server.state_dir.parent.rglob("*"):
             if path.is_file() and path.stat().st_size < 50_000_000:
                 assert b"pw one" not in path.read_bytes(), path
-    finally:
-        leftovers = server.cleanup()
-        shutil.rmtree(state_dir, ignore_errors=True)
-    assert not leftovers
 
 
 def test_invalid_endpoint_name_is_refused(pgwake: Pgwake) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import importlib
 import io
 import json
@@ -37,17 +36,14 @@ import asyncpg
 import psycopg
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pgwake.api.client import PgwakeClient
+from tests.certs import write_server_certificate
 from tests.integration.pgwake_fixture import (
     ADMIN_TOKEN,
     PASSWORD,
     Pgwake,
-    running_pgwake,
+    serve,
     wait_for,
 )
 
@@ -130,84 +126,17 @@ class Matrix:
         return (self.server.compute_dir(name) / "postgres.log").read_text(errors="replace")
 
 
-def _write_certificates(directory: Path) -> Path:
-    """A CA, and a server certificate it signed for ``*.db.localhost`` and ``localhost``,
-    written as ``directory``'s server.crt/server.key; return the CA's PEM file."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def builder(
-        subject: str, issuer: str, key: ec.EllipticCurvePrivateKey
-    ) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        builder("pgwake matrix CA", "pgwake matrix CA", ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName(f"*.{BASE_DOMAIN}"), x509.DNSName("localhost")]
-    cert = (
-        builder(f"*.{BASE_DOMAIN}", "pgwake matrix CA", key)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    (directory / "server.crt").write_bytes(cert.public_bytes(pem))
-    (directory / "server.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / "server.key").chmod(0o600)
-    ca_path = directory / "ca.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(pem))
-    return ca_path
-
-
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     directory = tmp_path_factory.mktemp("matrix-tls")
-    ca = _write_certificates(directory)
-    with running_pgwake(
+    ca = write_server_certificate(directory, [f"*.{BASE_DOMAIN}", "localhost"])
+    with serve(
         base_domain=BASE_DOMAIN,
         tls_cert=str(directory / "server.crt"),
         tls_key=str(directory / "server.key"),
         require_tls="true",
     ) as server:
-        server.start()
         yield Matrix(server, ca, PgwakeClient(server.api_url, ADMIN_TOKEN))
-        assert "Traceback" not in server.log_text(), server.log_text()
 
 
 @contextlib.contextmanager

@@ -2,18 +2,16 @@
 changed on the compute keep working across a suspend, no plaintext is stored, and clients
 only ever see pgwake's own cancel keys.
 
-Failed logins are throttled per (client address, endpoint) (tested in test_edge_limits), so
-a test that fails twice on one endpoint waits the first 1 s delay out in between.
+Failed logins are throttled per (client address, endpoint) (tested in test_edge_limits)
+after ``FREE_FAILURES`` of them; no test here fails more than twice on one endpoint.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import asyncpg
@@ -21,15 +19,13 @@ import psycopg
 import pytest
 import uvloop
 
-from tests.integration.pgwake_fixture import PASSWORD, Pgwake
+from tests.integration.pgwake_fixture import PASSWORD, Pgwake, wait_for_async
 from tests.integration.wire import read_message, startup_packet
 
 NEW_PASSWORD = "new1-pw-Kq7ZxR2m"
 BOB_PASSWORD = "b0b-pw-Vn4TjW8c"
 MD5_PASSWORD = "md5-pw-Hs3LpQ9e"
 WRONG_PASSWORD = "wr0ng-pw-Yb6DmF1a"
-# The throttle's first delay is 1 s; waiting this long lets the next attempt through.
-THROTTLE_PAUSE = 1.15
 
 
 def _failed_text(role: str) -> str:
@@ -111,7 +107,6 @@ def test_wrong_password_and_unknown_role_get_one_answer_and_wake_nothing(
         assert body == struct.pack("!i", 10) + b"SCRAM-SHA-256\0\0"  # AuthenticationSASL
 
     wrong = _refusal(pgwake, "cold", password=WRONG_PASSWORD)
-    time.sleep(THROTTLE_PAUSE)
     unknown = _refusal(pgwake, "cold", user="ghost")
 
     assert isinstance(wrong, asyncpg.InvalidPasswordError)
@@ -144,7 +139,6 @@ def test_roles_without_a_scram_verifier_are_refused_like_a_wrong_password(
     assert pgwake.state("noscram") == "running"  # looked up live on the compute
 
     no_password = _refusal(pgwake, "noscram", user="nopw", password="anything")
-    time.sleep(THROTTLE_PAUSE)
     md5 = _refusal(pgwake, "noscram", user="md5role", password=MD5_PASSWORD)
 
     assert no_password.sqlstate == md5.sqlstate == "28P01"
@@ -186,20 +180,19 @@ def test_channel_binding_over_tls(clients_endpoint: tuple[Pgwake, str]) -> None:
         psycopg.connect(plain, connect_timeout=60)
 
 
-def test_password_changes_follow_the_compute_and_survive_a_suspend(
-    shared_pgwake: Pgwake,
-) -> None:
-    pgwake = shared_pgwake
+def test_password_changes_follow_the_compute_and_survive_a_suspend(pgwake: Pgwake) -> None:
     endpoint = "sync"
+    pgwake.settings["log_level"] = "debug"  # for the event=verifiers_synced lines
     pgwake.create(endpoint, idle_timeout=1)
-    starts = pgwake.compute_starts(endpoint)
+    pgwake.start()
+    synced = f"event=verifiers_synced endpoint={endpoint} "
 
-    async def running_phase() -> float:
+    async def running_phase() -> None:
         admin = await _connect(pgwake, endpoint, "app", PASSWORD)
         try:
             # Past the verifier sync soon after the start: from here on, only the sync
             # before the suspend can carry the changes below to the catalog.
-            await asyncio.sleep(0.6)
+            await wait_for_async(lambda: synced in pgwake.log_text())
             await admin.execute(f"ALTER ROLE app PASSWORD '{NEW_PASSWORD}'")
             await admin.execute(f"CREATE ROLE bob LOGIN PASSWORD '{BOB_PASSWORD}'")
             # New connections while the compute runs (the session above keeps it up).
@@ -220,33 +213,29 @@ def test_password_changes_follow_the_compute_and_survive_a_suspend(
             await conn.close()
             with pytest.raises(asyncpg.InvalidPasswordError):
                 await _connect(pgwake, endpoint, "app", PASSWORD)
-            return time.monotonic()
+            # The periodic sync has not run again: the catalog still has the old set.
+            assert pgwake.log_text().count(synced) == 1
         finally:
             await admin.close()
 
-    failed_at = uvloop.run(running_phase())
-    assert pgwake.compute_starts(endpoint) == starts + 1  # all of it on one compute
-
-    def suspend_and_wait() -> None:
-        pgwake.wait_state(endpoint, "suspended")
-        # Let the throttle's 1 s delay (after the refusal above) run out.
-        time.sleep(max(0.0, failed_at + THROTTLE_PAUSE - time.monotonic()))
+    uvloop.run(running_phase())
+    assert pgwake.compute_starts(endpoint) == 1  # all of it on one compute
 
     # After a suspend, the first login is checked against the catalog's copy (the compute
     # is woken only after the proof): new1 and bob were saved before the stop.
-    suspend_and_wait()
+    pgwake.wait_state(endpoint, "suspended")
     assert _current_user(pgwake, endpoint, password=NEW_PASSWORD) == "app"
-    assert pgwake.compute_starts(endpoint) == starts + 2
-    suspend_and_wait()
+    assert pgwake.compute_starts(endpoint) == 2
+    pgwake.wait_state(endpoint, "suspended")
     assert _current_user(pgwake, endpoint, user=f"bob.{endpoint}", password=BOB_PASSWORD) == "bob"
-    assert pgwake.compute_starts(endpoint) == starts + 3
-    suspend_and_wait()
+    assert pgwake.compute_starts(endpoint) == 3
+    pgwake.wait_state(endpoint, "suspended")
 
     # The old password fails on the suspended endpoint and wakes nothing.
     wakes = _wakes(pgwake, endpoint)
     error = _refusal(pgwake, endpoint, password=PASSWORD)
     assert error.sqlstate == "28P01"
-    assert pgwake.compute_starts(endpoint) == starts + 3
+    assert pgwake.compute_starts(endpoint) == 3
     assert _wakes(pgwake, endpoint) == wakes
     assert pgwake.state(endpoint) == "suspended"
 

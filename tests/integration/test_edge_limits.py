@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from pgwake.edge.throttle import FREE_FAILURES
-from tests.integration.pgwake_fixture import PASSWORD, Pgwake, running_pgwake, wait_for
+from tests.integration.pgwake_fixture import PASSWORD, Pgwake, serve, wait_for
 from tests.integration.wire import error_fields, read_message, startup_packet
 
 AUTHENTICATION_SASL = struct.pack("!i", 10)
@@ -22,35 +22,22 @@ ALLOWED_NETWORK = "10.0.0.0/8"
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
-def _serve(endpoints: dict[str, tuple[str, ...]], **settings: str) -> Iterator[Pgwake]:
-    """A pgwake with ``endpoints`` (name -> extra ``endpoint create`` arguments)."""
-    with running_pgwake(**settings) as server:
-        for name, extra in endpoints.items():
-            server.cli("endpoint", "create", name, "--password", PASSWORD, *extra)
-        server.start()
-        yield server
-        assert "Traceback" not in server.log_text(), server.log_text()
-
-
 @pytest.fixture(scope="module")
 def capped() -> Iterator[Pgwake]:
     """Caps of 3 sessions per endpoint and 5 in all; no trusted proxies."""
-    yield from _serve(
-        {
-            "cap-a": (),
-            "cap-b": (),
-            "throttled": (),
-            "fenced": ("--allow", ALLOWED_NETWORK),
-        },
+    with serve(
+        {"cap-a": {}, "cap-b": {}, "throttled": {}, "fenced": {"allow": ALLOWED_NETWORK}},
         max_endpoint_connections="3",
         max_client_connections="5",
-    )
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def proxied() -> Iterator[Pgwake]:
     """Behind a load balancer on 127.0.0.1 that sends PROXY headers."""
-    yield from _serve({"behind": ("--allow", ALLOWED_NETWORK)}, trusted_proxies="127.0.0.1/32")
+    with serve({"behind": {"allow": ALLOWED_NETWORK}}, trusted_proxies="127.0.0.1/32") as server:
+        yield server
 
 
 def _kwargs(pgwake: Pgwake, endpoint: str, password: str = PASSWORD) -> dict[str, object]:

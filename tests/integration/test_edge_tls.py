@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import hmac
 import os
@@ -20,126 +19,36 @@ import asyncpg
 import psycopg
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.pgwake_fixture import PASSWORD, Pgwake, running_pgwake, wait_for
+from tests.certs import write_server_certificate
+from tests.integration.pgwake_fixture import PASSWORD, Pgwake, serve, wait_for
 from tests.integration.wire import error_fields, read_message, startup_packet
 
 SSL_REQUEST = struct.pack("!iI", 8, 80877103)
 
 
-# -- certificates ---------------------------------------------------------------------------
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _make_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - datetime.timedelta(minutes=5))
-        .not_valid_after(_now() + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _write_ca_and_leaf(directory: Path, ca_name: str) -> Path:
-    """A new CA, and a ``*.localhost`` certificate it signed, as ``directory``'s
-    server.crt/server.key (replaced atomically); return the CA's PEM file."""
-    ca_key, ca_cert = _make_ca(ca_name)
-    key = ec.generate_private_key(ec.SECP256R1())
-    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("*.localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - datetime.timedelta(minutes=5))
-        .not_valid_after(_now() + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("*.localhost"), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_path = directory / f"{ca_name}.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    for name, data in (
-        ("server.key", key_pem),
-        ("server.crt", cert.public_bytes(serialization.Encoding.PEM)),
-    ):
-        staged = directory / f".{name}.new"
-        staged.write_bytes(data)
-        staged.chmod(0o600)
-        os.replace(staged, directory / name)
-    return ca_path
-
-
 # -- servers --------------------------------------------------------------------------------
+
+DNS_NAMES = ("*.localhost", "localhost")
 
 
 @contextlib.contextmanager
 def _tls_pgwake(directory: Path, endpoints: tuple[str, ...], **settings: str) -> Iterator[Pgwake]:
-    with running_pgwake(
+    with serve(
+        endpoints,
         base_domain="localhost",
         tls_cert=str(directory / "server.crt"),
         tls_key=str(directory / "server.key"),
         **settings,
     ) as server:
-        for name in endpoints:
-            server.create(name)
-        server.start()
         yield server
-        assert "Traceback" not in server.log_text(), server.log_text()
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pgwake, Path]]:
     """pgwake with a CA-signed wildcard certificate and require_tls on."""
     directory = tmp_path_factory.mktemp("strict-tls")
-    ca = _write_ca_and_leaf(directory, "ca-one")
+    ca = write_server_certificate(directory, DNS_NAMES, ca_name="ca-one")
     with _tls_pgwake(directory, ("tls-a", "cbind"), require_tls="true") as server:
         yield server, ca
 
@@ -148,7 +57,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pgwake, P
 def reloadable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pgwake, Path]]:
     """pgwake with a CA-signed certificate, listening on loopback, require_tls unset."""
     directory = tmp_path_factory.mktemp("reload-tls")
-    _write_ca_and_leaf(directory, "ca-old")
+    write_server_certificate(directory, DNS_NAMES, ca_name="ca-old")
     with _tls_pgwake(directory, ("reload",)) as server:
         yield server, directory
 
@@ -368,7 +277,7 @@ def test_sighup_reloads_the_certificate(reloadable: tuple[Pgwake, Path]) -> None
 
     with verify_full(old_ca) as session:
         assert session.execute("select 1").fetchone() == (1,)
-        new_ca = _write_ca_and_leaf(directory, "ca-new")
+        new_ca = write_server_certificate(directory, DNS_NAMES, ca_name="ca-new")
         # New files alone change nothing: pgwake serves what it loaded.
         with verify_full(old_ca) as conn:
             assert conn.execute("select 2").fetchone() == (2,)

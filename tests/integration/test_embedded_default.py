@@ -13,7 +13,7 @@ import psycopg
 
 from pgwake.api.client import PgwakeClient
 from pgwake.compute.binaries import _from_pgserver_wheel
-from tests.integration.pgwake_fixture import Pgwake, free_port, make_state_dir
+from tests.integration.pgwake_fixture import free_port, make_state_dir, serve
 
 
 def test_serve_demo_prints_a_working_connection_string() -> None:
@@ -76,15 +76,8 @@ def test_pgserver_wheel_binaries_run_computes() -> None:
     """On a machine without Postgres, pip's pgserver wheel supplies PostgreSQL 16."""
     bindir = _from_pgserver_wheel()
     assert bindir is not None, "pgserver is a dependency of pgwake on Linux"
-    server = Pgwake(make_state_dir(), pg_bindir=str(bindir))
-    try:
-        server.create("bundled")
-        server.start()
+    with serve(["bundled"], fresh=True, pg_bindir=str(bindir)) as server:
         with psycopg.connect(server.dsn("bundled"), connect_timeout=60) as conn:
             row = conn.execute("select current_setting('server_version_num')::int").fetchone()
         assert row is not None
         assert row[0] // 10000 == 16
-    finally:
-        leftovers = server.cleanup()
-        shutil.rmtree(server.state_dir, ignore_errors=True)
-    assert not leftovers

@@ -68,7 +68,7 @@ from tests.integration.pgwake_fixture import PASSWORD as WITNESS_PASSWORD
 from tests.integration.pgwake_fixture import (
     errors_in,
     postgres_pids_under,
-    running_pgwake,
+    serve,
     wait_for,
 )
 from tests.integration.wire import read_message
@@ -167,11 +167,12 @@ def live(request: pytest.FixtureRequest) -> Iterator[Live]:
     """One pgwake per run of the module: every case runs against ``target`` asleep, then
     against ``target`` running (woken by a real login, as a stranger finds it)."""
     target_running = request.param == "running"
-    with running_pgwake(startup_timeout=str(STARTUP_TIMEOUT)) as server:
-        server.create("target", password=TARGET_PASSWORD, idle_timeout=600)
-        server.create("bystander", password=WITNESS_PASSWORD, idle_timeout=600)
-        server.create("witness", password=WITNESS_PASSWORD, idle_timeout=600)
-        server.start()
+    endpoints = {
+        "target": {"password": TARGET_PASSWORD, "idle_timeout": 600},
+        "bystander": {"password": WITNESS_PASSWORD, "idle_timeout": 600},
+        "witness": {"password": WITNESS_PASSWORD, "idle_timeout": 600},
+    }
+    with serve(endpoints, startup_timeout=str(STARTUP_TIMEOUT)) as server:
         liveness(server, "witness")  # wake it now: later checks measure service, not a wake
         target_processes = 0
         if target_running:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 
 import asyncpg
@@ -10,7 +9,7 @@ import psycopg
 import pytest
 import uvloop
 
-from tests.integration.pgwake_fixture import Pgwake, wait_for
+from tests.integration.pgwake_fixture import Pgwake, wait_for, wait_for_async
 
 
 def _postmaster_pid(pgwake: Pgwake, endpoint: str) -> int:
@@ -66,7 +65,7 @@ def test_sigterm_drains_sessions_then_suspends_every_compute(pgwake: Pgwake) -> 
         await b.close()
         assert pgwake.process is not None
         pgwake.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await wait_for_async(lambda: "event=shutdown_requested" in pgwake.log_text())
         # Draining: no new sessions, but the open one keeps working.
         assert await a.fetchval("select 11") == 11
         try:

@@ -271,3 +271,34 @@ def test_stale_catalog_verifier_is_detected(cluster: Cluster) -> None:
     client = ScramClient.from_client_key(client_key, parse_verifier(catalog))
     with pytest.raises(ScramAuthenticationFailed, match="differs from the catalog"):
         log_in(cluster, "dave", client)
+
+
+#: Passwords SASLprep changes, or gives up on (Postgres then uses the password unchanged).
+SASLPREP_PASSWORDS = {
+    "soft-hyphen": "pass\u00adword",  # B.1: mapped to nothing
+    "zero-width-space": "pass\u200bword",  # C.1.2 and B.1: Postgres maps it to a space
+    "no-break-space": "pass\u00a0word",  # C.1.2: mapped to a space
+    "ideographic-space": "\u3000pass",  # C.1.2: mapped to a space
+    "only-mapped-to-nothing": "\u00ad\ufeff",  # empty once mapped: unchanged
+    "line-separator": "pass\u2028",  # C.2.2: unchanged
+    "ligature": "\ufb01sh",  # NFKC
+    "roman-nine": "\u2168",  # NFKC, RFC 4013 section 3 example 5
+    "prohibited": "\ufb01\u0080",  # C.2.2 control character: unchanged
+    "unassigned": "a\u0308\U0001f600",  # A.1 in Unicode 3.2: unchanged
+    "bidi-ends": "\u0627\u0628",  # RandALCat at both ends: allowed
+    "bidi": "\u06271",  # RandALCat not at both ends, RFC 4013 section 3 example 7: unchanged
+    "plain-non-ascii": "p\u00e4ss",
+}
+
+
+@pytest.mark.parametrize("password", SASLPREP_PASSWORDS.values(), ids=SASLPREP_PASSWORDS.keys())
+def test_verifier_matches_the_one_postgres_makes(cluster: Cluster, password: str) -> None:
+    """Postgres's own SASLprep is the oracle: the verifier it makes from a plaintext
+    password equals ``make_verifier``'s with the same salt and iterations."""
+    quoted = password.replace("'", "''")
+    cluster.sql("DROP ROLE IF EXISTS saslprep")
+    cluster.sql(f"CREATE ROLE saslprep LOGIN PASSWORD '{quoted}'")
+    ((text,),) = cluster.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'saslprep'")
+    assert isinstance(text, str)
+    verifier = parse_verifier(text)
+    assert make_verifier(password, salt=verifier.salt, iterations=verifier.iterations) == text

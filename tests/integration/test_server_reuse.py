@@ -3,27 +3,25 @@ same kind, reset; anything else is closed as before."""
 
 from __future__ import annotations
 
-import asyncio
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-import asyncpg
 import psycopg
 import pytest
 
-from tests.integration.pgwake_fixture import Pgwake, running_pgwake, wait_for
+from tests.integration.pgwake_fixture import Pgwake, serve, wait_for
 
 ENDPOINT = "reuse"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Pgwake]:
-    with running_pgwake() as pgwake:  # on by default (30 s)
-        pgwake.create(ENDPOINT)
-        pgwake.start()
+    with serve([ENDPOINT]) as pgwake:  # on by default (30 s)
         yield pgwake
-        assert "Traceback" not in pgwake.log_text(), pgwake.log_text()
 
 
 def _backend_pid(server: Pgwake, endpoint: str = ENDPOINT, **params: str) -> int:
@@ -31,6 +29,15 @@ def _backend_pid(server: Pgwake, endpoint: str = ENDPOINT, **params: str) -> int
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process ``pid`` (a compute backend) still runs."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def _kept(server: Pgwake, endpoint: str = ENDPOINT) -> float:
@@ -106,14 +113,18 @@ def test_different_startup_parameters_get_their_own_backend(server: Pgwake) -> N
 def test_a_client_that_drops_its_connection_does_not_leave_its_backend(
     server: Pgwake,
 ) -> None:
-    async def abandon() -> int:
-        conn = await asyncpg.connect(**server.asyncpg_kwargs(ENDPOINT))
-        pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
-        conn.terminate()  # the socket closes without a Terminate message
-        return pid
-
-    dropped = asyncio.run(abandon())
-    time.sleep(0.3)
+    kept = _kept(server)
+    conn = psycopg.connect(server.dsn(ENDPOINT), autocommit=True)
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    dropped = row[0]
+    # The connection goes away without a Terminate message (a killed client, a cut
+    # network): at rest, but not ended by the client, so not kept.
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+    wait_for(lambda: not _alive(dropped))
+    conn.close()
+    assert _kept(server) == kept
     assert _backend_pid(server) != dropped
 
 
@@ -124,7 +135,7 @@ def test_a_client_that_leaves_mid_query_does_not_leave_its_backend(server: Pgwak
     busy = row[0]
     conn.pgconn.send_query(b"SELECT pg_sleep(1)")
     conn.close()  # Terminate while the backend still works for it
-    time.sleep(1.5)
+    wait_for(lambda: not _alive(busy))  # not kept: it ends once its query does
     assert _backend_pid(server) != busy
 
 
@@ -144,9 +155,7 @@ def test_cancel_reaches_a_reused_backend(server: Pgwake) -> None:
 
 
 def test_kept_backends_do_not_keep_an_idle_endpoint_awake() -> None:
-    with running_pgwake(server_reuse_seconds="300") as pgwake:
-        pgwake.create("sleepy", idle_timeout=1)
-        pgwake.start()
+    with serve({"sleepy": {"idle_timeout": 1}}, server_reuse_seconds="300") as pgwake:
         assert _backend_pid(pgwake, "sleepy") > 0
         wait_for(lambda: _kept(pgwake, "sleepy") >= 1)
         pgwake.wait_state("sleepy", "suspended", timeout=15)
@@ -155,9 +164,7 @@ def test_kept_backends_do_not_keep_an_idle_endpoint_awake() -> None:
 
 
 def test_kept_backends_expire_and_zero_turns_reuse_off() -> None:
-    with running_pgwake(server_reuse_seconds="0.5") as pgwake:
-        pgwake.create("brief")
-        pgwake.start()
+    with serve(["brief"], server_reuse_seconds="0.5") as pgwake:
         first = _backend_pid(pgwake, "brief")
         wait_for(lambda: _kept(pgwake, "brief") >= 1)
         wait_for(
@@ -166,10 +173,8 @@ def test_kept_backends_expire_and_zero_turns_reuse_off() -> None:
             )
         )
         assert _backend_pid(pgwake, "brief") != first
-    with running_pgwake(server_reuse_seconds="0") as pgwake:
-        pgwake.create("plain")
-        pgwake.start()
+    with serve(["plain"], server_reuse_seconds="0") as pgwake:
         first = _backend_pid(pgwake, "plain")
-        time.sleep(0.3)
+        wait_for(lambda: not _alive(first))
         assert _backend_pid(pgwake, "plain") != first
         assert _kept(pgwake, "plain") == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 
 from pgwake.state_dir import MOCK_SECRET, SECRET_FILES, StateDir
-from tests.integration.pgwake_fixture import ADMIN_TOKEN, Pgwake, make_state_dir
+from tests.integration.pgwake_fixture import ADMIN_TOKEN, Pgwake, serve
 
 TIGHTENED = "event=state_dir_permissions_tightened"
 
@@ -129,12 +128,8 @@ class _GeneratedAdminToken(Pgwake):
 
 
 def test_a_state_dir_pgwake_creates_is_private_from_the_start() -> None:
-    parent = make_state_dir()
-    server = _GeneratedAdminToken(parent / "state")
-    server.log_path = parent / "serve.log"  # the state dir does not exist yet
-    state = StateDir(server.state_dir)
-    try:
-        server.start()
+    with serve(fresh=True, server=_GeneratedAdminToken) as server:
+        state = StateDir(server.state_dir)
         server.create("first")  # through the API, with the token read from its file
         _connects(server, "first")
         assert mode(state.path) == state.mode
@@ -143,10 +138,6 @@ def test_a_state_dir_pgwake_creates_is_private_from_the_start() -> None:
             assert mode(path) == 0o600, path
         assert mode(state.tls_dir) == 0o700
         assert TIGHTENED not in server.log_text()
-    finally:
-        leftovers = server.cleanup()
-        shutil.rmtree(parent, ignore_errors=True)
-    assert not leftovers
 
 
 def _loosen(state: StateDir) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from tests.integration.pgwake_fixture import Pgwake, wait_for
+from tests.integration.pgwake_fixture import Pgwake, wait_for, wait_for_async
 
 
 async def _connect(pgwake: Pgwake, endpoint: str) -> asyncpg.Connection:
@@ -121,6 +121,10 @@ def test_fifty_suspend_wake_cycles_keep_every_committed_row(pgwake: Pgwake) -> N
     assert "database system was not properly shut down" not in log
 
 
+def _sessions(pgwake: Pgwake, endpoint: str) -> float:
+    return pgwake.metric("pgwake_client_connections_active", endpoint=endpoint)
+
+
 def _child_named(parent: int, name: bytes) -> int:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -147,13 +151,19 @@ def test_a_connect_while_suspending_waits_for_the_stop_then_wakes(pgwake: Pgwake
         pid_file = pgwake.compute_dir("racy") / "data" / "postmaster.pid"
         checkpointer = _child_named(int(pid_file.read_text().split()[0]), b"checkpointer")
         os.kill(checkpointer, signal.SIGSTOP)  # the shutdown checkpoint waits: suspending lasts
+        compute_log = pgwake.compute_dir("racy") / "postgres.log"
         try:
-            while pgwake.state("racy") != "suspending":
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)  # the postmaster has its SIGINT by now
+            await wait_for_async(lambda: pgwake.state("racy") == "suspending")
+            await wait_for_async(
+                lambda: "received fast shutdown request" in compute_log.read_text()
+            )
             arriving = asyncio.create_task(_connect(pgwake, "racy"))
+            # Authenticated, holding its slot: now it waits for the stop...
+            await wait_for_async(lambda: _sessions(pgwake, "racy") == 1)
             await asyncio.sleep(0.5)
-            assert not arriving.done()  # it waits for the stop instead of failing
+            # ...instead of failing, while the stop cannot finish.
+            assert not arriving.done()
+            assert pgwake.state("racy") == "suspending"
         finally:
             os.kill(checkpointer, signal.SIGCONT)
         conn = await arriving

@@ -8,6 +8,7 @@ import subprocess
 import asyncpg
 import uvloop
 
+from pgwake.compute.postgresql_conf import COMMON_SETTINGS
 from tests.integration.pgwake_fixture import Pgwake
 
 
@@ -38,6 +39,8 @@ def test_psql_and_asyncpg_wake_a_suspended_endpoint_once(pgwake: Pgwake) -> None
     assert uvloop.run(with_asyncpg()) == "app"
     assert pgwake.metric("pgwake_wakes_total", endpoint="alpha", outcome="success") == 1
     assert pgwake.compute_starts("alpha") == 1  # exactly one wake
+    # The compute runs with what pgwake's postgresql.conf block says.
+    assert pgwake.compute_settings("alpha", COMMON_SETTINGS) == COMMON_SETTINGS
     assert pgwake.state("alpha") == "running"
 
 

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pgwake.auth.certhash import binding_hash_name
-
-_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certhash test")])
-
-
-def _certificate(key: object, algorithm: hashes.HashAlgorithm | None, **sign: object) -> bytes:
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_NAME)
-        .issuer_name(_NAME)
-        .public_key(key.public_key())  # type: ignore[attr-defined]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, algorithm, **sign)  # type: ignore[arg-type]
-    )
-    return cert.public_bytes(serialization.Encoding.DER)
+from tests.certs import self_signed
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +24,7 @@ def rsa_key() -> rsa.RSAPrivateKey:
     "algorithm", [hashes.SHA224(), hashes.SHA256(), hashes.SHA384(), hashes.SHA512()]
 )
 def test_rsa_pkcs1(rsa_key: rsa.RSAPrivateKey, algorithm: hashes.HashAlgorithm) -> None:
-    assert binding_hash_name(_certificate(rsa_key, algorithm)) == algorithm.name
+    assert binding_hash_name(self_signed(rsa_key, algorithm)) == algorithm.name
 
 
 @pytest.mark.parametrize("algorithm", [hashes.SHA256(), hashes.SHA384(), hashes.SHA512()])
@@ -50,7 +32,7 @@ def test_rsa_pss_takes_the_hash_from_its_parameters(
     rsa_key: rsa.RSAPrivateKey, algorithm: hashes.HashAlgorithm
 ) -> None:
     pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.DIGEST_LENGTH)
-    der = _certificate(rsa_key, algorithm, rsa_padding=pss)
+    der = self_signed(rsa_key, algorithm, rsa_padding=pss)
     assert x509.load_der_x509_certificate(der).signature_hash_algorithm.name == algorithm.name  # type: ignore[union-attr]
     assert binding_hash_name(der) == algorithm.name
 
@@ -64,7 +46,7 @@ def test_rsa_pss_takes_the_hash_from_its_parameters(
     ],
 )
 def test_ecdsa(curve: ec.EllipticCurve, algorithm: hashes.HashAlgorithm) -> None:
-    der = _certificate(ec.generate_private_key(curve), algorithm)
+    der = self_signed(ec.generate_private_key(curve), algorithm)
     assert binding_hash_name(der) == algorithm.name
 
 
@@ -72,12 +54,12 @@ def test_ecdsa(curve: ec.EllipticCurve, algorithm: hashes.HashAlgorithm) -> None
     "key", [ed25519.Ed25519PrivateKey.generate(), ed448.Ed448PrivateKey.generate()]
 )
 def test_eddsa_has_no_hash_of_its_own_and_gets_sha256(key: object) -> None:
-    assert binding_hash_name(_certificate(key, None)) == "sha256"
+    assert binding_hash_name(self_signed(key, None)) == "sha256"
 
 
 def test_an_unknown_algorithm_is_a_value_error(rsa_key: rsa.RSAPrivateKey) -> None:
     sha256_with_rsa = bytes.fromhex("06092a864886f70d01010b")
-    der = _certificate(rsa_key, hashes.SHA256()).replace(
+    der = self_signed(rsa_key, hashes.SHA256()).replace(
         sha256_with_rsa, sha256_with_rsa[:-1] + b"\x7f"
     )
     with pytest.raises(ValueError, match="unknown certificate signature algorithm"):
@@ -92,7 +74,7 @@ def test_garbage_is_only_ever_a_value_error(data: bytes) -> None:
 
 @given(st.integers(min_value=0, max_value=400))
 def test_every_truncation_is_a_value_error(cut: int) -> None:
-    der = _certificate(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    der = self_signed(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
     if cut >= len(der):
         assert binding_hash_name(der[:cut]) == "sha256"
     else:

@@ -10,7 +10,13 @@ import pytest
 
 from pgwake import metrics
 from pgwake.catalog import Catalog
-from pgwake.compute import Backends, ComputeAddress, ComputeStartError, EndpointSpec
+from pgwake.compute import (
+    Backends,
+    ComputeAddress,
+    ComputeBackend,
+    ComputeStartError,
+    EndpointSpec,
+)
 from pgwake.endpoint.control_plane import ADMIN, Caller, ControlError, ControlPlane
 from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.settings import load_settings
@@ -19,7 +25,8 @@ ADMIN_TOKEN = "unit-test-admin-token"
 
 
 class SlowBackend:
-    """Creates, copies and deletes take a little while, so that requests overlap."""
+    """Creates, copies and deletes take a little while, so that requests overlap. It
+    implements all of ``ComputeBackend`` (checked by mypy, see ``_BACKEND``)."""
 
     name = "fake"
 
@@ -78,12 +85,16 @@ class SlowBackend:
         return 0
 
 
+#: mypy checks here that the double is a ``ComputeBackend`` (``tests/test_sourcecode.py``).
+_BACKEND: ComputeBackend = SlowBackend()
+
+
 def _control(tmp_path: Path) -> tuple[ControlPlane, SlowBackend, Catalog]:
     settings = load_settings(state_dir=str(tmp_path))
     catalog = Catalog(tmp_path / "catalog.sqlite3")
     backend = SlowBackend()
     backends = Backends(settings)
-    backends.add(backend, default=True)  # type: ignore[arg-type]
+    backends.add(backend, default=True)
     lifecycles = LifecycleManager(backends, catalog, 300, 30)
     control = ControlPlane(settings, catalog, backends, lifecycles, ADMIN_TOKEN)
     return control, backend, catalog
@@ -115,7 +126,7 @@ def test_parallel_creates_cannot_overshoot_a_quota(tmp_path: Path) -> None:
 def test_a_name_being_created_is_taken(tmp_path: Path) -> None:
     control, _, _ = _control(tmp_path)
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> tuple[object, object]:
         return await asyncio.gather(
             control.create(ADMIN, name="twin"),
             control.create(ADMIN, name="twin"),
@@ -132,7 +143,7 @@ def test_concurrent_deletes_delete_once(tmp_path: Path) -> None:
     control, backend, catalog = _control(tmp_path)
     before = metrics.ENDPOINTS_DELETED.labels("api")._value.get()
 
-    async def scenario() -> list[Any]:
+    async def scenario() -> tuple[object, object]:
         await control.create(ADMIN, name="once")
         return await asyncio.gather(
             control.delete(ADMIN, "once"),

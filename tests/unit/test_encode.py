@@ -151,11 +151,6 @@ def test_ssl_request_layout() -> None:
     assert encode.ssl_request() == b"\0\0\0\x08\x04\xd2\x16\x2f"
 
 
-def test_encryption_answers() -> None:
-    assert encode.ENCRYPTION_ACCEPTED == b"S"
-    assert encode.ENCRYPTION_REFUSED == b"N"
-
-
 def test_client_error_defaults() -> None:
     error = InvalidCatalogName("x")
     assert isinstance(error, ClientError)

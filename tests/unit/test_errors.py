@@ -77,9 +77,16 @@ def test_client_sees_fatal_error_response(
     )
 
 
-def test_sqlstates_are_unique() -> None:
-    codes = [row[2] for row in ALL_ERRORS]
-    assert len(codes) == len(set(codes))
+def _subclasses(cls: type[ClientError]) -> list[type[ClientError]]:
+    return [sub for child in cls.__subclasses__() for sub in (child, *_subclasses(child))]
+
+
+def test_every_error_class_is_listed_and_owns_its_sqlstate() -> None:
+    classes = _subclasses(ClientError)
+    # A new class must be listed above (with the case it covers) ...
+    assert sorted(cls.__name__ for cls in classes) == sorted(row[1].__name__ for row in ALL_ERRORS)
+    # ... and two classes sharing a SQLSTATE would make lookup() return only one of them.
+    assert all(lookup(cls.sqlstate) is cls for cls in classes)
 
 
 @pytest.mark.parametrize("sqlstate", ["00000", "99999", "08P0", "", "57p03"])

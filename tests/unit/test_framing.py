@@ -30,6 +30,9 @@ AUTH_OK = b"R\0\0\0\x08\0\0\0\0"
 SASL = b"R" + struct.pack("!ii", 4 + 4 + 15, 10) + b"SCRAM-SHA-256\0\0"
 PARAMETER_STATUS = encode.message(b"S", b"server_version\x0016.2\0")
 READY = b"Z\0\0\0\x05I"
+#: Postgres's cap on a client's authentication message (libpq/auth.h), the length word
+#: included (pq_getmessage's maxlen).
+PG_MAX_AUTH_TOKEN_LENGTH = 65_535
 
 
 @pytest.mark.parametrize(
@@ -109,20 +112,15 @@ def test_compute_replies_may_be_as_long_as_the_startup_phase_cap() -> None:
 # -- what a client may send before it is authenticated ---------------------------------------
 
 
-def test_the_authentication_cap_is_postgres_own() -> None:
-    # PG_MAX_AUTH_TOKEN_LENGTH, the length word included (pq_getmessage's maxlen).
-    assert MAX_AUTHENTICATION_MESSAGE_LENGTH == 65_535
-
-
-def test_a_client_message_may_be_as_long_as_the_authentication_cap() -> None:
-    body = b"\x01" * (MAX_AUTHENTICATION_MESSAGE_LENGTH - 4)
+def test_a_client_message_may_be_as_long_as_postgres_allows() -> None:
+    body = b"\x01" * (PG_MAX_AUTH_TOKEN_LENGTH - 4)
     reader = MessageReader()
     reader.feed(encode.message(b"p", body))
     assert reader.next_message() == Frame(b"p", body)
 
 
 @pytest.mark.parametrize(
-    "length", [MAX_AUTHENTICATION_MESSAGE_LENGTH + 1, 1 << 20, MAX_STARTUP_PHASE_MESSAGE_LENGTH]
+    "length", [PG_MAX_AUTH_TOKEN_LENGTH + 1, 1 << 20, MAX_STARTUP_PHASE_MESSAGE_LENGTH]
 )
 def test_a_longer_client_message_is_refused_on_its_header_alone(length: int) -> None:
     # The default reader is the client's: five bytes decide, no body is waited for.
@@ -160,12 +158,13 @@ def test_custom_max_length() -> None:
 def test_parse_authentication_ok() -> None:
     request = parse_authentication(Frame(b"R", b"\0\0\0\0"))
     assert request == AuthenticationRequest(0, b"")
+    assert request.code == AuthenticationRequest.OK
 
 
 def test_parse_authentication_sasl() -> None:
-    assert parse_authentication(Frame(b"R", SASL[5:])) == AuthenticationRequest(
-        10, b"SCRAM-SHA-256\0\0"
-    )
+    request = parse_authentication(Frame(b"R", SASL[5:]))
+    assert request == AuthenticationRequest(10, b"SCRAM-SHA-256\0\0")
+    assert request.code == AuthenticationRequest.SASL
 
 
 @pytest.mark.parametrize("body", [b"", b"\0\0\0"])

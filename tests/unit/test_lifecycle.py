@@ -18,7 +18,8 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from pgwake.compute import ComputeAddress, ComputeStartError
+from pgwake.compute import ComputeAddress, ComputeBackend, ComputeStartError, EndpointSpec
+from pgwake.compute.management import ManagementConnection
 from pgwake.endpoint.disk_usage import record_disk_usage
 from pgwake.endpoint.lifecycle import Lifecycle, ShuttingDown, WakeFailed
 from pgwake.endpoint.lifecycles import LifecycleManager
@@ -74,10 +75,11 @@ class FakeCatalog:
         return [call[1] for call in self.calls]
 
 
-class FakeManagement:
-    """The compute's own view: its session count and its verifiers."""
+class FakeManagement(ManagementConnection):
+    """The compute's own view: its session count and its verifiers (a management
+    connection without a compute behind it)."""
 
-    def __init__(self, events: Events) -> None:
+    def __init__(self, events: Events) -> None:  # no compute to connect to
         self.events = events
         self.sessions = 0
         self.roles = {"alice": "SCRAM-SHA-256$compute"}
@@ -126,6 +128,27 @@ class FakeBackend:
             raise ComputeStartError(outcome)
         return outcome
 
+    def resolve_options(self, requested: dict[str, str | None]) -> dict[str, str]:
+        return {}
+
+    async def prepare(self) -> None:
+        pass
+
+    async def maintain(self) -> None:
+        pass
+
+    async def create(self, spec: EndpointSpec) -> None:
+        pass
+
+    async def delete(self, endpoint: str) -> None:
+        pass
+
+    async def branch(self, source: str, target: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     async def stop(self, endpoint: str) -> None:
         await self.may_stop.wait()
         self.events.append("backend.stop")
@@ -143,6 +166,15 @@ class FakeBackend:
 
     def disk_bytes(self, endpoint: str) -> int:
         return self.disk
+
+
+def _state(lifecycle: Lifecycle) -> EndpointState:
+    """The state now (a call, so mypy does not keep what an earlier assert narrowed)."""
+    return lifecycle.state
+
+
+#: mypy checks here that the double is a ``ComputeBackend`` (``tests/test_sourcecode.py``).
+_BACKEND: ComputeBackend = FakeBackend()
 
 
 class FakeEdge:
@@ -175,7 +207,7 @@ def make_lifecycle(
     edge = FakeEdge(backend.events)
     lifecycle = Lifecycle(
         next(_names),
-        cast(Any, backend),
+        backend,
         cast(Any, catalog),
         idle_timeout=idle_timeout,
         wake_timeout=5.0,
@@ -396,7 +428,7 @@ def test_suspend_waits_for_a_start_in_flight() -> None:
         await asyncio.sleep(0)
         assert lifecycle.state is EndpointState.STARTING
         await lifecycle.suspend("api")
-        assert lifecycle.state is EndpointState.SUSPENDED
+        assert _state(lifecycle) is EndpointState.SUSPENDED
         waker.cancel()
 
     run(lifecycle, main)
@@ -476,7 +508,7 @@ def test_compute_unreachable_rechecks_the_compute() -> None:
         assert lifecycle.state is EndpointState.RUNNING
         backend.alive = False
         await lifecycle.compute_unreachable()
-        assert lifecycle.state is EndpointState.SUSPENDED
+        assert _state(lifecycle) is EndpointState.SUSPENDED
 
     run(lifecycle, main)
     assert catalog.states == ["starting", "running", "suspended"]

@@ -6,10 +6,11 @@ import base64
 import hashlib
 import hmac
 import re
+import stringprep
 
 import pytest
 
-from pgwake.auth.scram import DEFAULT_ITERATIONS, make_verifier
+from pgwake.auth.scram import DEFAULT_ITERATIONS, make_verifier, saslprep
 
 VERIFIER_FORMAT = re.compile(
     r"^SCRAM-SHA-256\$(?P<iterations>\d+):(?P<salt>[A-Za-z0-9+/=]+)"
@@ -122,11 +123,51 @@ def test_wrong_password_gives_another_verifier() -> None:
     assert make_verifier("pencil", salt=salt) != make_verifier("pencils", salt=salt)
 
 
-def test_non_ascii_password_is_normalized() -> None:
-    # SASLprep normalizes with NFKC: the ligature "ﬁ" and "fi" are the same password.
+#: (password, what SASLprep makes of it for Postgres): RFC 4013 section 3's examples, then
+#: one case per rule. Where SASLprep fails, Postgres (``saslprep.c``) hashes the password
+#: unchanged, so the expected value is the input. ``tests/integration/test_scram_real_postgres``
+#: checks the same passwords against a real server's verifiers.
+SASLPREP_VECTORS = {
+    "rfc4013-1-soft-hyphen": ("I\u00adX", "IX"),
+    "rfc4013-2-unchanged": ("user", "user"),
+    "rfc4013-3-case-kept": ("USER", "USER"),
+    "rfc4013-4-nfkc": ("\u00aa", "a"),
+    "rfc4013-5-nfkc": ("\u2168", "IX"),
+    "rfc4013-6-prohibited": ("\u0007", "\u0007"),
+    "rfc4013-7-bidi": ("\u06271", "\u06271"),
+    # U+200B is in both C.1.2 (space) and B.1 (nothing); Postgres maps spaces first.
+    "zero-width-space": ("pass\u200bword", "pass word"),
+    "no-break-space": ("pass\u00a0word", "pass word"),
+    "ligature": ("\ufb01sh", "fish"),
+    "already-normalized": ("p\u00e4ssw\u00f6rd", "p\u00e4ssw\u00f6rd"),
+    "combining-mark-composed": ("pa\u0308ss", "p\u00e4ss"),
+    "c22-control": ("\ufb01\u0080", "\ufb01\u0080"),
+    "unassigned-in-unicode-3.2": ("a\u0308\U0001f600", "a\u0308\U0001f600"),
+    "empty-once-mapped": ("\u00ad\ufeff", "\u00ad\ufeff"),
+    "bidi-at-both-ends": ("\u0627\u0628", "\u0627\u0628"),
+}
+
+
+@pytest.mark.parametrize(
+    ("password", "prepared"), SASLPREP_VECTORS.values(), ids=SASLPREP_VECTORS.keys()
+)
+def test_saslprep_vectors(password: str, prepared: str) -> None:
+    assert saslprep(password) == prepared
+    # The verifier hashes the prepared string's UTF-8 bytes.
     salt = b"0123456789abcdef"
-    assert make_verifier("\ufb01sh", salt=salt) == make_verifier("fish", salt=salt)
-    # Non-ASCII passwords that are already normalized are used as UTF-8 bytes.
-    salted_password = hashlib.pbkdf2_hmac("sha256", "pässwörd".encode(), salt, 4096)
+    salted_password = hashlib.pbkdf2_hmac("sha256", prepared.encode(), salt, 4096)
     stored_key = hashlib.sha256(hmac_sha256(salted_password, b"Client Key")).digest()
-    assert split_verifier(make_verifier("pässwörd", salt=salt))[2] == stored_key
+    assert split_verifier(make_verifier(password, salt=salt))[2] == stored_key
+
+
+def test_the_vectors_exercise_the_stringprep_tables_they_name() -> None:
+    # RFC 3454's tables as Python's stringprep module has them: the vectors above are
+    # about the rules they claim to be about.
+    assert stringprep.in_table_b1("\u00ad")
+    assert stringprep.in_table_b1("\u200b")
+    assert stringprep.in_table_c12("\u200b")
+    assert stringprep.in_table_c12("\u00a0")
+    assert stringprep.in_table_c22("\u0080")
+    assert stringprep.in_table_a1("\U0001f600")
+    assert stringprep.in_table_d1("\u0627")
+    assert stringprep.in_table_d1("\u0628")

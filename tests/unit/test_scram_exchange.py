@@ -5,16 +5,14 @@ give a message or a ``ScramError``, never anything else)."""
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import hmac
 from dataclasses import dataclass
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +34,7 @@ from pgwake.auth.scram import (
     parse_verifier,
     tls_server_end_point,
 )
+from tests.certs import self_signed
 
 FUZZ = settings(max_examples=300, deadline=None)
 
@@ -523,41 +522,24 @@ def test_empty_channel_binding_is_refused() -> None:
 # --- tls-server-end-point ------------------------------------------------------------------
 
 
-def certificate(key: object, algorithm: hashes.HashAlgorithm | None) -> bytes:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgwake test")])
-    now = datetime.datetime.now(datetime.UTC)
-    public_key = key.public_key()  # type: ignore[attr-defined]
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    cert = builder.sign(key, algorithm)  # type: ignore[arg-type]
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
 @pytest.fixture(scope="module")
 def rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def test_tls_server_end_point_rsa_sha256(rsa_key: rsa.RSAPrivateKey) -> None:
-    der = certificate(rsa_key, hashes.SHA256())
+    der = self_signed(rsa_key, hashes.SHA256())
     assert tls_server_end_point(der) == hashlib.sha256(der).digest()
     assert ChannelBinding.tls_server_end_point(der) == hashlib.sha256(der).digest()
 
 
 def test_tls_server_end_point_ecdsa_sha384() -> None:
-    der = certificate(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384())
+    der = self_signed(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384())
     assert tls_server_end_point(der) == hashlib.sha384(der).digest()
 
 
 def test_tls_server_end_point_sha512(rsa_key: rsa.RSAPrivateKey) -> None:
-    der = certificate(rsa_key, hashes.SHA512())
+    der = self_signed(rsa_key, hashes.SHA512())
     assert tls_server_end_point(der) == hashlib.sha512(der).digest()
 
 
@@ -572,13 +554,13 @@ def test_tls_server_end_point_weak_hashes_become_sha256(
     # cryptography no longer signs with SHA-1 or MD5, so relabel a SHA-256 certificate: the
     # binding hashes the bytes and never checks the signature.
     weak = _SHA256_WITH_RSA[:-1] + bytes([last_byte])
-    der = certificate(rsa_key, hashes.SHA256()).replace(_SHA256_WITH_RSA, weak)
+    der = self_signed(rsa_key, hashes.SHA256()).replace(_SHA256_WITH_RSA, weak)
     assert x509.load_der_x509_certificate(der).signature_hash_algorithm.name == name  # type: ignore[union-attr]
     assert tls_server_end_point(der) == hashlib.sha256(der).digest()
 
 
 def test_tls_server_end_point_ed25519_uses_sha256() -> None:
-    der = certificate(ed25519.Ed25519PrivateKey.generate(), None)
+    der = self_signed(ed25519.Ed25519PrivateKey.generate(), None)
     assert tls_server_end_point(der) == hashlib.sha256(der).digest()
 
 
