@@ -108,6 +108,8 @@ def test_different_startup_parameters_get_their_own_backend(server: Pgwake) -> N
     plain = _backend_pid(server)
     named = _next_pid_after_keep(server, kept, application_name="other")
     assert named != plain
+    # Its backend is kept too, under its own startup (and the next test starts settled).
+    wait_for(lambda: _kept(server) >= kept + 2)
 
 
 def test_a_client_that_drops_its_connection_does_not_leave_its_backend(
