@@ -43,6 +43,9 @@ class FakeCatalog:
     ) -> None:
         self.calls.append((name, state, reason, last_active))
 
+    def pending_verifiers(self, name: str) -> dict[str, str]:
+        return {}
+
 
 class FakeBackend:
     """A compute backend whose starts succeed or fail as the test says, instantly."""
