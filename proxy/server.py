@@ -207,6 +207,8 @@ class Server:
                 state.secret(MOCK_SECRET, lambda: secrets.token_bytes(32)),
                 tls,
             )
+            # A deleted endpoint's sessions are told why they end (e.g. its TTL ran out).
+            control.end_sessions = self._ctx.relays.end_endpoint
 
             if settings.metrics_address is not None:
                 host, port = settings.metrics_address

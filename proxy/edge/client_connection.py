@@ -553,7 +553,9 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
         if session.compute is not None:
             end.take_over(session)
             reusable = end.keep_compute if end.may_keep_compute() else None
-            start_relay(client, session.compute, ctx.relays, end.relayed, reusable)
+            start_relay(
+                client, session.compute, ctx.relays, end.relayed, reusable, endpoint=end.endpoint
+            )
             session.relaying = True
     except ComputeRefused as refused:
         outcome = refused.sqlstate or "compute_refused"

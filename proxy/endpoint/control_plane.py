@@ -9,6 +9,7 @@ not found, so a token cannot even learn that it exists.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import hmac
 import ipaddress
@@ -27,11 +28,15 @@ from pgwake.endpoint.connection_uri import DEFAULT_ROLE, connection_uri
 from pgwake.endpoint.lifecycle import EndpointState
 from pgwake.endpoint.names import generate_endpoint_name, is_valid_endpoint_name
 from pgwake.endpoint.passwords import generate_password, password_problem
+from pgwake.protocol.errors import AdminShutdown
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgwake.catalog import Catalog, EndpointRecord
     from pgwake.compute import Backends
     from pgwake.endpoint.lifecycle import Lifecycle, LifecycleManager
+    from pgwake.protocol.errors import ClientError
     from pgwake.settings import Settings
 
 __all__ = [
@@ -180,6 +185,9 @@ class ControlPlane:
         self._creating: dict[str, str | None] = {}
         #: Names being deleted: already gone for every caller.
         self._deleting: set[str] = set()
+        #: Ends an endpoint's relayed sessions, telling each client why; returns how
+        #: many. Set by the server (``Relays.end_endpoint``); none where no server runs.
+        self.end_sessions: Callable[[str, ClientError], int] | None = None
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -405,7 +413,9 @@ class ControlPlane:
         )
 
     async def delete(self, caller: Caller, name: str, *, reason: str = "api") -> None:
-        """Stop the compute if it runs and remove the endpoint with its data.
+        """Stop the compute if it runs and remove the endpoint with its data. Its open
+        sessions end first, each client told why (``reason``: ``api``, ``cli``, ``ttl``,
+        ``idle``).
 
         Raises ``ControlError`` ``endpoint_not_found`` (also while another delete runs),
         ``delete_failed`` (503) when the backend cannot remove the compute now."""
@@ -413,6 +423,15 @@ class ControlPlane:
         self._deleting.add(name)
         try:
             lifecycle = self.lifecycles.get(record)
+            if self.end_sessions is not None:
+                ended = self.end_sessions(name, _deleted_error(record, reason))
+                if ended:
+                    logger.info(
+                        "event=sessions_ended endpoint=%s sessions=%d reason=%s",
+                        name,
+                        ended,
+                        reason,
+                    )
             await lifecycle.retire()
             try:
                 await lifecycle.backend.delete(name)
@@ -650,4 +669,20 @@ def _may_be_role(role: str) -> bool:
 def _role_not_found(name: str, role: str) -> ControlError:
     return ControlError(
         "role_not_found", f'endpoint "{name}" has no role "{role}" that can log in', 404
+    )
+
+
+def _deleted_error(record: EndpointRecord, reason: str) -> ClientError:
+    """What the clients of an endpoint being deleted are told."""
+    if reason == "ttl" and record.expires_at is not None:
+        ttl = record.expires_at - record.created_at
+        expired = datetime.datetime.fromtimestamp(record.expires_at).astimezone()
+        return AdminShutdown(
+            f'terminating connection because endpoint "{record.name}" is deleted: its time '
+            f"to live of {ttl:.0f} s ran out at {expired.isoformat(timespec='seconds')}",
+            hint="The endpoint's data is deleted with it. Give a new endpoint a longer "
+            "ttl_seconds (--ttl), or none.",
+        )
+    return AdminShutdown(
+        f'terminating connection because endpoint "{record.name}" is deleted with its data'
     )

@@ -223,7 +223,7 @@ def _moment(shown: str) -> float:
     """The unix time of ``endpoint get``'s ``<ISO 8601> (<age>)``."""
     iso, _, age = shown.partition(" ")
     assert age.startswith("("), shown
-    assert age.endswith(" ago)"), shown
+    assert age.endswith(")"), shown
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
@@ -264,3 +264,16 @@ def test_list_and_get_read_at_a_glance(pgwake: Pgwake) -> None:
     ).json()
     assert api["idle_timeout_seconds"] == 300
     assert ended - 1 <= api["last_active"] <= ended + 1
+
+
+def test_a_branch_can_have_a_ttl(pgwake: Pgwake) -> None:
+    """``endpoint branch --ttl``, as the API's ``ttl_seconds``."""
+    pgwake.create("trunk")
+    pgwake.start()
+    before = time.time()
+    out = pgwake.cli("endpoint", "branch", "trunk", "twig", "--ttl", "3600").stdout
+    assert "created endpoint twig, a branch of trunk" in out
+    shown = _fields(pgwake.cli("endpoint", "get", "twig").stdout)["expires_at"]
+    assert shown.endswith("(in 59m)") or shown.endswith("(in 1h)"), shown
+    expires = _moment(shown)
+    assert before + 3600 - 2 <= expires <= time.time() + 3600 + 1
