@@ -221,6 +221,8 @@ class _Local:
         await self._lifecycles.adopt_running()  # so suspend/delete see a compute that runs
 
     async def close(self) -> None:
+        for lifecycle in self._lifecycles:  # e.g. the disk size measured after a create
+            await lifecycle.settle()
         await self._backends.close()
 
     async def create(self, args: argparse.Namespace) -> NewEndpoint:

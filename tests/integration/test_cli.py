@@ -234,6 +234,8 @@ def test_list_and_get_read_at_a_glance(pgwake: Pgwake) -> None:
     assert pgwake.cli("endpoint", "list").stdout.splitlines()[1].split()[3] == "300s"
 
     pgwake.start()
+    # Measured by the create on the local catalog, before the server ran.
+    assert pgwake.cli("endpoint", "list").stdout.splitlines()[1].split()[-1].endswith("MB")
     with psycopg.connect(uri, sslmode="disable", connect_timeout=60) as conn:
         conn.execute("select 1")
     ended = time.time()
