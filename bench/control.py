@@ -181,8 +181,9 @@ def run_control(
         for _ in range(first_queries):
             started = time.perf_counter()
             created = client.create_endpoint()
-            uri = created.connection_uri.replace("?", "?sslmode=disable&", 1)
-            with psycopg.connect(uri, connect_timeout=60) as conn:
+            with psycopg.connect(
+                created.connection_uri, sslmode="disable", connect_timeout=60
+            ) as conn:
                 conn.execute("select 1").fetchone()
             results.first_query_ms.append((time.perf_counter() - started) * 1000)
             client.suspend_endpoint(created.name)

@@ -218,6 +218,8 @@ class Server:
                 tls,
                 kept,
             )
+            # A deleted endpoint's sessions are told why they end (e.g. its TTL ran out).
+            control.end_sessions = self._ctx.relays.end_endpoint
 
             if settings.metrics_address is not None:
                 try:

@@ -31,6 +31,8 @@ from pgwake.api.models import (
     EndpointOut,
     ErrorResponse,
     Health,
+    NewPassword,
+    PasswordChange,
     Readiness,
     TokenCreate,
     TokenMinted,
@@ -79,11 +81,14 @@ _HTTP_CODES: Final = {
 _DESCRIPTIONS: Final = {
     401: "No token, or a token that is not valid (code `unauthorized`).",
     403: "The token may not do this (`forbidden`, `quota_exceeded`, `ttl_too_long`).",
-    404: "No such endpoint, or one another token owns (`endpoint_not_found`).",
+    404: "No such endpoint, or one another token owns (`endpoint_not_found`); no such "
+    "login role (`role_not_found`).",
     409: "The name is taken (`endpoint_exists`), or the branch cannot be made.",
     413: "The request body is too large (`payload_too_large`).",
-    422: "The request is malformed (`invalid_request`, `invalid_name`, `invalid_cidr`).",
-    503: "The compute could not start or be copied, or no free name was found.",
+    422: "The request is malformed (`invalid_request`, `invalid_name`, `invalid_cidr`), or "
+    "the password is not acceptable (`invalid_password`).",
+    503: "The compute could not start or be copied, no free name was found, or the running "
+    "compute could not take a new password (`password_failed`).",
     504: "The compute did not start within `wake_timeout` (`wake_timeout`).",
 }
 
@@ -236,6 +241,26 @@ async def branch_endpoint(
     body = body or BranchCreate()
     created = await control.branch(caller, name, name=body.name, ttl_seconds=body.ttl_seconds)
     return EndpointCreated.from_created(created)
+
+
+@_endpoints.post(
+    "/{name}/password",
+    summary="Set a role's password",
+    responses=_errors(401, 404, 413, 422, 503),
+)
+async def set_password(
+    control: ControlDep,
+    caller: CallerDep,
+    name: EndpointName,
+    body: PasswordChange | None = None,
+) -> NewPassword:
+    """Give one of the endpoint's login roles (default `app`) a new password, the given
+    one or a generated one; the response is the only one that shows it. A running compute
+    takes it at once; a suspended one at its next start, while pgwake checks clients
+    against the new one from now on."""
+    body = body or PasswordChange()
+    changed = await control.set_password(caller, name, role=body.role, password=body.password)
+    return NewPassword.from_password_set(changed)
 
 
 _tokens = APIRouter(prefix="/v1/tokens", tags=["tokens"])

@@ -4,7 +4,12 @@ Creating a database is three lines::
 
     from pgwake.api.client import PgwakeClient
     db = PgwakeClient().create_endpoint(ttl_seconds=3600)
-    print(db.connection_uri)  # postgresql://app:...@127.0.0.1:6432/app?options=endpoint%3D...
+    print(db.connection_uri)  # postgresql://app.quiet-river-k3x9q2:...@127.0.0.1:6432/app
+
+The URI works as it is with libpq (psql, psycopg), asyncpg and SQLAlchemy on either (give
+SQLAlchemy the driver in the scheme: ``postgresql+asyncpg://...``); the user name
+``app.<endpoint>`` names the endpoint. A lost password is replaced with
+``set_password(name)``, which returns a new URI.
 
 ``PgwakeClient()`` reads ``PGWAKE_API_URL`` (default ``http://127.0.0.1:8080``) and the
 token from ``PGWAKE_TOKEN``, else ``PGWAKE_ADMIN_TOKEN``, else the ``admin-token`` file of
@@ -29,6 +34,7 @@ __all__ = [
     "ApiError",
     "Endpoint",
     "NewEndpoint",
+    "NewPassword",
     "PgwakeClient",
     "Token",
     "build",
@@ -57,8 +63,10 @@ class Endpoint:
     state: str
     connection_uri: str
     backend: str = "local"
+    #: In effect: the endpoint's own, else the server's ``idle_timeout``.
     idle_timeout_seconds: float | None = None
     created_at: float | None = None
+    #: When the last client session ended (``None``: none has yet).
     last_active: float | None = None
     expires_at: float | None = None
     delete_after_idle_seconds: float | None = None
@@ -67,6 +75,8 @@ class Endpoint:
     compute_options: dict[str, str] = field(default_factory=dict)
     #: Bytes of storage at create or the last suspend (``None``: not measured yet).
     disk_bytes: int | None = None
+    #: Client sessions open now.
+    sessions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,19 @@ class NewEndpoint(Endpoint):
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"NewEndpoint(name={self.name!r}, state={self.state!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class NewPassword:
+    """A role's new password, shown this once, and a URI that holds it."""
+
+    name: str
+    role: str
+    password: str
+    connection_uri: str
+
+    def __repr__(self) -> str:  # keep the password out of logs and tracebacks
+        return f"NewPassword(name={self.name!r}, role={self.role!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +245,17 @@ class PgwakeClient:
             {"name": name, "ttl_seconds": ttl_seconds},
         )
         result: NewEndpoint = build(NewEndpoint, data)
+        return result
+
+    def set_password(
+        self, name: str, *, role: str = "app", password: str | None = None
+    ) -> NewPassword:
+        """Give ``role`` of endpoint ``name`` a new password (``password``, else a generated
+        one); the result holds it and a URI with it."""
+        data = self._request(
+            "POST", f"/v1/endpoints/{_q(name)}/password", {"role": role, "password": password}
+        )
+        result: NewPassword = build(NewPassword, data)
         return result
 
     def mint_token(

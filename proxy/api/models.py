@@ -4,8 +4,11 @@ Rule: requests are validated here, completely (``extra="forbid"``, bounds on eve
 patterns on every name), so that a request the control plane receives is well-formed and
 anything malformed is a 422, never a 500. Requests are strict: a number must be a JSON
 number (``"10"`` and ``true`` are refused, not read as 10 and 1), and the bounds are the
-ones ``pgwake.settings`` gives the settings and the CLI. Responses are built from the
-control plane's dataclasses by the ``from_*`` constructors.
+ones ``pgwake.settings`` gives the settings and the CLI. The password rule is the one
+exception: ``pgwake.endpoint.passwords`` holds it, and the control plane applies it to the
+API and the CLI alike (422 ``invalid_password``), so that a refused password gets one
+message everywhere; the schema only shows it. Responses are built from the control
+plane's dataclasses by the ``from_*`` constructors.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import dataclasses
 import ipaddress
 from typing import TYPE_CHECKING, Annotated, Final, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from pgwake.endpoint import names
+from pgwake.endpoint.connection_uri import DEFAULT_ROLE
+from pgwake.endpoint.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from pgwake.endpoint.states import EndpointState
 from pgwake.settings import (
     MAX_CPUS,
@@ -29,7 +34,7 @@ from pgwake.settings import (
 )
 
 if TYPE_CHECKING:
-    from pgwake.endpoint.control_plane import Created, EndpointView, MintedToken
+    from pgwake.endpoint.control_plane import Created, EndpointView, MintedToken, PasswordSet
 
 __all__ = [
     "ENDPOINT_NAME_PATTERN",
@@ -42,6 +47,8 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "Health",
+    "NewPassword",
+    "PasswordChange",
     "Readiness",
     "TokenCreate",
     "TokenMinted",
@@ -55,8 +62,8 @@ TOKEN_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"  # noqa: S105 (a pattern, not
 _MAX_QUOTA: Final = 1_000_000
 #: An allow-list longer than this is a mistake, not a policy.
 _MAX_CIDRS: Final = 64
-#: Postgres truncates nothing, but a longer password is a mistake, not a secret.
-_MAX_PASSWORD_LENGTH: Final = 1024
+#: Postgres's NAMEDATALEN - 1 (bytes; the control plane checks the bytes).
+_MAX_ROLE_LENGTH: Final = 63
 
 
 def _text(value: str) -> str:
@@ -78,6 +85,14 @@ def _network(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_text)]
+#: Checked by the control plane (``pgwake.endpoint.passwords``); the schema shows the rule.
+Password = Annotated[
+    Text,
+    WithJsonSchema(
+        {"type": "string", "minLength": MIN_PASSWORD_LENGTH, "maxLength": MAX_PASSWORD_LENGTH}
+    ),
+]
+RoleName = Annotated[Text, Field(min_length=1, max_length=_MAX_ROLE_LENGTH, examples=["app"])]
 EndpointName = Annotated[str, Field(pattern=ENDPOINT_NAME_PATTERN, max_length=63)]
 Network = Annotated[
     str,
@@ -107,8 +122,10 @@ class EndpointCreate(_Request):
         default=None,
         description="A lowercase DNS label; generated (`quiet-river-k3x9q2`) if omitted.",
     )
-    password: Annotated[Text, Field(min_length=8, max_length=_MAX_PASSWORD_LENGTH)] | None = Field(
-        default=None, description="Password of the role `app`; generated if omitted."
+    password: Password | None = Field(
+        default=None,
+        description=f"Password of the role `app`, {MIN_PASSWORD_LENGTH} to "
+        f"{MAX_PASSWORD_LENGTH} characters; generated if omitted.",
     )
     idle_timeout_seconds: IdleTimeout | None = Field(
         default=None,
@@ -156,6 +173,17 @@ class BranchCreate(_Request):
     )
 
 
+class PasswordChange(_Request):
+    """A new password for one of the endpoint's roles."""
+
+    role: RoleName = Field(default=DEFAULT_ROLE, description="A role that can log in.")
+    password: Password | None = Field(
+        default=None,
+        description=f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters; "
+        "generated if omitted.",
+    )
+
+
 class TokenCreate(_Request):
     """A scoped token: it sees only the endpoints it creates, within its quotas."""
 
@@ -184,9 +212,14 @@ class EndpointOut(_Response):
     name: str
     state: StateName
     backend: str
-    idle_timeout_seconds: float | None = Field(description="`null`: the server's default.")
+    idle_timeout_seconds: float = Field(
+        description="Seconds without sessions before a suspend, in effect: the endpoint's "
+        "own, else the server's `idle_timeout`."
+    )
     created_at: float = Field(description="Unix time.")
-    last_active: float | None = Field(description="Unix time of the last use, if any.")
+    last_active: float | None = Field(
+        description="Unix time the last client session ended; `null` if none has."
+    )
     expires_at: float | None = Field(description="Unix time the reaper deletes it at.")
     delete_after_idle_seconds: float | None
     allowed_cidrs: list[str]
@@ -198,6 +231,7 @@ class EndpointOut(_Response):
         "`null` until measured."
     )
     connection_uri: str
+    sessions: int = Field(description="Client sessions open now.")
 
     @classmethod
     def from_view(cls, view: EndpointView) -> EndpointOut:
@@ -216,6 +250,24 @@ class EndpointCreated(EndpointOut):
         fields = EndpointOut.from_view(created.endpoint).model_dump()
         fields["connection_uri"] = created.connection_uri
         return cls(**fields, password=created.password)
+
+
+class NewPassword(_Response):
+    """A role's new password: the one response that shows it (in ``connection_uri`` too)."""
+
+    name: str = Field(description="The endpoint.")
+    role: str
+    password: str
+    connection_uri: str
+
+    @classmethod
+    def from_password_set(cls, changed: PasswordSet) -> NewPassword:
+        return cls(
+            name=changed.name,
+            role=changed.role,
+            password=changed.password,
+            connection_uri=changed.connection_uri,
+        )
 
 
 class EndpointList(_Response):

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     backend       TEXT NOT NULL,
     idle_timeout  REAL,             -- seconds; NULL = the server's default
     created_at    REAL NOT NULL,
-    last_active   REAL,             -- unix time of the last session end or wake
+    last_active   REAL,             -- unix time of the last session end or state change
     state         TEXT NOT NULL DEFAULT 'suspended',
     state_reason  TEXT,
     allowed_cidrs TEXT,             -- comma-separated networks; NULL = any address
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     expires_at    REAL,             -- unix time after which the reaper deletes it
     delete_after_idle REAL,         -- seconds suspended/unused before the reaper deletes it
     compute_options TEXT,           -- JSON object of backend choices (docker: image, memory, cpus)
-    disk_bytes    INTEGER           -- storage measured at create and after each suspend
+    disk_bytes    INTEGER,          -- storage measured at create and after each suspend
+    last_session_end REAL           -- unix time the last client session ended
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id            TEXT PRIMARY KEY,
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS roles (
     endpoint  TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
     role      TEXT NOT NULL,
     verifier  TEXT NOT NULL,         -- SCRAM-SHA-256 verifier, never a plaintext
+    pending   INTEGER NOT NULL DEFAULT 0,  -- 1: set while the compute was down; the next
+                                     -- start writes it to the compute
     PRIMARY KEY (endpoint, role)
 );
 """
@@ -73,12 +76,21 @@ class EndpointRecord:
     compute_options: dict[str, str] = field(default_factory=dict)
     #: Bytes of storage, measured at create and after each suspend (``None``: not yet).
     disk_bytes: int | None = None
+    #: Unix time the last client session ended (``None``: none has yet).
+    last_session_end: float | None = None
+
+
+_COLUMNS: Final = (
+    "name, backend, idle_timeout, created_at, last_active, state, state_reason, "
+    "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, disk_bytes, "
+    "last_session_end"
+)
 
 
 def _record(row: tuple[Any, ...]) -> EndpointRecord:
     name, backend, idle_timeout, created_at, last_active, state, reason, cidrs, *rest = row
     allowed = tuple(c for c in str(cidrs).split(",") if c) if cidrs else ()
-    owner, expires_at, delete_after_idle, options, disk_bytes = rest
+    owner, expires_at, delete_after_idle, options, disk_bytes, last_session_end = rest
     return EndpointRecord(
         name,
         backend,
@@ -93,6 +105,7 @@ def _record(row: tuple[Any, ...]) -> EndpointRecord:
         delete_after_idle,
         json.loads(options) if options else {},
         disk_bytes,
+        last_session_end,
     )
 
 
@@ -121,9 +134,12 @@ class Catalog:
             ("delete_after_idle", "REAL"),
             ("compute_options", "TEXT"),
             ("disk_bytes", "INTEGER"),
+            ("last_session_end", "REAL"),
         ):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE endpoints ADD COLUMN {column} {kind}")
+        if "pending" not in {row[1] for row in self._db.execute("PRAGMA table_info(roles)")}:
+            self._db.execute("ALTER TABLE roles ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
@@ -177,9 +193,7 @@ class Catalog:
 
     def get(self, name: str) -> EndpointRecord | None:
         row = self._db.execute(
-            "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, disk_bytes "
-            "FROM endpoints WHERE name = ?",
+            f"SELECT {_COLUMNS} FROM endpoints WHERE name = ?",  # noqa: S608 (constant)
             (name,),
         ).fetchone()
         return _record(row) if row else None
@@ -192,9 +206,7 @@ class Catalog:
 
     def list(self) -> list[EndpointRecord]:
         rows = self._db.execute(
-            "SELECT name, backend, idle_timeout, created_at, last_active, state, state_reason, "
-            "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, disk_bytes "
-            "FROM endpoints ORDER BY name"
+            f"SELECT {_COLUMNS} FROM endpoints ORDER BY name"  # noqa: S608 (constant)
         ).fetchall()
         return [_record(row) for row in rows]
 
@@ -212,14 +224,41 @@ class Catalog:
         return str(row[0]) if row else None
 
     def replace_verifiers(self, endpoint: str, verifiers: dict[str, str]) -> None:
-        """Make the endpoint's stored roles exactly ``verifiers`` (read from the compute)."""
+        """Make the endpoint's stored roles exactly ``verifiers`` (read from the compute),
+        but for pending ones: a password set while the compute was down stays until the
+        compute has it (``clear_pending``)."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM roles WHERE endpoint = ?", (endpoint,))
+            self._db.execute("DELETE FROM roles WHERE endpoint = ? AND NOT pending", (endpoint,))
             self._db.executemany(
-                "INSERT INTO roles (endpoint, role, verifier) VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO roles (endpoint, role, verifier) VALUES (?, ?, ?)",
                 [(endpoint, role, verifier) for role, verifier in verifiers.items()],
             )
+
+    def set_verifier(self, endpoint: str, role: str, verifier: str, *, pending: bool) -> None:
+        """Store ``role``'s new verifier; ``pending`` when the compute does not have it yet
+        (it is down), so that its next start writes it there."""
+        self._db.execute(
+            "INSERT INTO roles (endpoint, role, verifier, pending) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (endpoint, role) DO UPDATE SET verifier = excluded.verifier, "
+            "pending = excluded.pending",
+            (endpoint, role, verifier, int(pending)),
+        )
+
+    def pending_verifiers(self, endpoint: str) -> dict[str, str]:
+        """The verifiers set while the compute was down, by role (``set_verifier``)."""
+        rows = self._db.execute(
+            "SELECT role, verifier FROM roles WHERE endpoint = ? AND pending", (endpoint,)
+        ).fetchall()
+        return {str(role): str(verifier) for role, verifier in rows}
+
+    def clear_pending(self, endpoint: str, applied: dict[str, str]) -> None:
+        """The compute now has the ``applied`` verifiers; one set again meanwhile stays
+        pending."""
+        self._db.executemany(
+            "UPDATE roles SET pending = 0 WHERE endpoint = ? AND role = ? AND verifier = ?",
+            [(endpoint, role, verifier) for role, verifier in applied.items()],
+        )
 
     def set_allowed_cidrs(self, endpoint: str, cidrs: tuple[str, ...]) -> None:
         self._db.execute(
@@ -270,8 +309,12 @@ class Catalog:
         return cursor.rowcount > 0
 
     def touch(self, name: str, last_active: float) -> None:
-        """Record that a session used the endpoint at ``last_active`` (unix time)."""
-        self._db.execute("UPDATE endpoints SET last_active = ? WHERE name = ?", (last_active, name))
+        """Record that a client session of the endpoint ended at ``last_active`` (unix
+        time)."""
+        self._db.execute(
+            "UPDATE endpoints SET last_active = ?, last_session_end = ? WHERE name = ?",
+            (last_active, last_active, name),
+        )
 
     def set_disk_bytes(self, name: str, disk_bytes: int) -> None:
         self._db.execute("UPDATE endpoints SET disk_bytes = ? WHERE name = ?", (disk_bytes, name))

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pydantic
 
-from pgwake.api.client import ApiError, Endpoint, NewEndpoint, PgwakeClient, build
+from pgwake.api.client import ApiError, Endpoint, NewEndpoint, NewPassword, PgwakeClient, build
 from pgwake.catalog import Catalog
 from pgwake.compute import Backends
-from pgwake.endpoint.connection_uri import format_age
+from pgwake.endpoint.connection_uri import DEFAULT_ROLE, format_age, format_time
 from pgwake.endpoint.control_plane import ADMIN, ControlError, ControlPlane
 from pgwake.endpoint.lifecycles import LifecycleManager
+from pgwake.endpoint.passwords import MIN_PASSWORD_LENGTH
 from pgwake.settings import (
     MAX_CPUS,
     MIN_CPUS,
@@ -48,7 +49,8 @@ class _Endpoints(Protocol):
     async def delete(self, name: str) -> None: ...
     async def suspend(self, name: str) -> Endpoint: ...
     async def wake(self, name: str) -> Endpoint: ...
-    async def branch(self, source: str, name: str | None) -> NewEndpoint: ...
+    async def branch(self, source: str, name: str | None, ttl: float | None) -> NewEndpoint: ...
+    async def set_password(self, name: str, role: str, password: str | None) -> NewPassword: ...
     def disk_bytes(self, endpoint: Endpoint) -> int | None: ...
 
 
@@ -70,7 +72,11 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
     """Register the ``endpoint`` subcommands on ``actions`` (an argparse subparsers)."""
     create = actions.add_parser("create", help="Create an endpoint; prints its URI last.")
     create.add_argument("name", nargs="?", help="Name (generated, unguessable, if omitted).")
-    create.add_argument("--password", help="Password of role 'app' (generated if omitted).")
+    create.add_argument(
+        "--password",
+        help=f"Password of role 'app', at least {MIN_PASSWORD_LENGTH} characters "
+        "(generated if omitted).",
+    )
     create.add_argument(
         "--allow",
         action="append",
@@ -126,7 +132,30 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
     branch = actions.add_parser("branch", help="Copy an endpoint's data into a new endpoint.")
     branch.add_argument("source")
     branch.add_argument("name", nargs="?", help="Name of the branch (generated if omitted).")
+    branch.add_argument(
+        "--ttl",
+        type=_bounded(Lifetime),
+        metavar="SECONDS",
+        help="Delete the branch this many seconds after creation "
+        f"(at least {MIN_LIFETIME_SECONDS:g}).",
+    )
     add_settings(branch)
+    password = actions.add_parser(
+        "password",
+        help="Give a role a new password; prints a URI with it last.",
+        description="Give one of the endpoint's login roles a new password (a lost one "
+        "cannot be shown again). A running compute takes it at once, a suspended one at "
+        "its next start; pgwake accepts the new one from now on.",
+    )
+    password.add_argument("name")
+    password.add_argument(
+        "--role", default=DEFAULT_ROLE, help=f"The role (default: {DEFAULT_ROLE})."
+    )
+    password.add_argument(
+        "--password",
+        help=f"The new password, at least {MIN_PASSWORD_LENGTH} characters (generated if omitted).",
+    )
+    add_settings(password)
 
 
 class _Remote:
@@ -160,8 +189,11 @@ class _Remote:
     async def wake(self, name: str) -> Endpoint:
         return self._client.wake_endpoint(name)
 
-    async def branch(self, source: str, name: str | None) -> NewEndpoint:
-        return self._client.branch_endpoint(source, name)
+    async def branch(self, source: str, name: str | None, ttl: float | None) -> NewEndpoint:
+        return self._client.branch_endpoint(source, name, ttl_seconds=ttl)
+
+    async def set_password(self, name: str, role: str, password: str | None) -> NewPassword:
+        return self._client.set_password(name, role=role, password=password)
 
     def disk_bytes(self, endpoint: Endpoint) -> int | None:
         return endpoint.disk_bytes  # the server's: measured at create and after each suspend
@@ -189,6 +221,8 @@ class _Local:
         await self._lifecycles.adopt_running()  # so suspend/delete see a compute that runs
 
     async def close(self) -> None:
+        for lifecycle in self._lifecycles:  # e.g. the disk size measured after a create
+            await lifecycle.settle()
         await self._backends.close()
 
     async def create(self, args: argparse.Namespace) -> NewEndpoint:
@@ -230,11 +264,11 @@ class _Local:
         result: Endpoint = _as(Endpoint, await self._control.wake(ADMIN, name))
         return result
 
-    async def branch(self, source: str, name: str | None) -> NewEndpoint:
+    async def branch(self, source: str, name: str | None, ttl: float | None) -> NewEndpoint:
         was_running = self._lifecycles.get(self._control.record(ADMIN, source)).state.value == (
             "running"
         )
-        created = await self._control.branch(ADMIN, source, name=name)
+        created = await self._control.branch(ADMIN, source, name=name, ttl_seconds=ttl)
         if not was_running:
             await self._control.suspend(ADMIN, source)  # leave it as we found it
         result: NewEndpoint = _as(
@@ -243,6 +277,11 @@ class _Local:
             password=created.password,
             connection_uri=created.connection_uri,
         )
+        return result
+
+    async def set_password(self, name: str, role: str, password: str | None) -> NewPassword:
+        changed = await self._control.set_password(ADMIN, name, role=role, password=password)
+        result: NewPassword = _as(NewPassword, changed)
         return result
 
     def disk_bytes(self, endpoint: Endpoint) -> int | None:
@@ -285,11 +324,37 @@ def settings_admin_token(settings: Settings) -> str | None:
     return StateDir(settings.state_dir).read_secret(ADMIN_TOKEN)
 
 
-def _print_endpoint(endpoint: Endpoint) -> None:
+_TIMES = frozenset({"created_at", "last_active", "expires_at"})
+
+
+def _shown(name: str, value: Any) -> str:
+    """One field of ``endpoint get`` as a person reads it: times in ISO 8601 with their
+    age, lists and mappings as plain words (empty when empty), ``-`` for none."""
+    if name in _TIMES:
+        return format_time(value)
+    if isinstance(value, tuple):
+        return " ".join(value)
+    if isinstance(value, dict):
+        return " ".join(f"{key}={value[key]}" for key in sorted(value))
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _print_endpoint(endpoint: Endpoint, disk: int | None) -> None:
     for field in dataclasses.fields(endpoint):
         if field.name == "password":
             continue
-        print(f"{field.name}: {getattr(endpoint, field.name)}")
+        text = _shown(field.name, getattr(endpoint, field.name))
+        if field.name == "disk_bytes":
+            text = f"{disk} ({_megabytes(disk).strip()})" if disk is not None else "-"
+        print(f"{field.name}: {text}" if text else f"{field.name}:")
+
+
+def _megabytes(size: int | None) -> str:
+    return f"{size / 2**20:>7.1f}MB" if size is not None else f"{'-':>9}"
 
 
 async def run_endpoint_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -327,7 +392,7 @@ async def _dispatch(args: argparse.Namespace, endpoints: _Endpoints) -> int:
         print(f"created endpoint {created.name} (suspended until the first connect)")
         print(created.connection_uri)
     elif action == "branch":
-        created = await endpoints.branch(args.source, args.name)
+        created = await endpoints.branch(args.source, args.name, args.ttl)
         print(
             f"created endpoint {created.name}, a branch of {args.source} (same roles and passwords)"
         )
@@ -337,15 +402,22 @@ async def _dispatch(args: argparse.Namespace, endpoints: _Endpoints) -> int:
             f"{'NAME':<24} {'STATE':<11} {'BACKEND':<8} {'IDLE':>6} {'LAST ACTIVE':<12} {'DISK':>9}"
         )
         for row in await endpoints.list():
-            idle = f"{row.idle_timeout_seconds:g}s" if row.idle_timeout_seconds else "default"
-            disk = endpoints.disk_bytes(row)
-            size = f"{disk / 2**20:>7.1f}MB" if disk is not None else f"{'-':>9}"
+            idle = f"{row.idle_timeout_seconds:g}s" if row.idle_timeout_seconds else "-"
+            last = "now" if row.sessions else format_age(row.last_active)
             print(
                 f"{row.name:<24} {row.state:<11} {row.backend:<8} {idle:>6} "
-                f"{format_age(row.last_active):<12} {size}"
+                f"{last:<12} {_megabytes(endpoints.disk_bytes(row))}"
             )
     elif action == "get":
-        _print_endpoint(await endpoints.get(args.name))
+        endpoint = await endpoints.get(args.name)
+        _print_endpoint(endpoint, endpoints.disk_bytes(endpoint))
+    elif action == "password":
+        changed = await endpoints.set_password(args.name, args.role, args.password)
+        print(
+            f"new password of role {changed.role} on endpoint {changed.name} "
+            "(shown only now); connect with:"
+        )
+        print(changed.connection_uri)
     elif action == "delete":
         await endpoints.delete(args.name)
         print(f"deleted endpoint {args.name}")

@@ -174,7 +174,10 @@ async def _ensure_demo(settings: Settings) -> None:
     catalog = Catalog(state.catalog)
     try:
         if catalog.exists("demo"):
-            print("endpoint demo exists (its password was shown when it was created):")
+            print(
+                "endpoint demo exists; its password was shown when it was created "
+                "(`pgwake endpoint password demo` sets a new one and prints its URI):"
+            )
             print(connection_uri(settings, "demo", "app", None, "app"))
             return
         backends = Backends(settings)

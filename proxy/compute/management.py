@@ -7,15 +7,19 @@ state directory; client sessions never use this role's credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
 from typing import TYPE_CHECKING, Final
 
 import asyncpg
 
+from pgwake.compute import ComputeStartError
 from pgwake.state_dir import ADMIN_PASSWORD
 
 if TYPE_CHECKING:
-    from pgwake.compute import ComputeAddress, EndpointSpec
+    from pgwake.catalog import Catalog
+    from pgwake.compute import ComputeAddress, ComputeBackend, EndpointSpec
     from pgwake.state_dir import StateDir
 
 __all__ = [
@@ -23,16 +27,22 @@ __all__ = [
     "QUERY_TIMEOUT",
     "ManagementConnection",
     "admin_password",
+    "apply_pending_verifiers",
     "quote_ident",
     "quote_literal",
     "setup_endpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 ADMIN_ROLE: Final = "pgwake_admin"
 _CONNECT_TIMEOUT: Final = 10.0
 #: Each call of ``ManagementConnection`` (waiting its turn, connecting, the query) ends
 #: within this: a compute slower than that is dying, and the idle timer must keep ticking.
 QUERY_TIMEOUT: Final = 5.0
+
+# Setting the passwords changed while a compute was down is part of its start.
+_APPLY_TIMEOUT: Final = 10.0
 
 # Our own connection is excluded by pid; background workers have another backend_type.
 _COUNT_SESSIONS_SQL: Final = (
@@ -131,6 +141,24 @@ class ManagementConnection:
             rows = await (await self._connection()).fetch(_VERIFIERS_SQL, ADMIN_ROLE)
         return {row["rolname"]: row["rolpassword"] for row in rows}
 
+    async def is_login_role(self, role: str) -> bool:
+        """True when ``role`` exists and may log in (pgwake's own role never counts)."""
+        if role == ADMIN_ROLE:
+            return False
+        async with self._lock:
+            found = await (await self._connection()).fetchval(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", role
+            )
+        return bool(found)
+
+    async def set_verifier(self, role: str, verifier: str) -> None:
+        """Give ``role`` the SCRAM ``verifier`` (``ALTER ROLE ... PASSWORD``): Postgres
+        stores a verifier as it is, so no plaintext ever reaches the compute."""
+        async with self._lock:
+            await (await self._connection()).execute(
+                f"ALTER ROLE {quote_ident(role)} PASSWORD {quote_literal(verifier)}"
+            )
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
@@ -161,3 +189,38 @@ async def setup_endpoint(address: ComputeAddress, password: str, spec: EndpointS
             await conn.execute(f"CREATE DATABASE {quote_ident(spec.database)} OWNER {role}")
     finally:
         await conn.close(timeout=_CONNECT_TIMEOUT)
+
+
+async def apply_pending_verifiers(backend: ComputeBackend, catalog: Catalog, endpoint: str) -> None:
+    """Write the passwords set while the compute was down (the catalog's pending
+    verifiers) to the compute that just started, before any client logs in to it; a role
+    dropped meanwhile is skipped. Raises ``ComputeStartError`` (having stopped the compute)
+    when they cannot be written: clients would be refused by the compute."""
+    pending = catalog.pending_verifiers(endpoint)
+    if not pending:
+        return
+    management = backend.management(endpoint)
+    if management is None:
+        raise ComputeStartError("the compute stopped while its new passwords were being set")
+    try:
+        async with asyncio.timeout(_APPLY_TIMEOUT):
+            for role, verifier in pending.items():
+                if await management.is_login_role(role):
+                    await management.set_verifier(role, verifier)
+                else:
+                    logger.warning(
+                        "event=pending_password_dropped endpoint=%s role=%s", endpoint, role
+                    )
+    except Exception as exc:
+        logger.warning(
+            "event=pending_password_failed endpoint=%s error=%s", endpoint, type(exc).__name__
+        )
+        with contextlib.suppress(Exception):
+            await backend.stop(endpoint)
+        raise ComputeStartError(
+            "could not set the passwords changed while it was suspended"
+        ) from exc
+    finally:
+        await management.close()
+    catalog.clear_pending(endpoint, pending)
+    logger.info("event=pending_passwords_applied endpoint=%s roles=%d", endpoint, len(pending))

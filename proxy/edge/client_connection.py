@@ -284,7 +284,12 @@ class ClientConnection:
         )
         self._enter(Phase.RELAYING)
         start_relay(
-            client, compute, self.ctx.relays, self.relayed, self.keep_compute if reusable else None
+            client,
+            compute,
+            self.ctx.relays,
+            self.relayed,
+            self.keep_compute if reusable else None,
+            endpoint=lifecycle.name if lifecycle is not None else None,
         )
 
     # -- the end -------------------------------------------------------------------------

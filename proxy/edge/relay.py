@@ -46,6 +46,7 @@ from pgwake.protocol.messages import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+
 __all__ = ["Relay", "Relays", "start_relay"]
 
 # Larger than asyncio's 64 KiB default: fewer pause/resume flips on big results.
@@ -207,14 +208,25 @@ class Relay:
     """One relayed session: calls ``on_done(to_compute, to_client)`` once, when both
     sides have closed."""
 
-    __slots__ = ("_from_client", "_from_compute", "_on_done", "_on_reusable", "_open", "_relays")
+    __slots__ = (
+        "_from_client",
+        "_from_compute",
+        "_on_done",
+        "_on_reusable",
+        "_open",
+        "_relays",
+        "endpoint",
+    )
 
     def __init__(
         self,
         relays: Relays,
         on_done: Callable[[int, int], None],
         on_reusable: Callable[[PacketStream, bytes], None] | None = None,
+        endpoint: str | None = None,
     ) -> None:
+        #: The endpoint whose compute the session uses (``Relays.end_endpoint``).
+        self.endpoint = endpoint
         self._relays = relays
         self._on_done: Callable[[int, int], None] | None = on_done
         self._on_reusable = on_reusable
@@ -257,6 +269,25 @@ class Relay:
         on_reusable(stream, status)
         return True
 
+    def end(self, error: bytes) -> bool:
+        """End the session for a reason of pgwake's own (e.g. its endpoint is deleted): the
+        client gets ``error``, an encoded FATAL ErrorResponse, when its stream is at a
+        message boundary, then both sides close. Nothing the compute sends from now on
+        reaches the client, and its close adds no error. Returns whether the client was
+        told."""
+        client, compute = self._from_client, self._from_compute
+        if client is None or not isinstance(compute, _ComputePump):
+            return False
+        told = compute.status in _STATUSES and not client.transport.is_closing()
+        if compute._relay is not None:  # not handed over to server reuse
+            compute.status = b""
+            compute.peer, compute._write = None, _discard
+            compute.transport.close()
+        if told:
+            client.transport.write(error)
+        client.transport.close()
+        return told
+
     def abort(self) -> None:
         """Cut both sides now (a forced shutdown); ``on_done`` still runs."""
         for pump in (self._from_client, self._from_compute):
@@ -292,6 +323,17 @@ class Relays:
         for relay in list(self._relays):
             relay.abort()
 
+    def end_endpoint(self, endpoint: str, message: str, hint: str | None = None) -> int:
+        """End every relayed session of ``endpoint``, telling each client why in a FATAL
+        57P01 (``Relay.end``); return how many sessions were ended."""
+        error = AdminShutdown(message, hint=hint)
+        ended = [relay for relay in self._relays if relay.endpoint == endpoint]
+        encoded = encode.error_response(error)
+        for relay in ended:
+            if relay.end(encoded):
+                metrics.CLIENT_ERRORS.labels(error.sqlstate, error.kind.value).inc()
+        return len(ended)
+
 
 def start_relay(
     client_stream: PacketStream,
@@ -299,9 +341,12 @@ def start_relay(
     relays: Relays,
     on_done: Callable[[int, int], None],
     on_reusable: Callable[[PacketStream, bytes], None] | None = None,
+    *,
+    endpoint: str | None = None,
 ) -> Relay:
     """Take over both streams' transports and pump bytes until both sides are closed,
-    then call ``on_done(to_compute, to_client)``. Returns at once.
+    then call ``on_done(to_compute, to_client)``. Returns at once; ``endpoint`` names the
+    session's endpoint for ``Relays.end_endpoint``.
 
     With ``on_reusable``, a session that ends at rest hands the compute's connection to
     it (as a ``PacketStream``, with the last transaction status) instead of closing it.
@@ -309,7 +354,7 @@ def start_relay(
     client_lost, compute_lost = client_stream.closed.done(), compute_stream.closed.done()
     client, client_pending = client_stream.detach()
     compute, compute_pending = compute_stream.detach()
-    relay = Relay(relays, on_done, on_reusable)
+    relay = Relay(relays, on_done, on_reusable, endpoint)
     relays.add(relay)
     from_client = (
         _ClientPump(relay, client) if on_reusable is None else _ClientEndPump(relay, client)

@@ -9,6 +9,7 @@ not found, so a token cannot even learn that it exists.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import hmac
 import ipaddress
@@ -22,14 +23,19 @@ from pgwake import metrics
 from pgwake.auth.scram import make_verifier
 from pgwake.catalog import EndpointExists
 from pgwake.compute import ComputeStartError, EndpointSpec
+from pgwake.compute.management import ADMIN_ROLE
 from pgwake.endpoint.connection_uri import DEFAULT_ROLE, connection_uri
 from pgwake.endpoint.lifecycle import WakeFailed
 from pgwake.endpoint.names import generate_endpoint_name, is_valid_endpoint_name
+from pgwake.endpoint.passwords import generate_password, password_problem
 from pgwake.endpoint.states import EndpointState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pgwake.catalog import Catalog, EndpointRecord
     from pgwake.compute import Backends
+    from pgwake.endpoint.lifecycle import Lifecycle
     from pgwake.endpoint.lifecycles import LifecycleManager
     from pgwake.settings import Settings
 
@@ -40,11 +46,17 @@ __all__ = [
     "Created",
     "EndpointView",
     "MintedToken",
+    "PasswordSet",
 ]
 
 logger = logging.getLogger(__name__)
 _TOKEN_PREFIX: Final = "pgw_"  # noqa: S105 (a prefix, not a secret)
 _NAME_ATTEMPTS: Final = 8
+#: Postgres's NAMEDATALEN - 1: a longer role name would be truncated to another name.
+_MAX_ROLE_BYTES: Final = 63
+#: How often a password change waits to see a start or stop in flight finish.
+_SETTLE_POLL_SECONDS: Final = 0.05
+_MANAGEMENT_TIMEOUT: Final = 10.0
 
 
 class ControlError(Exception):
@@ -60,6 +72,12 @@ class ControlError(Exception):
 
 def _not_found(name: str) -> ControlError:
     return ControlError("endpoint_not_found", f'endpoint "{name}" does not exist', 404)
+
+
+def _check_password(password: str) -> None:
+    problem = password_problem(password)
+    if problem is not None:
+        raise ControlError("invalid_password", problem, 422)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +103,10 @@ class EndpointView:
     name: str
     state: str
     backend: str
-    idle_timeout_seconds: float | None
+    #: In effect: the endpoint's own, else the server's ``idle_timeout``.
+    idle_timeout_seconds: float
     created_at: float
+    #: When the last client session ended (``None``: none has yet).
     last_active: float | None
     expires_at: float | None
     delete_after_idle_seconds: float | None
@@ -97,6 +117,21 @@ class EndpointView:
     disk_bytes: int | None
     #: A URI without the password.
     connection_uri: str
+    #: Client sessions open now (0 where no server runs).
+    sessions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordSet:
+    """A role's new password, shown once, and a URI that holds it."""
+
+    name: str
+    role: str
+    password: str
+    connection_uri: str
+
+    def __repr__(self) -> str:
+        return f"PasswordSet({self.name}, {self.role})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +185,9 @@ class ControlPlane:
         self._creating: dict[str, str | None] = {}
         #: Names being deleted: already gone for every caller.
         self._deleting: set[str] = set()
+        #: Ends an endpoint's relayed sessions, telling each client why; returns how
+        #: many. Set by the server (``Relays.end_endpoint``); none where no server runs.
+        self.end_sessions: Callable[[str, str, str | None], int] | None = None
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -211,9 +249,9 @@ class ControlPlane:
             name=record.name,
             state=lifecycle.state.value,
             backend=record.backend,
-            idle_timeout_seconds=record.idle_timeout,
+            idle_timeout_seconds=lifecycle.idle_timeout,
             created_at=record.created_at,
-            last_active=record.last_active,
+            last_active=record.last_session_end,
             expires_at=record.expires_at,
             delete_after_idle_seconds=record.delete_after_idle,
             allowed_cidrs=record.allowed_cidrs,
@@ -222,6 +260,7 @@ class ControlPlane:
             connection_uri=connection_uri(
                 self.settings, record.name, DEFAULT_ROLE, None, DEFAULT_ROLE
             ),
+            sessions=lifecycle.sessions,
         )
 
     def list_endpoints(self, caller: Caller) -> list[EndpointView]:
@@ -304,9 +343,12 @@ class ControlPlane:
         ``backend`` defaults to the server's ``compute_backend``; ``compute_options`` are
         that backend's (docker: ``image``, ``memory``, ``cpus``).
 
-        Raises ``ControlError``: ``quota_exceeded``/``ttl_too_long`` (403), ``invalid_name``
-        or ``invalid_cidr`` (422), ``invalid_backend``/``invalid_option`` (422),
-        ``endpoint_exists`` (409), ``name_unavailable`` (503), ``create_failed`` (503)."""
+        Raises ``ControlError``: ``quota_exceeded``/``ttl_too_long`` (403), ``invalid_name``,
+        ``invalid_password`` or ``invalid_cidr`` (422), ``invalid_backend``/``invalid_option``
+        (422), ``endpoint_exists`` (409), ``name_unavailable`` (503), ``create_failed``
+        (503)."""
+        if password is not None:
+            _check_password(password)
         backend_name = backend or self.backends.default
         try:
             compute = self.backends.get(backend_name)
@@ -325,7 +367,7 @@ class ControlPlane:
         ttl_seconds = self._check_quota(caller, ttl_seconds)
         name = self._reserve_name(caller, name)
         try:
-            password = password or secrets.token_urlsafe(18)
+            password = password if password is not None else generate_password()
             verifier = make_verifier(password)
             spec = EndpointSpec(name, DEFAULT_ROLE, DEFAULT_ROLE, verifier, options)
             try:
@@ -371,7 +413,9 @@ class ControlPlane:
         )
 
     async def delete(self, caller: Caller, name: str, *, reason: str = "api") -> None:
-        """Stop the compute if it runs and remove the endpoint with its data.
+        """Stop the compute if it runs and remove the endpoint with its data. Its open
+        sessions end first, each client told why (``reason``: ``api``, ``cli``, ``ttl``,
+        ``idle``).
 
         Raises ``ControlError`` ``endpoint_not_found`` (also while another delete runs),
         ``delete_failed`` (503) when the backend cannot remove the compute now."""
@@ -379,6 +423,15 @@ class ControlPlane:
         self._deleting.add(name)
         try:
             lifecycle = self.lifecycles.get(record)
+            if self.end_sessions is not None:
+                ended = self.end_sessions(name, *_why_deleted(record, reason))
+                if ended:
+                    logger.info(
+                        "event=sessions_ended endpoint=%s sessions=%d reason=%s",
+                        name,
+                        ended,
+                        reason,
+                    )
             await lifecycle.retire()
             try:
                 await lifecycle.backend.delete(name)
@@ -492,6 +545,91 @@ class ControlPlane:
         uri = connection_uri(self.settings, name, DEFAULT_ROLE, None, DEFAULT_ROLE)
         return Created(self._view(record), None, uri)
 
+    # -- passwords -------------------------------------------------------------------------
+
+    async def set_password(
+        self,
+        caller: Caller,
+        name: str,
+        *,
+        role: str = DEFAULT_ROLE,
+        password: str | None = None,
+    ) -> PasswordSet:
+        """Give ``role`` of endpoint ``name`` a new password (``password``, else a
+        generated one); the result shows it once. A running compute gets it at once
+        (``ALTER ROLE ... PASSWORD`` with its SCRAM verifier); a suspended one keeps its
+        old one until its next start writes the catalog's, but pgwake checks clients
+        against the new one from now on.
+
+        Raises ``ControlError``: ``endpoint_not_found``, ``role_not_found`` (404),
+        ``invalid_password`` (422), ``password_failed`` (503) when the running compute
+        cannot be reached."""
+        record = self._visible(name, caller)
+        if password is not None:
+            _check_password(password)
+        password = password if password is not None else generate_password()
+        verifier = make_verifier(password)
+        if not _may_be_role(role):
+            raise _role_not_found(name, role)
+        lifecycle = self.lifecycles.get(record)
+        deadline = time.monotonic() + self.settings.wake_timeout + self.settings.stop_timeout
+        while True:
+            state = lifecycle.state
+            if state is EndpointState.RUNNING and await self._set_on_compute(
+                lifecycle, role, verifier
+            ):
+                break
+            if state in (EndpointState.SUSPENDED, EndpointState.FAILED):
+                # No await since the state was read: the next start sees it pending.
+                if role not in self.catalog.verifiers(name):
+                    raise _role_not_found(name, role)
+                self.catalog.set_verifier(name, role, verifier, pending=True)
+                break
+            if time.monotonic() > deadline:
+                raise ControlError(
+                    "password_failed", "the compute is still starting or stopping", 503
+                )
+            # A start or a stop in flight (or the compute stopped under us): look again.
+            await asyncio.sleep(_SETTLE_POLL_SECONDS)
+        logger.info(
+            "event=password_set endpoint=%s role=%s compute=%s",
+            name,
+            role,
+            "now" if state is EndpointState.RUNNING else "next_start",
+        )
+        uri = connection_uri(self.settings, name, role, password, DEFAULT_ROLE)
+        return PasswordSet(name, role, password, uri)
+
+    async def _set_on_compute(self, lifecycle: Lifecycle, role: str, verifier: str) -> bool:
+        """Set ``role``'s verifier on the running compute, then in the catalog. Returns
+        ``False`` when the compute stopped meanwhile (the caller sets it pending)."""
+        management = lifecycle.backend.management(lifecycle.name)
+        if management is None:
+            return False
+        try:
+            async with asyncio.timeout(_MANAGEMENT_TIMEOUT):
+                if not await management.is_login_role(role):
+                    raise _role_not_found(lifecycle.name, role)
+                await management.set_verifier(role, verifier)
+        except ControlError:
+            raise
+        except Exception as exc:
+            if lifecycle.state is not EndpointState.RUNNING:
+                return False  # it stopped under us: the loop sets it pending
+            logger.warning(
+                "event=password_set_failed endpoint=%s role=%s error=%s",
+                lifecycle.name,
+                role,
+                type(exc).__name__,
+            )
+            raise ControlError(
+                "password_failed", "the running compute could not be reached; try again", 503
+            ) from None
+        finally:
+            await management.close()
+        self.catalog.set_verifier(lifecycle.name, role, verifier, pending=False)
+        return True
+
     # -- the reaper ------------------------------------------------------------------------
 
     async def reap(self, now: float | None = None) -> list[str]:
@@ -520,3 +658,37 @@ class ControlPlane:
                 continue
             reaped.append(record.name)
         return reaped
+
+
+def _may_be_role(role: str) -> bool:
+    """Whether ``role`` can name a client's role: not pgwake's own, and a name Postgres
+    keeps as it is (no NUL, not truncated)."""
+    try:
+        size = len(role.encode())
+    except UnicodeEncodeError:
+        return False
+    return role != ADMIN_ROLE and "\x00" not in role and 0 < size <= _MAX_ROLE_BYTES
+
+
+def _role_not_found(name: str, role: str) -> ControlError:
+    return ControlError(
+        "role_not_found", f'endpoint "{name}" has no role "{role}" that can log in', 404
+    )
+
+
+def _why_deleted(record: EndpointRecord, reason: str) -> tuple[str, str | None]:
+    """What the clients of an endpoint being deleted are told: a message and a hint (the
+    edge sends them as a FATAL that ends the session)."""
+    if reason == "ttl" and record.expires_at is not None:
+        ttl = record.expires_at - record.created_at
+        expired = datetime.datetime.fromtimestamp(record.expires_at).astimezone()
+        return (
+            f'terminating connection because endpoint "{record.name}" is deleted: its time '
+            f"to live of {ttl:.0f} s ran out at {expired.isoformat(timespec='seconds')}",
+            "The endpoint's data is deleted with it. Give a new endpoint a longer "
+            "ttl_seconds (--ttl), or none.",
+        )
+    return (
+        f'terminating connection because endpoint "{record.name}" is deleted with its data',
+        None,
+    )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 
 from pgwake import metrics
 from pgwake.compute import ComputeStartError
+from pgwake.compute.management import apply_pending_verifiers
 from pgwake.endpoint.compute_resources import NoResources
 from pgwake.endpoint.disk_usage import record_disk_usage
 from pgwake.endpoint.states import Backoff, EndpointState, EndpointStateMachine, Trigger
@@ -205,6 +206,8 @@ class Lifecycle:
         self.starts += 1
         try:
             address = await self.backend.start(self.name, ready_timeout=self._wake_timeout)
+            # Passwords set while it was down, before any client logs in to it.
+            await apply_pending_verifiers(self.backend, self._catalog, self.name)
         except ComputeStartError as exc:
             self._start_failed(exc.reason)
             return

@@ -77,7 +77,7 @@ def test_create_shows_the_password_once_and_its_uri_wakes_the_endpoint(
         assert GENERATED_NAME.match(created["name"]), created["name"]
         assert created["state"] == "suspended"
         assert len(created["password"]) >= 16
-        assert f"app:{created['password']}@" in created["connection_uri"]
+        assert f"app.{created['name']}:{created['password']}@" in created["connection_uri"]
     assert one["name"] != two["name"]
     assert one["password"] != two["password"]
 
@@ -160,7 +160,6 @@ def test_errors_are_json_with_stable_codes(server: Pgwake, admin: httpx.Client) 
         {"ttl_seconds": 11 * 365 * 24 * 3600},
         {"surprise": True},
         {"allowed_cidrs": ["10.0.0.0/33"]},
-        {"password": "short"},
         {"name": "Not_A_Label"},
         ["not", "an", "object"],
     ):
@@ -603,6 +602,35 @@ def test_reaper_deletes_expired_and_unused_endpoints(reaping: Pgwake) -> None:
     log = reaping.log_text()
     assert f"event=endpoint_deleted endpoint={expiring} reason=ttl" in log
     assert f"event=endpoint_deleted endpoint={unused} reason=idle" in log
+
+
+def test_a_ttl_expiry_tells_the_open_sessions_why_they_end() -> None:
+    """The reaper deletes an endpoint whose TTL ran out while a session is open: the client
+    gets a FATAL 57P01 that names the TTL, not a bare "administrator command"."""
+    with serve(reaper_interval="0.2") as server:
+        with _client(server) as admin:
+            created = admin.post(
+                "/v1/endpoints", json={"name": "brief", "password": PASSWORD, "ttl_seconds": 3}
+            )
+            assert created.status_code == 201, created.text
+            uri = created.json()["connection_uri"]
+        with psycopg.connect(uri, sslmode="disable", autocommit=True, connect_timeout=60) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+            wait_for(
+                lambda: server.metric("pgwake_endpoints_deleted_total", reason="ttl") == 1,
+                timeout=30,
+            )
+            with pytest.raises(psycopg.errors.AdminShutdown) as info:
+                conn.execute("select 1")
+        message = str(info.value)
+        assert message.startswith(
+            'terminating connection because endpoint "brief" is deleted: its time to live '
+            "of 3 s ran out at "
+        ), message
+        assert info.value.diag.message_hint is not None
+        assert "ttl_seconds" in info.value.diag.message_hint
+        assert server.metric("pgwake_client_errors_total", sqlstate="57P01", kind="service") == 1
+        assert "event=sessions_ended endpoint=brief sessions=1 reason=ttl" in server.log_text()
 
 
 def test_readyz_says_503_while_sessions_drain(pgwake: Pgwake) -> None:

@@ -3,6 +3,7 @@ state dir per user, serve --detach/stop/status, a prompt stop."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
@@ -13,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 
+from pgwake.endpoint.passwords import password_problem
 from pgwake.settings import Settings
 from pgwake.state_dir import StateDir
 from tests.integration.pgwake_fixture import (
+    ADMIN_TOKEN,
     Pgwake,
     free_port,
     make_state_dir,
@@ -31,13 +35,11 @@ def test_create_list_delete_from_an_empty_state_dir() -> None:
     """The whole first-run path: no template yet, pgwake makes it with initdb."""
     with serve(fresh=True, start=False) as server:
         created = server.cli(
-            "endpoint", "create", "first", "--password", "pw one", "--idle-timeout", "42"
+            "endpoint", "create", "first", "--password", "pass word", "--idle-timeout", "42"
         )
         uri = created.stdout.strip().splitlines()[-1]
-        assert uri == (
-            f"postgresql://app:pw%20one@127.0.0.1:{server.port}/app?options=endpoint%3Dfirst"
-        )
-        assert "pw one" not in created.stderr  # the password is only in the URI line
+        assert uri == f"postgresql://app.first:pass%20word@127.0.0.1:{server.port}/app"
+        assert "pass word" not in created.stderr  # the password is only in the URI line
         listing = server.cli("endpoint", "list").stdout
         assert listing.splitlines()[0].split() == [
             "NAME",
@@ -53,7 +55,7 @@ def test_create_list_delete_from_an_empty_state_dir() -> None:
         assert row[-1].endswith("MB")
 
         server.start()
-        with psycopg.connect(uri + "&sslmode=require", connect_timeout=60) as conn:
+        with psycopg.connect(uri, sslmode="require", connect_timeout=60) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
             assert "first    " in server.cli("endpoint", "list").stdout
             assert " running " in server.cli("endpoint", "list").stdout
@@ -71,7 +73,7 @@ def test_create_list_delete_from_an_empty_state_dir() -> None:
         # server's log beside it.
         for path in server.state_dir.parent.rglob("*"):
             if path.is_file() and path.stat().st_size < 50_000_000:
-                assert b"pw one" not in path.read_bytes(), path
+                assert b"pass word" not in path.read_bytes(), path
 
 
 def test_invalid_endpoint_name_is_refused(pgwake: Pgwake) -> None:
@@ -121,7 +123,7 @@ def test_config_file_is_read_and_env_beats_it(tmp_path: Path) -> None:
             "--config",
             str(config),
             "--password",
-            "x",
+            "x-password",
         ],
         env=env,
         capture_output=True,
@@ -142,7 +144,7 @@ def test_config_file_is_read_and_env_beats_it(tmp_path: Path) -> None:
             "--config",
             str(config),
             "--password",
-            "x",
+            "x-password",
         ],
         env=env,
         capture_output=True,
@@ -343,3 +345,101 @@ def test_sigint_stops_an_idle_server_with_a_running_compute_promptly(pgwake: Pgw
     # A copy of the template the server was making is stopped, not waited for, and gone.
     spares = pgwake.state_dir / "computes" / "spares"
     assert [p.name for p in spares.iterdir() if p.name.startswith(".")] == []
+
+
+def test_one_password_rule_and_one_message_from_the_cli_and_the_api(pgwake: Pgwake) -> None:
+    """README's old example password (6 characters) is refused the same way by the CLI on
+    the local catalog, the HTTP API and the CLI through the API."""
+    message = password_problem("s3cret")
+    assert message is not None
+    assert "at least 8 characters" in message
+
+    local = pgwake.cli("endpoint", "create", "short", "--password", "s3cret", check=False)
+    assert (local.returncode, local.stderr.strip()) == (1, f"pgwake: {message}")
+    assert "short" not in pgwake.cli("endpoint", "list").stdout
+
+    pgwake.start()
+    response = httpx.post(
+        f"{pgwake.api_url}/v1/endpoints",
+        json={"name": "short", "password": "s3cret"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60,
+    )
+    assert response.status_code == 422
+    assert response.json() == {"error": {"code": "invalid_password", "message": message}}
+
+    remote = pgwake.cli("endpoint", "create", "short", "--password", "s3cret", check=False)
+    assert (remote.returncode, remote.stderr.strip()) == (1, f"pgwake: {message}")
+    pgwake.create("long-enough", password="s3cret-pw")
+    changed = pgwake.cli("endpoint", "password", "long-enough", "--password", "s3cret", check=False)
+    assert (changed.returncode, changed.stderr.strip()) == (1, f"pgwake: {message}")
+
+
+def _fields(text: str) -> dict[str, str]:
+    """``endpoint get``'s ``name: value`` lines."""
+    return {
+        name: value.strip()
+        for name, _, value in (line.partition(":") for line in text.splitlines())
+    }
+
+
+def _moment(shown: str) -> float:
+    """The unix time of ``endpoint get``'s ``<ISO 8601> (<age>)``."""
+    iso, _, age = shown.partition(" ")
+    assert age.startswith("("), shown
+    assert age.endswith(")"), shown
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def test_list_and_get_read_at_a_glance(pgwake: Pgwake) -> None:
+    """The idle timeout in effect (not ``default``), LAST ACTIVE when the last session
+    ended (not when the compute was suspended), ISO times, empty lists shown empty."""
+    uri = pgwake.create("glance")  # no --idle-timeout: the server's 300 s
+    assert pgwake.cli("endpoint", "list").stdout.splitlines()[1].split()[3] == "300s"
+
+    pgwake.start()
+    # Measured by the create on the local catalog, before the server ran.
+    assert pgwake.cli("endpoint", "list").stdout.splitlines()[1].split()[-1].endswith("MB")
+    with psycopg.connect(uri, sslmode="disable", connect_timeout=60) as conn:
+        conn.execute("select 1")
+    ended = time.time()
+    time.sleep(3)
+    pgwake.cli("endpoint", "suspend", "glance")
+    suspended = time.time()
+
+    row = pgwake.cli("endpoint", "list").stdout.splitlines()[1].split()
+    assert row[:4] == ["glance", "suspended", "local", "300s"]
+    assert row[5] == "ago"
+    assert row[4].endswith("s")
+    assert int(row[4][:-1]) >= 2  # the session's end, not the suspend a moment ago
+
+    shown = _fields(pgwake.cli("endpoint", "get", "glance").stdout)
+    assert shown["idle_timeout_seconds"] == "300"
+    assert ended - 2 <= _moment(shown["last_active"]) <= ended + 1 < suspended - 1
+    assert abs(_moment(shown["created_at"]) - ended) < 120
+    assert shown["expires_at"] == "-"
+    assert shown["allowed_cidrs"] == ""
+    assert shown["compute_options"] == ""
+    assert shown["sessions"] == "0"
+    assert shown["connection_uri"] == f"postgresql://app.glance@127.0.0.1:{pgwake.port}/app"
+
+    api = httpx.get(
+        f"{pgwake.api_url}/v1/endpoints/glance",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60,
+    ).json()
+    assert api["idle_timeout_seconds"] == 300
+    assert ended - 1 <= api["last_active"] <= ended + 1
+
+
+def test_a_branch_can_have_a_ttl(pgwake: Pgwake) -> None:
+    """``endpoint branch --ttl``, as the API's ``ttl_seconds``."""
+    pgwake.create("trunk")
+    pgwake.start()
+    before = time.time()
+    out = pgwake.cli("endpoint", "branch", "trunk", "twig", "--ttl", "3600").stdout
+    assert "created endpoint twig, a branch of trunk" in out
+    shown = _fields(pgwake.cli("endpoint", "get", "twig").stdout)["expires_at"]
+    assert shown.endswith("(in 59m)") or shown.endswith("(in 1h)"), shown
+    expires = _moment(shown)
+    assert before + 3600 - 2 <= expires <= time.time() + 3600 + 1

@@ -14,7 +14,7 @@ def test_three_lines_make_a_working_database(pgwake: Pgwake) -> None:
     db = PgwakeClient(pgwake.api_url, ADMIN_TOKEN).create_endpoint(ttl_seconds=3600)
     assert db.password is not None
     assert db.password not in repr(db)
-    with psycopg.connect(db.connection_uri + "&sslmode=disable", connect_timeout=60) as conn:
+    with psycopg.connect(db.connection_uri, sslmode="disable", connect_timeout=60) as conn:
         assert conn.execute("select current_user").fetchone() == ("app",)
     assert db.expires_at is not None
 
@@ -42,7 +42,7 @@ def test_client_verbs_and_errors(pgwake: Pgwake) -> None:
     with pytest.raises(ApiError) as info:
         admin.get_endpoint("verbs-copy")
     assert info.value.code == "endpoint_not_found"
-    assert created.connection_uri.startswith("postgresql://app:a-long-password@")
+    assert created.connection_uri.startswith("postgresql://app.verbs:a-long-password@")
 
 
 def test_cli_goes_through_the_running_servers_api(pgwake: Pgwake) -> None:
@@ -59,7 +59,7 @@ def test_cli_goes_through_the_running_servers_api(pgwake: Pgwake) -> None:
     assert "suspended" in pgwake.cli("endpoint", "suspend", "via-api").stdout
     assert pgwake.state("via-api") == "suspended"
     created = pgwake.cli("endpoint", "create").stdout.strip().splitlines()
-    assert created[-1].startswith("postgresql://app:")
+    assert created[-1].startswith("postgresql://app.")
 
 
 def test_disk_size_is_measured_at_create_and_after_each_suspend(pgwake: Pgwake) -> None:
@@ -74,7 +74,7 @@ def test_disk_size_is_measured_at_create_and_after_each_suspend(pgwake: Pgwake) 
     at_create = disk()
     assert at_create is not None
     assert at_create > 10 * 2**20  # a data directory (the template is ~34 MB here)
-    with psycopg.connect(db.connection_uri + "&sslmode=disable", connect_timeout=60) as conn:
+    with psycopg.connect(db.connection_uri, sslmode="disable", connect_timeout=60) as conn:
         conn.execute(
             "create table filler as select repeat('x', 1000) as x from generate_series(1, 20000)"
         )

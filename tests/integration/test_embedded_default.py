@@ -45,8 +45,7 @@ def test_serve_demo_prints_a_working_connection_string() -> None:
         assert process.stdout is not None
         lines = [process.stdout.readline() for _ in range(2)]
         uri = lines[1].strip()
-        assert uri.startswith("postgresql://app:")
-        assert uri.endswith("options=endpoint%3Ddemo")
+        assert uri.startswith("postgresql://app.demo:")
         deadline = time.monotonic() + 60
         while True:
             try:

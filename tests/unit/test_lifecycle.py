@@ -70,6 +70,9 @@ class FakeCatalog:
     def set_disk_bytes(self, name: str, size: int) -> None:
         self.disk[name] = size
 
+    def pending_verifiers(self, name: str) -> dict[str, str]:
+        return {}
+
     @property
     def states(self) -> list[str]:
         return [call[1] for call in self.calls]
