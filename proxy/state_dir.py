@@ -267,7 +267,8 @@ class StateDir:
 
     @property
     def computes(self) -> Path:
-        """The local backend's computes (it may fall back elsewhere, see ``compute.local``)."""
+        """The local backend's computes (it may fall back elsewhere, see
+        ``compute.local_layout``)."""
         return self.path / _COMPUTES
 
     # -- secrets ---------------------------------------------------------------------------

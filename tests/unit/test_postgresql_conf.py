@@ -3,7 +3,7 @@ append carry every common setting, and differ only in where the compute listens.
 
 from __future__ import annotations
 
-from pgwake.compute import docker, local
+from pgwake.compute import docker_spec, local_template
 from pgwake.compute.postgresql_conf import COMMON_SETTINGS, render
 
 
@@ -19,8 +19,8 @@ def _settings(block: str) -> dict[str, str]:
 
 
 def test_both_backends_get_every_common_setting() -> None:
-    local_conf = _settings(local._TEMPLATE_CONF)
-    docker_conf = _settings(docker._CONF)
+    local_conf = _settings(local_template._TEMPLATE_CONF)
+    docker_conf = _settings(docker_spec._CONF)
     for name, value in COMMON_SETTINGS.items():
         assert (name, local_conf.get(name)) == (name, value)
         assert (name, docker_conf.get(name)) == (name, value)
@@ -33,7 +33,7 @@ def test_both_backends_get_every_common_setting() -> None:
 
 
 def test_a_local_compute_listens_on_its_private_socket_only() -> None:
-    conf = _settings(local._TEMPLATE_CONF)
+    conf = _settings(local_template._TEMPLATE_CONF)
     assert conf["listen_addresses"] == "''"
     assert conf["unix_socket_permissions"] == "0700"
 
