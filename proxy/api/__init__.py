@@ -1,8 +1,10 @@
 """The HTTP control plane: endpoints and tokens over ``/v1``, health, readiness, metrics.
 
-``app.py`` maps routes onto ``pgwake.endpoint.control_plane.ControlPlane`` (which decides who may do
-what), ``models.py`` holds the bodies the OpenAPI document is made from, and ``http.py``
-serves the app with uvicorn on pgwake's own event loop.
+``app.py`` builds the app: its routes (``endpoint_routes.py``, ``token_routes.py``,
+``operation_routes.py``) map onto ``pgwake.endpoint.control_plane.ControlPlane`` (which
+decides who may do what), ``errors.py`` gives every error one JSON shape, ``models.py``
+holds the bodies the OpenAPI document is made from, and ``http.py`` serves the app with
+uvicorn on pgwake's own event loop.
 """
 
 from __future__ import annotations

@@ -34,7 +34,9 @@ from pgwake.settings import (
 )
 
 if TYPE_CHECKING:
-    from pgwake.endpoint.control_plane import Created, EndpointView, MintedToken, PasswordSet
+    from pgwake.endpoint.role_passwords import PasswordSet
+    from pgwake.endpoint.tokens import MintedToken
+    from pgwake.endpoint.views import Created, EndpointView
 
 __all__ = [
     "ENDPOINT_NAME_PATTERN",

@@ -28,10 +28,12 @@ import pydantic
 from pgwake import __version__
 from pgwake.api.client import default_token
 from pgwake.catalog import Catalog
-from pgwake.cli.endpoint_commands import add_endpoint_commands, run_endpoint_command
+from pgwake.cli.endpoint_commands import run_endpoint_command
+from pgwake.cli.endpoint_parser import add_endpoint_commands
 from pgwake.compute import Backends
+from pgwake.endpoint.callers import ADMIN
 from pgwake.endpoint.connection_uri import connection_uri
-from pgwake.endpoint.control_plane import ADMIN, ControlPlane
+from pgwake.endpoint.control_plane import ControlPlane
 from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.logs import configure_logging
 from pgwake.settings import Settings, load_settings, shown_choices, shown_default

@@ -4,164 +4,48 @@ Rule: authorization lives here, not in the HTTP layer. Every call names its call
 ``Caller`` (the admin, or a scoped token): a scoped token sees and manages only the
 endpoints it created, within its quotas. An endpoint another token owns is reported as
 not found, so a token cannot even learn that it exists.
+
+``ControlPlane`` composes the jobs beside it: ``tokens.py`` (mint, revoke, authenticate),
+``reservations.py`` (quotas and names being made), ``role_passwords.py`` (a role's
+password, now or at the next start) and ``reaper.py`` (TTLs and delete-after-idle).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import hashlib
-import hmac
 import ipaddress
 import logging
-import secrets
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from pgwake import metrics
 from pgwake.auth.scram import make_verifier
 from pgwake.catalog import EndpointExists
 from pgwake.compute import ComputeStartError, EndpointSpec
-from pgwake.compute.management import ADMIN_ROLE
+from pgwake.endpoint.callers import ADMIN, ControlError, endpoint_not_found
 from pgwake.endpoint.connection_uri import DEFAULT_ROLE, connection_uri
 from pgwake.endpoint.lifecycle import WakeFailed
-from pgwake.endpoint.names import generate_endpoint_name, is_valid_endpoint_name
-from pgwake.endpoint.passwords import generate_password, password_problem
-from pgwake.endpoint.states import EndpointState
+from pgwake.endpoint.passwords import generate_password
+from pgwake.endpoint.reaper import Reaper, why_deleted
+from pgwake.endpoint.reservations import Reservations
+from pgwake.endpoint.role_passwords import RolePasswords, check_password
+from pgwake.endpoint.tokens import Tokens
+from pgwake.endpoint.views import Created, EndpointView
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pgwake.catalog import Catalog, EndpointRecord
     from pgwake.compute import Backends
-    from pgwake.endpoint.lifecycle import Lifecycle
+    from pgwake.endpoint.callers import Caller
     from pgwake.endpoint.lifecycles import LifecycleManager
+    from pgwake.endpoint.role_passwords import PasswordSet
+    from pgwake.endpoint.tokens import MintedToken
     from pgwake.settings import Settings
 
-__all__ = [
-    "Caller",
-    "ControlError",
-    "ControlPlane",
-    "Created",
-    "EndpointView",
-    "MintedToken",
-    "PasswordSet",
-]
+__all__ = ["ControlPlane"]
 
 logger = logging.getLogger(__name__)
-_TOKEN_PREFIX: Final = "pgw_"  # noqa: S105 (a prefix, not a secret)
-_NAME_ATTEMPTS: Final = 8
-#: Postgres's NAMEDATALEN - 1: a longer role name would be truncated to another name.
-_MAX_ROLE_BYTES: Final = 63
-#: How often a password change waits to see a start or stop in flight finish.
-_SETTLE_POLL_SECONDS: Final = 0.05
-_MANAGEMENT_TIMEOUT: Final = 10.0
-
-
-class ControlError(Exception):
-    """A refused request: ``code`` is stable (API clients branch on it), ``status`` the
-    HTTP status the API answers with."""
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-def _not_found(name: str) -> ControlError:
-    return ControlError("endpoint_not_found", f'endpoint "{name}" does not exist', 404)
-
-
-def _check_password(password: str) -> None:
-    problem = password_problem(password)
-    if problem is not None:
-        raise ControlError("invalid_password", problem, 422)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is asking: the admin (``token_id`` None) or a scoped token and its quotas."""
-
-    token_id: str | None
-    max_endpoints: int | None = None
-    max_ttl_seconds: float | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.token_id is None
-
-
-ADMIN: Final = Caller(None)
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointView:
-    """An endpoint as the API shows it (never a password)."""
-
-    name: str
-    state: str
-    backend: str
-    #: In effect: the endpoint's own, else the server's ``idle_timeout``.
-    idle_timeout_seconds: float
-    created_at: float
-    #: When the last client session ended (``None``: none has yet).
-    last_active: float | None
-    expires_at: float | None
-    delete_after_idle_seconds: float | None
-    allowed_cidrs: tuple[str, ...]
-    #: The backend's choices (docker: ``image``, ``memory``, ``cpus``).
-    compute_options: dict[str, str]
-    #: Bytes of storage at create or the last suspend (``None``: not measured yet).
-    disk_bytes: int | None
-    #: A URI without the password.
-    connection_uri: str
-    #: Client sessions open now (0 where no server runs).
-    sessions: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PasswordSet:
-    """A role's new password, shown once, and a URI that holds it."""
-
-    name: str
-    role: str
-    password: str
-    connection_uri: str
-
-    def __repr__(self) -> str:
-        return f"PasswordSet({self.name}, {self.role})"
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    """A new endpoint, with the one response that shows its password."""
-
-    endpoint: EndpointView
-    password: str | None
-    connection_uri: str
-
-    def __repr__(self) -> str:
-        return f"Created({self.endpoint.name})"
-
-
-@dataclass(frozen=True, slots=True)
-class MintedToken:
-    """A new scoped token; ``secret`` is shown once and stored only as a hash."""
-
-    id: str
-    secret: str
-    label: str | None
-    max_endpoints: int | None
-    max_ttl_seconds: float | None
-
-    def __repr__(self) -> str:
-        return f"MintedToken({self.id})"
-
-
-def _hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class ControlPlane:
@@ -179,27 +63,21 @@ class ControlPlane:
         self.catalog = catalog
         self.backends = backends
         self.lifecycles = lifecycles
-        self._admin_token = admin_token
-        #: Names being created or branched, with the token that asked (``None``: admin).
-        #: They count against that token's quota before the catalog holds them.
-        self._creating: dict[str, str | None] = {}
+        self._tokens = Tokens(catalog, admin_token)
+        self._reservations = Reservations(catalog)
+        self._passwords = RolePasswords(settings, catalog, lifecycles)
+        self._reaper = Reaper(catalog, lifecycles, self._delete_as_admin)
         #: Names being deleted: already gone for every caller.
         self._deleting: set[str] = set()
         #: Ends an endpoint's relayed sessions, telling each client why; returns how
         #: many. Set by the server (``Relays.end_endpoint``); none where no server runs.
         self.end_sessions: Callable[[str, str, str | None], int] | None = None
 
-    # -- tokens --------------------------------------------------------------------------
+    # -- tokens (``tokens.py``) ------------------------------------------------------------
 
     def authenticate(self, secret: str) -> Caller | None:
         """The caller a bearer secret stands for, or ``None``."""
-        if hmac.compare_digest(secret.encode(), self._admin_token.encode()):
-            return ADMIN
-        found = self.catalog.token_by_hash(_hash_secret(secret))
-        if found is None:
-            return None
-        token_id, _, max_endpoints, max_ttl = found
-        return Caller(token_id, max_endpoints, max_ttl)
+        return self._tokens.authenticate(secret)
 
     def mint_token(
         self,
@@ -210,26 +88,12 @@ class ControlPlane:
         max_ttl_seconds: float | None,
     ) -> MintedToken:
         """Mint a scoped token (admin only)."""
-        if not caller.is_admin:
-            raise ControlError("forbidden", "only the admin token can mint tokens", 403)
-        token_id = "tok_" + secrets.token_hex(6)
-        secret = _TOKEN_PREFIX + secrets.token_urlsafe(32)
-        self.catalog.add_token(
-            token_id, _hash_secret(secret), label, max_endpoints, max_ttl_seconds
+        return self._tokens.mint(
+            caller, label=label, max_endpoints=max_endpoints, max_ttl_seconds=max_ttl_seconds
         )
-        logger.info(
-            "event=token_minted token=%s max_endpoints=%s max_ttl_s=%s",
-            token_id,
-            max_endpoints,
-            max_ttl_seconds,
-        )
-        return MintedToken(token_id, secret, label, max_endpoints, max_ttl_seconds)
 
     def revoke_token(self, caller: Caller, token_id: str) -> None:
-        if not caller.is_admin:
-            raise ControlError("forbidden", "only the admin token can revoke tokens", 403)
-        if not self.catalog.delete_token(token_id):
-            raise ControlError("token_not_found", f"token {token_id} does not exist", 404)
+        self._tokens.revoke(caller, token_id)
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -240,7 +104,7 @@ class ControlPlane:
             or name in self._deleting
             or not (caller.is_admin or record.owner == caller.token_id)
         ):
-            raise _not_found(name)
+            raise endpoint_not_found(name)
         return record
 
     def _view(self, record: EndpointRecord) -> EndpointView:
@@ -277,54 +141,6 @@ class ControlPlane:
     def get(self, caller: Caller, name: str) -> EndpointView:
         return self._view(self._visible(name, caller))
 
-    def _check_quota(self, caller: Caller, ttl_seconds: float | None) -> float | None:
-        """The TTL to give a new endpoint of ``caller``; raise ``ControlError`` over quota."""
-        if caller.max_endpoints is not None and caller.token_id is not None:
-            # Creates still in flight count too: parallel requests cannot overshoot.
-            in_flight = sum(owner == caller.token_id for owner in self._creating.values())
-            if self.catalog.count_owned(caller.token_id) + in_flight >= caller.max_endpoints:
-                raise ControlError(
-                    "quota_exceeded",
-                    f"this token may hold at most {caller.max_endpoints} endpoints",
-                    403,
-                )
-        if caller.max_ttl_seconds is not None:
-            if ttl_seconds is None:
-                return caller.max_ttl_seconds  # a token with a TTL cap makes only ephemerals
-            if ttl_seconds > caller.max_ttl_seconds:
-                raise ControlError(
-                    "ttl_too_long", f"ttl_seconds may be at most {caller.max_ttl_seconds:g}", 403
-                )
-        return ttl_seconds
-
-    def _reserve_name(self, caller: Caller, requested: str | None) -> str:
-        """A free name (``requested``, or a generated one), held until ``_release_name``.
-
-        Call it with no ``await`` since the quota check, so both see the same state."""
-        if requested is not None:
-            if not is_valid_endpoint_name(requested):
-                raise ControlError(
-                    "invalid_name",
-                    "invalid endpoint name: use lowercase letters, digits and hyphens "
-                    "(a DNS label of at most 63 characters)",
-                    422,
-                )
-            if self.catalog.exists(requested) or requested in self._creating:
-                raise ControlError("endpoint_exists", f'endpoint "{requested}" already exists', 409)
-            name = requested
-        else:
-            for _ in range(_NAME_ATTEMPTS):
-                name = generate_endpoint_name()
-                if not self.catalog.exists(name) and name not in self._creating:
-                    break
-            else:
-                raise ControlError("name_unavailable", "could not generate a free name", 503)
-        self._creating[name] = caller.token_id
-        return name
-
-    def _release_name(self, name: str) -> None:
-        self._creating.pop(name, None)
-
     async def create(
         self,
         caller: Caller,
@@ -348,7 +164,7 @@ class ControlPlane:
         (422), ``endpoint_exists`` (409), ``name_unavailable`` (503), ``create_failed``
         (503)."""
         if password is not None:
-            _check_password(password)
+            check_password(password)
         backend_name = backend or self.backends.default
         try:
             compute = self.backends.get(backend_name)
@@ -364,8 +180,8 @@ class ControlPlane:
             raise ControlError(
                 "invalid_cidr", "allowed_cidrs holds something that is not a network", 422
             ) from None
-        ttl_seconds = self._check_quota(caller, ttl_seconds)
-        name = self._reserve_name(caller, name)
+        ttl_seconds = self._reservations.check_quota(caller, ttl_seconds)
+        name = self._reservations.reserve(caller, name)
         try:
             password = password if password is not None else generate_password()
             verifier = make_verifier(password)
@@ -397,7 +213,7 @@ class ControlPlane:
                     "endpoint_exists", f'endpoint "{name}" already exists', 409
                 ) from None
         finally:
-            self._release_name(name)
+            self._reservations.release(name)
         self.lifecycles.get(record).measure_disk()
         metrics.ENDPOINTS_CREATED.inc()
         logger.info(
@@ -424,7 +240,7 @@ class ControlPlane:
         try:
             lifecycle = self.lifecycles.get(record)
             if self.end_sessions is not None:
-                ended = self.end_sessions(name, *_why_deleted(record, reason))
+                ended = self.end_sessions(name, *why_deleted(record, reason))
                 if ended:
                     logger.info(
                         "event=sessions_ended endpoint=%s sessions=%d reason=%s",
@@ -486,8 +302,8 @@ class ControlPlane:
         it during the copy are either wholly in the branch or not at all. Raises
         ``ControlError`` as ``create`` and ``wake`` do, and ``branch_failed`` (503)."""
         source_record = self._visible(source, caller)
-        ttl_seconds = self._check_quota(caller, ttl_seconds)
-        name = self._reserve_name(caller, name)
+        ttl_seconds = self._reservations.check_quota(caller, ttl_seconds)
+        name = self._reservations.reserve(caller, name)
         source_lifecycle = self.lifecycles.get(source_record)
         compute = source_lifecycle.backend
         # Held like a client session while it is copied: neither the idle timer nor the
@@ -532,7 +348,7 @@ class ControlPlane:
                 ) from None
         finally:
             source_lifecycle.release()
-            self._release_name(name)
+            self._reservations.release(name)
         self.lifecycles.get(record).measure_disk()
         metrics.ENDPOINTS_CREATED.inc()
         logger.info(
@@ -545,7 +361,7 @@ class ControlPlane:
         uri = connection_uri(self.settings, name, DEFAULT_ROLE, None, DEFAULT_ROLE)
         return Created(self._view(record), None, uri)
 
-    # -- passwords -------------------------------------------------------------------------
+    # -- passwords (``role_passwords.py``) -------------------------------------------------
 
     async def set_password(
         self,
@@ -565,130 +381,14 @@ class ControlPlane:
         ``invalid_password`` (422), ``password_failed`` (503) when the running compute
         cannot be reached."""
         record = self._visible(name, caller)
-        if password is not None:
-            _check_password(password)
-        password = password if password is not None else generate_password()
-        verifier = make_verifier(password)
-        if not _may_be_role(role):
-            raise _role_not_found(name, role)
-        lifecycle = self.lifecycles.get(record)
-        deadline = time.monotonic() + self.settings.wake_timeout + self.settings.stop_timeout
-        while True:
-            state = lifecycle.state
-            if state is EndpointState.RUNNING and await self._set_on_compute(
-                lifecycle, role, verifier
-            ):
-                break
-            if state in (EndpointState.SUSPENDED, EndpointState.FAILED):
-                # No await since the state was read: the next start sees it pending.
-                if role not in self.catalog.verifiers(name):
-                    raise _role_not_found(name, role)
-                self.catalog.set_verifier(name, role, verifier, pending=True)
-                break
-            if time.monotonic() > deadline:
-                raise ControlError(
-                    "password_failed", "the compute is still starting or stopping", 503
-                )
-            # A start or a stop in flight (or the compute stopped under us): look again.
-            await asyncio.sleep(_SETTLE_POLL_SECONDS)
-        logger.info(
-            "event=password_set endpoint=%s role=%s compute=%s",
-            name,
-            role,
-            "now" if state is EndpointState.RUNNING else "next_start",
-        )
-        uri = connection_uri(self.settings, name, role, password, DEFAULT_ROLE)
-        return PasswordSet(name, role, password, uri)
+        return await self._passwords.set(record, role=role, password=password)
 
-    async def _set_on_compute(self, lifecycle: Lifecycle, role: str, verifier: str) -> bool:
-        """Set ``role``'s verifier on the running compute, then in the catalog. Returns
-        ``False`` when the compute stopped meanwhile (the caller sets it pending)."""
-        management = lifecycle.backend.management(lifecycle.name)
-        if management is None:
-            return False
-        try:
-            async with asyncio.timeout(_MANAGEMENT_TIMEOUT):
-                if not await management.is_login_role(role):
-                    raise _role_not_found(lifecycle.name, role)
-                await management.set_verifier(role, verifier)
-        except ControlError:
-            raise
-        except Exception as exc:
-            if lifecycle.state is not EndpointState.RUNNING:
-                return False  # it stopped under us: the loop sets it pending
-            logger.warning(
-                "event=password_set_failed endpoint=%s role=%s error=%s",
-                lifecycle.name,
-                role,
-                type(exc).__name__,
-            )
-            raise ControlError(
-                "password_failed", "the running compute could not be reached; try again", 503
-            ) from None
-        finally:
-            await management.close()
-        self.catalog.set_verifier(lifecycle.name, role, verifier, pending=False)
-        return True
-
-    # -- the reaper ------------------------------------------------------------------------
+    # -- the reaper (``reaper.py``) --------------------------------------------------------
 
     async def reap(self, now: float | None = None) -> list[str]:
         """Delete every endpoint past its TTL, or unused for ``delete_after_idle``; return
         their names. One endpoint that cannot be deleted is logged and skipped."""
-        now = time.time() if now is None else now
-        reaped = []
-        for record in self.catalog.list():
-            lifecycle = self.lifecycles.get(record)
-            expired = record.expires_at is not None and record.expires_at <= now
-            last_used = record.last_active or record.created_at
-            idle = (
-                record.delete_after_idle is not None
-                and lifecycle.sessions == 0
-                and lifecycle.state in (EndpointState.SUSPENDED, EndpointState.FAILED)
-                and last_used + record.delete_after_idle <= now
-            )
-            if not (expired or idle):
-                continue
-            try:
-                await self.delete(ADMIN, record.name, reason="ttl" if expired else "idle")
-            except ControlError:
-                continue  # deleted meanwhile
-            except Exception:
-                logger.exception("event=reap_failed endpoint=%s", record.name)
-                continue
-            reaped.append(record.name)
-        return reaped
+        return await self._reaper.reap(now)
 
-
-def _may_be_role(role: str) -> bool:
-    """Whether ``role`` can name a client's role: not pgwake's own, and a name Postgres
-    keeps as it is (no NUL, not truncated)."""
-    try:
-        size = len(role.encode())
-    except UnicodeEncodeError:
-        return False
-    return role != ADMIN_ROLE and "\x00" not in role and 0 < size <= _MAX_ROLE_BYTES
-
-
-def _role_not_found(name: str, role: str) -> ControlError:
-    return ControlError(
-        "role_not_found", f'endpoint "{name}" has no role "{role}" that can log in', 404
-    )
-
-
-def _why_deleted(record: EndpointRecord, reason: str) -> tuple[str, str | None]:
-    """What the clients of an endpoint being deleted are told: a message and a hint (the
-    edge sends them as a FATAL that ends the session)."""
-    if reason == "ttl" and record.expires_at is not None:
-        ttl = record.expires_at - record.created_at
-        expired = datetime.datetime.fromtimestamp(record.expires_at).astimezone()
-        return (
-            f'terminating connection because endpoint "{record.name}" is deleted: its time '
-            f"to live of {ttl:.0f} s ran out at {expired.isoformat(timespec='seconds')}",
-            "The endpoint's data is deleted with it. Give a new endpoint a longer "
-            "ttl_seconds (--ttl), or none.",
-        )
-    return (
-        f'terminating connection because endpoint "{record.name}" is deleted with its data',
-        None,
-    )
+    async def _delete_as_admin(self, name: str, reason: str) -> None:
+        await self.delete(ADMIN, name, reason=reason)

@@ -17,7 +17,8 @@ from pgwake.compute import (
     ComputeStartError,
     EndpointSpec,
 )
-from pgwake.endpoint.control_plane import ADMIN, Caller, ControlError, ControlPlane
+from pgwake.endpoint.callers import ADMIN, Caller, ControlError
+from pgwake.endpoint.control_plane import ControlPlane
 from pgwake.endpoint.lifecycles import LifecycleManager
 from pgwake.settings import load_settings
 

@@ -14,7 +14,7 @@ import pytest
 
 from pgwake.api import client
 from pgwake.catalog import Catalog
-from pgwake.cli.endpoint_commands import settings_admin_token
+from pgwake.cli.endpoint_remote import settings_admin_token
 from pgwake.edge.tls import ensure_self_signed
 from pgwake.server import Server, StartupFailure
 from pgwake.settings import load_settings
