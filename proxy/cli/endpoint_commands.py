@@ -24,6 +24,7 @@ from pgwake.state_dir import StateDir
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
 
     from pgwake.api.client import Endpoint, NewEndpoint, NewPassword
     from pgwake.settings import Settings
@@ -43,8 +44,17 @@ class _Endpoints(Protocol):
     def disk_bytes(self, endpoint: Endpoint) -> int | None: ...
 
 
-async def run_endpoint_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run one ``pgwake endpoint`` subcommand; return the exit status."""
+#: A refusal of the request itself (an invalid password, a bad value): where the command
+#: looked is beside the point.
+_INVALID_REQUEST = 422
+
+
+async def run_endpoint_command(
+    args: argparse.Namespace, settings: Settings, where: Callable[[], str]
+) -> int:
+    """Run one ``pgwake endpoint`` subcommand; return the exit status. A failure also says
+    ``where()`` the command looked (the catalog, or the server and its token), unless the
+    request itself was invalid."""
     client = remote_client(settings)
     catalog: Catalog | None = None
     local: LocalEndpoints | None = None
@@ -60,15 +70,24 @@ async def run_endpoint_command(args: argparse.Namespace, settings: Settings) -> 
     try:
         if local is not None:
             await local.open()
-        return await _dispatch(args, endpoints)
+        status = await _dispatch(args, endpoints)
     except (ApiError, ControlError) as exc:
         print(f"pgwake: {exc.message}", file=sys.stderr)
+        if exc.status != _INVALID_REQUEST:
+            print(f"pgwake: {where()}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # one clear line, not a traceback, for operator errors
+        print(f"pgwake: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"pgwake: {where()}", file=sys.stderr)
         return 1
     finally:
         if local is not None:
             await local.close()
         if catalog is not None:
             catalog.close()
+    if status != 0:
+        print(f"pgwake: {where()}", file=sys.stderr)
+    return status
 
 
 async def _dispatch(args: argparse.Namespace, endpoints: _Endpoints) -> int:

@@ -369,13 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         print(_no_state_dir(state), file=sys.stderr)
         return 1
-    try:
-        status: int = _run(run_endpoint_command(args, settings))
-    except Exception as exc:  # one clear line, not a traceback, for operator errors
-        print(f"pgwake: {type(exc).__name__}: {exc}", file=sys.stderr)
-        status = 1
-    if status != 0:
-        print(f"pgwake: {_where(settings)}", file=sys.stderr)
+    status: int = _run(run_endpoint_command(args, settings, lambda: _where(settings)))
     return status
 
 
