@@ -37,8 +37,7 @@ class ScramClient(Exchange):
     channel binding (gs2 header ``n,,``): computes are reached over a unix socket.
 
     Build it with ``from_client_key`` (what the edge recovered, with the catalog's
-    verifier), ``from_password``, or ``awaiting_client_key`` when the ClientKey comes
-    after the client-first-message (``use_client_key``)."""
+    verifier), or ``from_password``."""
 
     __slots__ = (
         "_auth_message",
@@ -59,15 +58,11 @@ class ScramClient(Exchange):
         password: str | None = None,
         user: str = "",
         nonce: str | None = None,
-        awaiting_key: bool = False,
     ) -> None:
         """Prefer the classmethods; they say which pair to pass."""
         super().__init__()
-        no_credentials = password is None and client_key is None
-        if (
-            (password is not None and client_key is not None)
-            or (no_credentials and not awaiting_key)
-            or (client_key is None) != (verifier is None)
+        if (password is not None) == (client_key is not None) or (client_key is None) != (
+            verifier is None
         ):
             raise ValueError("pass either client_key and verifier, or password")
         if client_key is not None and verifier is not None:
@@ -95,30 +90,6 @@ class ScramClient(Exchange):
         prove it has its ServerKey. Raises ``ValueError`` when ``H(client_key)`` is not the
         verifier's StoredKey."""
         return cls(client_key=client_key, verifier=verifier, nonce=nonce)
-
-    @classmethod
-    def awaiting_client_key(cls, *, nonce: str | None = None) -> ScramClient:
-        """A ClientKey client whose key is not known yet: it can send the
-        client-first-message now, and needs ``use_client_key`` before it reads the
-        server-first-message. pgwake runs the compute's first round trip this way while
-        its own client still computes the proof the key comes from."""
-        return cls(nonce=nonce, awaiting_key=True)
-
-    def use_client_key(self, client_key: bytes, verifier: ScramVerifier) -> None:
-        """Give an ``awaiting_client_key`` client its ClientKey and the catalog verifier.
-        Raises ``ValueError`` when ``H(client_key)`` is not the verifier's StoredKey, and
-        ``ScramProtocolError`` when the client has credentials already or is past the
-        server-first-message."""
-        if self._client_key is not None or self._password is not None:
-            raise ScramProtocolError("the SCRAM client has its credentials already")
-        if self._state not in (ScramState.CLIENT_FIRST, ScramState.SERVER_FIRST):
-            raise ScramProtocolError(
-                "SCRAM exchange step out of order",
-                detail=f"A ClientKey came in state {self._state.name}.",
-            )
-        check_client_key(client_key, verifier)
-        self._client_key = client_key
-        self._verifier = verifier
 
     @classmethod
     def from_password(
@@ -168,11 +139,8 @@ class ScramClient(Exchange):
                 client_key = hmac.digest(salted_password, b"Client Key", "sha256")
                 self._server_key = hmac.digest(salted_password, b"Server Key", "sha256")
             else:
-                if self._client_key is None or self._verifier is None:
-                    raise ScramProtocolError(
-                        "the SCRAM client has no credentials",
-                        detail="use_client_key must come before the server-first-message.",
-                    )
+                assert self._client_key is not None  # __init__: a password or a key
+                assert self._verifier is not None
                 if (salt, iterations) != (self._verifier.salt, self._verifier.iterations):
                     raise ScramAuthenticationFailed(
                         "the compute's verifier differs from the catalog's"

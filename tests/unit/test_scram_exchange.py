@@ -276,55 +276,6 @@ def test_edge_to_compute_relay() -> None:
     assert to_compute.state is ScramState.DONE
 
 
-def test_client_key_given_after_the_client_first_message() -> None:
-    """pgwake's compute leg sends its client-first before the edge has the ClientKey:
-    the proof must come out as if the key had been there from the start."""
-    at_edge = run(ScramClient.from_password(PASSWORD), server(VERIFIER))
-    late = ScramClient.awaiting_client_key(nonce="fixednonce")
-    early = ScramClient.from_client_key(at_edge.client_key, VERIFIER, nonce="fixednonce")
-    client_first = early.client_first_message()
-    assert late.client_first_message() == client_first
-    server_first = server(VERIFIER, nonce="servernonce").handle_client_first(
-        SCRAM_SHA_256, client_first
-    )
-    late.use_client_key(at_edge.client_key, VERIFIER)
-    assert late.handle_server_first(server_first) == early.handle_server_first(server_first)
-
-    compute = server(VERIFIER)
-    client = ScramClient.awaiting_client_key()
-    server_first = compute.handle_client_first(SCRAM_SHA_256, client.client_first_message())
-    client.use_client_key(at_edge.client_key, VERIFIER)
-    final = compute.handle_client_final(client.handle_server_first(server_first))
-    client.handle_server_final(final.message)
-    assert client.state is ScramState.DONE
-
-
-def test_client_awaiting_its_key_refuses_to_go_on_without_it() -> None:
-    client = ScramClient.awaiting_client_key()
-    server_first = server().handle_client_first(SCRAM_SHA_256, client.client_first_message())
-    with pytest.raises(ScramProtocolError, match="no credentials"):
-        client.handle_server_first(server_first)
-    assert client.state is ScramState.FAILED
-
-
-def test_client_key_is_given_once_and_in_time() -> None:
-    at_edge = run(ScramClient.from_password(PASSWORD), server(VERIFIER))
-    with pytest.raises(ValueError, match="StoredKey"):
-        ScramClient.awaiting_client_key().use_client_key(bytes(32), VERIFIER)
-    client = ScramClient.awaiting_client_key()
-    client.use_client_key(at_edge.client_key, VERIFIER)
-    with pytest.raises(ScramProtocolError, match="already"):
-        client.use_client_key(at_edge.client_key, VERIFIER)
-    with pytest.raises(ScramProtocolError, match="already"):
-        ScramClient.from_password(PASSWORD).use_client_key(at_edge.client_key, VERIFIER)
-    failed = ScramClient.awaiting_client_key()
-    failed.client_first_message()
-    with pytest.raises(ScramProtocolError):
-        failed.handle_server_first(b"r=not-our-nonce,s=c2FsdA==,i=4096")
-    with pytest.raises(ScramProtocolError, match="out of order"):
-        failed.use_client_key(at_edge.client_key, VERIFIER)
-
-
 def test_client_key_must_match_the_verifier() -> None:
     with pytest.raises(ValueError, match="StoredKey"):
         ScramClient.from_client_key(bytes(32), VERIFIER)
