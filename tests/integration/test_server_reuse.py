@@ -61,10 +61,14 @@ def test_a_session_that_ends_at_rest_leaves_its_backend_to_the_next_client(
 
 
 def test_the_next_client_finds_a_reset_session(server: Pgwake) -> None:
+    kept = _kept(server)
     with psycopg.connect(server.dsn(ENDPOINT), autocommit=True) as admin:
         admin.execute("DROP TABLE IF EXISTS ledger; CREATE TABLE ledger (n int)")
         admin.execute("DROP ROLE IF EXISTS helper; CREATE ROLE helper; GRANT helper TO app")
         admin.execute("GRANT ALL ON ledger TO helper")
+    # The admin's backend is kept first, so that the keep awaited below is the one of the
+    # session under test (its reset still runs while an earlier keep may be counted).
+    wait_for(lambda: _kept(server) > kept)
     kept = _kept(server)
     # No ``with``: psycopg would commit on the way out, and the transaction must stay open.
     conn = psycopg.connect(server.dsn(ENDPOINT), autocommit=True)
