@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -21,3 +22,27 @@ def shared_pgwake() -> Iterator[Pgwake]:
     """One running pgwake per test module, base domain ``localhost`` for SNI routing."""
     with serve(base_domain="localhost") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pgjdbc_classes(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Java helper compiled against Debian's pgjdbc; the ``-cp`` to run it with (the
+    client matrix and the printed-URI tests share it)."""
+    from tests.integration.test_client_matrix import (
+        CLIENTS_DIR,
+        PGJDBC_JAR,
+        need_file,
+        need_program,
+    )
+
+    javac = need_program("javac")
+    need_program("java")
+    jar = need_file(PGJDBC_JAR, "pgjdbc (Debian's libpostgresql-jdbc-java)")
+    classes = tmp_path_factory.mktemp("pgjdbc-classes")
+    subprocess.run(
+        [javac, "-cp", str(jar), "-d", str(classes), str(CLIENTS_DIR / "java" / "Matrix.java")],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    return f"{classes}:{jar}"

@@ -649,22 +649,6 @@ def test_node_postgres(matrix: Matrix) -> None:
     }
 
 
-@pytest.fixture(scope="module")
-def pgjdbc_classes(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The Java helper compiled against Debian's pgjdbc; the ``-cp`` to run it with."""
-    javac = need_program("javac")
-    need_program("java")
-    jar = need_file(PGJDBC_JAR, "pgjdbc (Debian's libpostgresql-jdbc-java)")
-    classes = tmp_path_factory.mktemp("pgjdbc-classes")
-    subprocess.run(
-        [javac, "-cp", str(jar), "-d", str(classes), str(CLIENTS_DIR / "java" / "Matrix.java")],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    return f"{classes}:{jar}"
-
-
 @pytest.mark.slow
 def test_pgjdbc(matrix: Matrix, pgjdbc_classes: str) -> None:
     """pgjdbc (Debian's 42.5): ``sslmode=verify-full`` with our PEM CA as

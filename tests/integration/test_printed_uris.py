@@ -27,9 +27,7 @@ import uvloop
 from pgwake.api.client import PgwakeClient
 from tests.integration.pgwake_fixture import ADMIN_TOKEN, serve, wait_for
 from tests.integration.test_client_matrix import (
-    CLIENTS_DIR,
     NODE_DIR,
-    PGJDBC_JAR,
     need_file,
     need_module,
     need_program,
@@ -206,22 +204,7 @@ def test_the_printed_uri_works_as_printed(
     assert CLIENTS[client](uri) == WHO
 
 
-@pytest.fixture(scope="module")
-def pgjdbc_classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
-    javac = need_program("javac")
-    need_program("java")
-    jar = need_file(PGJDBC_JAR, "pgjdbc (Debian's libpostgresql-jdbc-java)")
-    classes = tmp_path_factory.mktemp("pgjdbc-uri")
-    subprocess.run(
-        [javac, "-cp", str(jar), "-d", str(classes), str(CLIENTS_DIR / "java" / "Matrix.java")],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    return f"{classes}:{jar}"
-
-
-def test_pgjdbc_takes_the_printed_user_name(printed: dict[str, str], pgjdbc_classpath: str) -> None:
+def test_pgjdbc_takes_the_printed_user_name(printed: dict[str, str], pgjdbc_classes: str) -> None:
     """pgjdbc has no libpq URIs; the printed one's parts, unchanged, are its JDBC URL and
     properties (the user name ``app.<endpoint>`` routes)."""
     parts = urllib.parse.urlsplit(printed["endpoint create"])
@@ -232,7 +215,7 @@ def test_pgjdbc_takes_the_printed_user_name(printed: dict[str, str], pgjdbc_clas
         [
             need_program("java"),
             "-cp",
-            pgjdbc_classpath,
+            pgjdbc_classes,
             "Matrix",
             url,
             urllib.parse.unquote(parts.username),
