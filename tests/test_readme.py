@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pgwake.endpoint.states import state_diagram
 from pgwake.settings import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
+THIS = Path(__file__).resolve()
 
 
 def test_readme_settings_table_matches_the_model() -> None:
@@ -36,3 +38,21 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "pytest" in command
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line]
     assert ci_lines[-1] == command
+
+
+def test_the_repository_cites_nothing_a_reader_cannot_open() -> None:
+    """Docs, code, bench and deploy files name no issue numbers and no design document
+    outside the repository: ARCHITECTURE.md is the map a reader has."""
+    citation = re.compile(r"\b[Ii]ssue [0-9]+|design\.md|design §")
+    roots = [ROOT / name for name in ("README.md", "ARCHITECTURE.md", "CHANGELOG.md")]
+    roots += [ROOT / name for name in ("proxy", "bench", "deploy", "tests")]
+    offenders = []
+    for root in roots:
+        files = [root] if root.is_file() else sorted(root.rglob("*"))
+        for path in files:
+            if path.suffix not in (".md", ".py", ".sh", ".json", ".toml") or path == THIS:
+                continue
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if citation.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []

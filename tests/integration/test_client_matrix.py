@@ -1,4 +1,4 @@
-"""The client matrix (issue 5): each real client against a cold endpoint through pgwake.
+"""The client matrix: each real client against a cold endpoint through pgwake.
 
 One pgwake for the module, with a CA-signed ``*.db.localhost`` certificate, base domain
 ``db.localhost`` and ``require_tls`` on, so a client that quietly fell back to plaintext
