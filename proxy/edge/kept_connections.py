@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pgwake.edge.compute_login import open_compute
 from pgwake.edge.server_reuse import IdleServers
 from pgwake.edge.warm_sockets import WarmSockets
+from pgwake.endpoint.compute_resources import SessionStates
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -99,3 +100,9 @@ class KeptConnections:
         kept = self._by_endpoint.pop(endpoint, None)
         if kept is not None:
             kept.close_all()
+
+    async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
+        return 0
+
+    def sessions(self, endpoint: str) -> SessionStates:
+        return SessionStates()

@@ -9,9 +9,38 @@ lifecycle calls it when its compute ticks, looks idle, stops or crashes. No modu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ComputeResources", "NoResources"]
+__all__ = ["ComputeResources", "NoResources", "PinnedSession", "SessionStates"]
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedSession:
+    """A session that keeps its endpoint's compute awake although it runs nothing: it
+    holds state that cannot be restored on another backend."""
+
+    #: The client's address.
+    client: str
+    application_name: str
+    #: Unix time since when it has run nothing.
+    since: float
+    #: Why it cannot be parked, in words (``open transaction``, ``temporary tables``...).
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStates:
+    """An endpoint's client sessions by state (``ComputeResources.sessions``)."""
+
+    #: Running a query, or waiting for the compute / a login.
+    active: int = 0
+    #: Attached to a backend, running nothing, parkable.
+    idle: int = 0
+    #: Detached from any backend: the compute may be gone; the next message re-attaches.
+    parked: int = 0
+    #: Attached, running nothing, but holding state that cannot be restored.
+    pinned: tuple[PinnedSession, ...] = ()
 
 
 class ComputeResources(Protocol):
@@ -33,6 +62,15 @@ class ComputeResources(Protocol):
     def forget(self, endpoint: str) -> None:
         """``endpoint`` was deleted: close and drop what is kept for it."""
 
+    async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
+        """``endpoint`` has run nothing for ``idle_timeout``: park each idle session (its
+        state captured, its backend ended, its client kept). Sessions that are pinned and
+        idle longer than ``pinned_timeout`` (``None``: never) are closed with a FATAL.
+        Return how many sessions still hold a backend (pinned, or active again)."""
+
+    def sessions(self, endpoint: str) -> SessionStates:
+        """``endpoint``'s client sessions by state."""
+
 
 class NoResources:
     """For a lifecycle nobody keeps connections for (the CLI without a server)."""
@@ -48,3 +86,9 @@ class NoResources:
 
     def forget(self, endpoint: str) -> None:
         pass
+
+    async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
+        return 0
+
+    def sessions(self, endpoint: str) -> SessionStates:
+        return SessionStates()

@@ -85,6 +85,11 @@ class Lifecycle:
         self.name = name
         self.backend = backend
         self.idle_timeout = idle_timeout
+        #: Idle sessions are parked at suspend (their backends end, their clients stay);
+        #: ``False``: any open session keeps the compute awake.
+        self.park_sessions = True
+        #: Seconds a pinned session may stay idle before it is closed (``None``: forever).
+        self.pinned_session_timeout: float | None = None
         self._catalog = catalog
         self._wake_timeout = wake_timeout
         self._resources: ComputeResources = resources if resources is not None else NoResources()
