@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from pgwake.protocol.errors import SUCCESSFUL_COMPLETION, ClientError
 from pgwake.protocol.messages import (
     AUTHENTICATION,
     BACKEND_KEY_DATA,
+    BIND,
     CANCEL_REQUEST_CODE,
     ERROR_FIELD_DETAIL,
     ERROR_FIELD_HINT,
@@ -18,11 +19,16 @@ from pgwake.protocol.messages import (
     ERROR_FIELD_SEVERITY_NONLOCALIZED,
     ERROR_FIELD_SQLSTATE,
     ERROR_RESPONSE,
+    EXECUTE,
     NEGOTIATE_PROTOCOL_VERSION,
     NOTICE_RESPONSE,
+    PARSE,
     PROTOCOL_3_0,
+    QUERY,
+    READY_FOR_QUERY,
     SASL_RESPONSE,
     SSL_REQUEST_CODE,
+    SYNC,
     AuthenticationRequest,
 )
 
@@ -32,15 +38,21 @@ __all__ = [
     "authentication",
     "authentication_sasl",
     "backend_key_data",
+    "bind",
     "cancel_request",
     "error_response",
+    "execute",
     "message",
     "negotiate_protocol_version",
     "notice_response",
+    "parse",
+    "query",
+    "ready_for_query",
     "sasl_initial_response",
     "sasl_response",
     "ssl_request",
     "startup_message",
+    "sync",
 ]
 
 #: The one-byte answers to SSLRequest / GSSENCRequest.
@@ -48,6 +60,7 @@ ENCRYPTION_ACCEPTED: Final = b"S"
 ENCRYPTION_REFUSED: Final = b"N"
 
 _INT32 = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
 
 
 def message(message_type: bytes, body: bytes = b"") -> bytes:
@@ -153,3 +166,40 @@ def cancel_request(process_id: int, secret_key: int) -> bytes:
 def ssl_request() -> bytes:
     """Encode an ``SSLRequest`` packet (used by tests and the cancel forwarder)."""
     return struct.pack("!iI", 8, SSL_REQUEST_CODE)
+
+
+def query(text: str) -> bytes:
+    """Encode a simple ``Query`` ('Q')."""
+    return message(QUERY, _cstring(text))
+
+
+def parse(name: str, text: str, parameter_types: Sequence[int] = ()) -> bytes:
+    """Encode ``Parse`` ('P'): prepare ``text`` as the statement ``name`` ("" is the unnamed
+    one), with these parameter type OIDs (0 leaves one to the server)."""
+    body = _cstring(name) + _cstring(text) + _INT16.pack(len(parameter_types))
+    body += b"".join(struct.pack("!I", oid) for oid in parameter_types)
+    return message(PARSE, body)
+
+
+def bind(statement: str, parameters: Sequence[bytes | None], portal: str = "") -> bytes:
+    """Encode ``Bind`` ('B'): ``parameters`` in text format (``None`` is NULL), every result
+    column in text format."""
+    body = _cstring(portal) + _cstring(statement) + _INT16.pack(0) + _INT16.pack(len(parameters))
+    for value in parameters:
+        body += _INT32.pack(-1) if value is None else _INT32.pack(len(value)) + value
+    return message(BIND, body + _INT16.pack(0))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    """Encode ``Execute`` ('E'): run ``portal``, all its rows when ``max_rows`` is 0."""
+    return message(EXECUTE, _cstring(portal) + _INT32.pack(max_rows))
+
+
+def sync() -> bytes:
+    """Encode ``Sync`` ('S')."""
+    return message(SYNC)
+
+
+def ready_for_query(status: bytes) -> bytes:
+    """Encode ``ReadyForQuery`` ('Z') with the transaction status byte ``status``."""
+    return message(READY_FOR_QUERY, status)

@@ -37,6 +37,7 @@ __all__ = [
     "error_sqlstate",
     "parse_authentication",
     "parse_backend_key_data",
+    "parse_data_row",
     "parse_error_fields",
     "parse_ready_for_query",
     "parse_sasl_initial_response",
@@ -52,6 +53,7 @@ MAX_AUTHENTICATION_MESSAGE_LENGTH: Final = 65_535
 MAX_STARTUP_PHASE_MESSAGE_LENGTH: Final = 1 << 20
 _HEADER = struct.Struct("!ci")
 _INT32 = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
 
 
 class MessageReader(ReceiveBuffer):
@@ -122,6 +124,31 @@ def parse_backend_key_data(frame: Frame) -> BackendKeyData:
         raise ProtocolViolation("invalid BackendKeyData message")
     process_id, secret_key = struct.unpack("!II", frame.body)
     return BackendKeyData(process_id, secret_key)
+
+
+def parse_data_row(frame: Frame) -> tuple[bytes | None, ...]:
+    """Decode a 'D' message body: its column values, ``None`` for NULL (length -1)."""
+    body = frame.body
+    if len(body) < 2:
+        raise ProtocolViolation("invalid DataRow message")
+    (count,) = _INT16.unpack_from(body)
+    values: list[bytes | None] = []
+    offset = 2
+    for _ in range(count):
+        if len(body) < offset + 4:
+            raise ProtocolViolation("invalid DataRow message")
+        (length,) = _INT32.unpack_from(body, offset)
+        offset += 4
+        if length == -1:
+            values.append(None)
+            continue
+        if length < 0 or len(body) < offset + length:
+            raise ProtocolViolation("invalid DataRow message")
+        values.append(body[offset : offset + length])
+        offset += length
+    if offset != len(body) or count < 0:
+        raise ProtocolViolation("invalid DataRow message")
+    return tuple(values)
 
 
 def parse_ready_for_query(frame: Frame) -> ReadyForQuery:

@@ -13,8 +13,16 @@ from typing import ClassVar, Final, Literal
 __all__ = [
     "AUTHENTICATION",
     "BACKEND_KEY_DATA",
+    "BIND",
+    "BIND_COMPLETE",
     "CANCEL_REQUEST_CODE",
+    "CLOSE",
     "COMMAND_COMPLETE",
+    "COPY_DATA",
+    "COPY_DONE",
+    "COPY_FAIL",
+    "DATA_ROW",
+    "DESCRIBE",
     "ERROR_FIELD_DETAIL",
     "ERROR_FIELD_HINT",
     "ERROR_FIELD_MESSAGE",
@@ -22,16 +30,24 @@ __all__ = [
     "ERROR_FIELD_SEVERITY_NONLOCALIZED",
     "ERROR_FIELD_SQLSTATE",
     "ERROR_RESPONSE",
+    "EXECUTE",
+    "FLUSH",
+    "FUNCTION_CALL",
     "GSSENC_REQUEST_CODE",
     "NEED_DATA",
     "NEGOTIATE_PROTOCOL_VERSION",
     "NOTICE_RESPONSE",
+    "NOTIFICATION_RESPONSE",
     "PARAMETER_STATUS",
+    "PARSE",
+    "PARSE_COMPLETE",
     "PROTOCOL_3_0",
     "QUERY",
     "READY_FOR_QUERY",
+    "ROW_DESCRIPTION",
     "SASL_RESPONSE",
     "SSL_REQUEST_CODE",
+    "SYNC",
     "TERMINATE",
     "TRANSACTION_FAILED",
     "TRANSACTION_IDLE",
@@ -64,22 +80,54 @@ PROTOCOL_3_0: Final = (3 << 16) | 0
 AUTHENTICATION: Final = b"R"
 #: Backend: the keys a client needs to cancel a query.
 BACKEND_KEY_DATA: Final = b"K"
+#: Backend: a Bind completed.
+BIND_COMPLETE: Final = b"2"
 #: Backend: a command finished (its tag in the body).
 COMMAND_COMPLETE: Final = b"C"
+#: Backend: one row of a result, in the format asked for.
+DATA_ROW: Final = b"D"
 #: Backend: an error, fatal or not.
 ERROR_RESPONSE: Final = b"E"
 #: Backend: the newest protocol minor version and the options the server declined.
 NEGOTIATE_PROTOCOL_VERSION: Final = b"v"
 #: Backend: a notice.
 NOTICE_RESPONSE: Final = b"N"
+#: Backend: a NOTIFY on a channel the session listens on.
+NOTIFICATION_RESPONSE: Final = b"A"
+#: Backend: a Parse completed.
+PARSE_COMPLETE: Final = b"1"
 #: Backend: a run-time parameter's value (``name\0value\0``).
 PARAMETER_STATUS: Final = b"S"
 #: Backend: ready for a new query; the body is the transaction status.
 READY_FOR_QUERY: Final = b"Z"
+#: Backend: the columns of the rows that follow.
+ROW_DESCRIPTION: Final = b"T"
+#: Frontend: bind parameters to a prepared statement, making a portal (extended protocol).
+BIND: Final = b"B"
+#: Frontend: close a prepared statement or a portal (extended protocol).
+CLOSE: Final = b"C"
+#: Frontend: COPY FROM STDIN data; ignored outside a COPY.
+COPY_DATA: Final = b"d"
+#: Frontend: the end of COPY FROM STDIN data; ignored outside a COPY.
+COPY_DONE: Final = b"c"
+#: Frontend: COPY FROM STDIN failed; ignored outside a COPY.
+COPY_FAIL: Final = b"f"
+#: Frontend: describe a prepared statement or a portal (extended protocol).
+DESCRIBE: Final = b"D"
+#: Frontend: run a portal (extended protocol).
+EXECUTE: Final = b"E"
+#: Frontend: send what is pending (extended protocol).
+FLUSH: Final = b"H"
+#: Frontend: a function call (the old fast-path interface).
+FUNCTION_CALL: Final = b"F"
+#: Frontend: prepare a statement (extended protocol).
+PARSE: Final = b"P"
 #: Frontend: a simple query.
 QUERY: Final = b"Q"
 #: Frontend: SASLInitialResponse and SASLResponse (and PasswordMessage) share this byte.
 SASL_RESPONSE: Final = b"p"
+#: Frontend: end an extended-protocol batch; answered with ReadyForQuery.
+SYNC: Final = b"S"
 #: Frontend: the client ends the session.
 TERMINATE: Final = b"X"
 
