@@ -16,7 +16,7 @@ result or raises:
 that call. A test runs one by answering its steps with bytes of its own (``Peer.run`` in
 ``tests/unit/exchanges.py``). The exchanges: ``handshake.negotiate``,
 ``client_auth.offer_sasl`` and ``client_auth.verify_proof``, ``compute_login.log_in``,
-``server_reuse.reset``.
+``server_reuse.reset``, ``session_state.capture`` and ``session_state.restore``.
 """
 
 from __future__ import annotations
