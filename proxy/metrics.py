@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "ACCEPTED",
@@ -18,13 +21,19 @@ __all__ = [
     "ENDPOINT_INFO",
     "ENDPOINT_STATE",
     "OPEN_CONNECTIONS",
+    "PARKS",
+    "REATTACHES",
+    "REATTACH_SECONDS",
     "SERVER_REUSE",
+    "SESSIONS",
+    "SESSION_PINS",
     "STATE_TRANSITIONS",
     "SUSPENDS",
     "UNAUTHENTICATED",
     "UNAUTHENTICATED_REFUSED",
     "WAKES",
     "WAKE_DURATION",
+    "publish_pins",
 ]
 
 OPEN_CONNECTIONS: Final = Gauge(
@@ -110,3 +119,44 @@ CANCEL_REQUESTS: Final = Counter(
     "CancelRequests, by outcome (forwarded, unknown_key).",
     ["outcome"],
 )
+SESSIONS: Final = Gauge(
+    "pgwake_sessions",
+    "Client sessions of an endpoint by state: active (running something or connecting), "
+    "idle (parkable), parked (no backend), pinned (idle but holding state pgwake cannot "
+    "restore, or inside a transaction). Updated every lifecycle tick.",
+    ["endpoint", "state"],
+)
+SESSION_PINS: Final = Gauge(
+    "pgwake_session_pins",
+    "Pinned sessions of an endpoint by reason (open transaction, temporary tables, LISTEN, "
+    "advisory locks, WITH HOLD cursors, ...). Updated every lifecycle tick.",
+    ["endpoint", "reason"],
+)
+PARKS: Final = Counter(
+    "pgwake_session_parks_total",
+    "Attempts to park an idle session, by outcome (parked, pinned, busy, failed).",
+    ["endpoint", "outcome"],
+)
+REATTACHES: Final = Counter(
+    "pgwake_session_reattaches_total",
+    "Parked sessions given a backend again, by outcome (ok, wake_failed, login_failed, "
+    "restore_failed).",
+    ["endpoint", "outcome"],
+)
+REATTACH_SECONDS: Final = Histogram(
+    "pgwake_session_reattach_seconds",
+    "From a parked client's message to its backend restored (wake included).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+#: The pin reasons published per endpoint, so a reason that is gone is set back to 0.
+_published_pins: dict[str, set[str]] = {}
+
+
+def publish_pins(endpoint: str, reasons: Mapping[str, int]) -> None:
+    """Set ``endpoint``'s pin gauges to ``reasons`` (reason to count)."""
+    for reason in _published_pins.get(endpoint, set()) - reasons.keys():
+        SESSION_PINS.labels(endpoint, reason).set(0)
+    for reason, count in reasons.items():
+        SESSION_PINS.labels(endpoint, reason).set(count)
+    _published_pins[endpoint] = set(reasons) | _published_pins.get(endpoint, set())

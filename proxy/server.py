@@ -350,6 +350,12 @@ class Server:
         # Suspending first lets each compute end its remaining sessions itself: a fast
         # shutdown sends every client a well-framed FATAL 57P01, which the relay forwards.
         await lifecycles.suspend_all()
+        if self._ctx is not None:
+            # Parked sessions have no backend to end them: pgwake tells them itself.
+            self._ctx.relays.end_parked(
+                "terminating connection because pgwake is shutting down",
+                hint="Reconnect: the next connection starts the compute again.",
+            )
         if not await self._sessions_ended(5):
             for task in list(self._sessions):
                 task.cancel()

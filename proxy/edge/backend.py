@@ -39,7 +39,13 @@ if TYPE_CHECKING:
     from pgwake.edge.server_reuse import IdleServer
     from pgwake.endpoint.lifecycle import Lifecycle
 
-__all__ = ["RETRY_ONCE_AFTER_RECHECK", "Attached", "RetryPolicy", "acquire_backend"]
+__all__ = [
+    "RETRY_ONCE_AFTER_RECHECK",
+    "Attached",
+    "RetryPolicy",
+    "acquire_backend",
+    "connect_compute",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +109,7 @@ async def acquire_backend(
             cancels=cancels,
             conn_id=conn_id,
         )
-    stream, address = await _connect(lifecycle, connections, wake_timeout, conn_id, policy)
+    stream, address = await connect_compute(lifecycle, connections, wake_timeout, conn_id, policy)
     try:
         async with asyncio.timeout(_AUTHENTICATION_TIMEOUT):
             opening = await open_session(
@@ -166,12 +172,12 @@ def _reuse(
     return Attached(kept.stream, opening)
 
 
-async def _connect(
+async def connect_compute(
     lifecycle: Lifecycle,
     connections: EndpointConnections,
     wake_timeout: float,
     conn_id: str,
-    policy: RetryPolicy,
+    policy: RetryPolicy = RETRY_ONCE_AFTER_RECHECK,
 ) -> tuple[PacketStream, ComputeAddress]:
     """A connection to the woken compute: a warm one (its backend forked already), else
     a new one; rechecked and woken again as ``policy`` says when it does not answer."""

@@ -60,6 +60,12 @@ class CancelMap:
                 self._targets[key] = target
                 return key
 
+    def retarget(self, key: tuple[int, int], target: BackendTarget) -> None:
+        """Point ``key`` at another backend (a parked session re-attached): the client
+        keeps the key it was given, its cancels reach the backend it now uses."""
+        if key in self._targets:
+            self._targets[key] = target
+
     def unregister(self, key: tuple[int, int]) -> None:
         self._targets.pop(key, None)
 

@@ -4,10 +4,13 @@ Rule: a connection's phase (``phases.py``) changes in ``ClientConnection._enter`
 with one ``event=phase`` line at debug level. ``ClientConnection.run`` goes through them
 in order, each phase's work done by a module of this package: ``handshake``, then
 ``routing`` and the catalog (``ROUTED``), ``client_auth``, the session's slot
-(``AUTHENTICATED``), ``backend`` (``ATTACHED``), ``relay`` (``RELAYING``). Until its proof
+(``AUTHENTICATED``), ``backend`` (``ATTACHED``), ``relay`` (``RELAYING``), and when its
+endpoint suspends while it is idle ``parking`` (``PARKED``, and back). Until its proof
 is verified a connection counts only in the unauthenticated budget (``admission``): no
 session slot, no effect on idleness, no compute connection. Once it relays, its coroutine
-has ended: what is left is the ``ClientConnection``'s few slots, until ``finish``.
+has ended: what is left is the ``ClientConnection``'s few slots, until ``finish``. It is
+the relay's ``RelayOwner``: the relay tells it when the session rests or runs something
+(the endpoint counts busy sessions), and when a parked client wants its backend back.
 
 Any ``ClientError`` becomes one FATAL ``ErrorResponse`` and a close; anything else is
 logged with its traceback and answered with XX000. The client never sees a traceback.
@@ -29,8 +32,9 @@ from pgwake.edge.backend import acquire_backend
 from pgwake.edge.client_auth import authenticate_client, is_text
 from pgwake.edge.compute_login import ComputeRefused
 from pgwake.edge.handshake import read_handshake, require_tls_error
+from pgwake.edge.parking import Credentials, ParkOutcome, parameter_bodies, park, reattach
 from pgwake.edge.phases import PHASE_MOVES, IllegalPhaseMove, Phase
-from pgwake.edge.relay import start_relay
+from pgwake.edge.relay import Mode, start_relay
 from pgwake.edge.routing import address_allowed, compute_parameters, resolve
 from pgwake.edge.server_reuse import keep_backend
 from pgwake.edge.session_context import SessionContext, too_many_unauthenticated
@@ -38,20 +42,25 @@ from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     AdminShutdown,
     ClientError,
+    IdleInTransactionSessionTimeout,
+    IdleSessionTimeout,
     InternalError,
     InvalidAuthorizationSpecification,
     InvalidCatalogName,
     ProtocolViolation,
     TooManyConnections,
 )
-from pgwake.protocol.messages import CancelRequest
+from pgwake.protocol.messages import TRANSACTION_FAILED, TRANSACTION_IDLE, CancelRequest
 
 if TYPE_CHECKING:
     from pgwake.edge.client_auth import EdgeAuthResult
     from pgwake.edge.compute_login import SessionOpening
     from pgwake.edge.handshake import Handshake
     from pgwake.edge.packet_stream import PacketStream
+    from pgwake.edge.relay import Relay
     from pgwake.edge.routing import Route
+    from pgwake.edge.session_state import SessionState
+    from pgwake.endpoint.compute_resources import PinnedSession
     from pgwake.endpoint.lifecycle import Lifecycle
     from pgwake.protocol.messages import StartupMessage
 
@@ -71,15 +80,23 @@ class ClientConnection:
     The handshake, the route and the SCRAM state live in ``run``'s frame only."""
 
     __slots__ = (
+        "busy",
         "cancel_key",
+        "client_host",
         "compute",
         "conn_id",
+        "credentials",
         "ctx",
         "endpoint",
         "lifecycle",
         "opening",
+        "parked_state",
         "peer_host",
         "phase",
+        "pins",
+        "reattaching",
+        "relay",
+        "rest_since",
         "started",
         "startup",
         "unauthenticated_as",
@@ -104,6 +121,22 @@ class ClientConnection:
         #: The compute's startup message and login: what keeping its backend needs.
         self.startup = b""
         self.opening: SessionOpening | None = None
+        #: The client's address (the PROXY header's, if one came).
+        self.client_host = peer_host
+        #: What logging in again for a parked session takes (held while it lives).
+        self.credentials: Credentials | None = None
+        #: Set once relaying.
+        self.relay: Relay | None = None
+        #: Counted busy by the lifecycle (``Lifecycle.busy``): from its slot until it rests.
+        self.busy = False
+        #: When the session last came to rest (monotonic).
+        self.rest_since = 0.0
+        #: Why the last attempt to park it failed; cleared when it runs something.
+        self.pins: tuple[str, ...] = ()
+        #: While parked: what its backend had, to restore on the next.
+        self.parked_state: SessionState | None = None
+        #: The re-attach in flight, if any.
+        self.reattaching = False
 
     def _enter(self, phase: Phase) -> None:
         """Move to ``phase``: the one place the phase changes."""
@@ -163,6 +196,7 @@ class ClientConnection:
                 detail=f"the limit is {settings.startup_timeout:g} s",
             ) from None
         self._count_as(handshake.client_host)
+        self.client_host = handshake.client_host
         message = handshake.message
         if isinstance(message, CancelRequest):
             # Plaintext cancels are allowed, as in Postgres: the key is the secret.
@@ -188,6 +222,7 @@ class ClientConnection:
 
         startup = encode.startup_message(compute_parameters(message, route))
         self.startup = startup
+        self.credentials = Credentials(startup, auth.client_key, auth.verifier)
         attached = await acquire_backend(
             lifecycle,
             client,
@@ -265,6 +300,7 @@ class ClientConnection:
             )
         ctx.active_sessions += 1
         lifecycle.acquire()
+        self.busy = True
         self.lifecycle = lifecycle
         metrics.CONNECTIONS_ACTIVE.labels(lifecycle.name).inc()
         metrics.CONNECTIONS_TOTAL.labels(lifecycle.name).inc()
@@ -283,14 +319,181 @@ class ClientConnection:
             and opening.backend_key is not None
         )
         self._enter(Phase.RELAYING)
-        start_relay(
+        endpoint = lifecycle.name if lifecycle is not None else None
+        if endpoint is not None:
+            self.ctx.kept.sessions.add(endpoint, self)
+        relay = start_relay(
             client,
             compute,
             self.ctx.relays,
-            self.relayed,
-            self.keep_compute if reusable else None,
-            endpoint=lifecycle.name if lifecycle is not None else None,
+            self,
+            endpoint=endpoint,
+            reusable=reusable,
         )
+        self.relay = relay
+        if relay.tracker.at_rest:  # the login's ReadyForQuery, and nothing sent since
+            self.rest_changed(True)
+
+    # -- the relay's owner ---------------------------------------------------------------
+
+    def rest_changed(self, at_rest: bool) -> None:
+        """The relay's news: the session came to rest, or runs something again."""
+        lifecycle, relay = self.lifecycle, self.relay
+        if lifecycle is None or relay is None or self.phase is Phase.CLOSED:
+            return
+        if at_rest:
+            self.rest_since = time.monotonic()
+        else:
+            self.pins = ()
+        idle = at_rest and relay.tracker.status == TRANSACTION_IDLE
+        if idle and self.busy:
+            self.busy = False
+            lifecycle.session_rested()
+        elif not idle and not self.busy:
+            self.busy = True
+            lifecycle.session_busy()
+
+    async def park(self) -> ParkOutcome:
+        """Park the session if it is idle and nothing pins it (``parking.park``)."""
+        relay = self.relay
+        if relay is None or self.phase is not Phase.RELAYING or self.busy:
+            return ParkOutcome.BUSY
+        if self.pins:  # known, and it has run nothing since
+            return ParkOutcome.PINNED
+        parked = await park(relay)
+        if parked.outcome is ParkOutcome.PARKED and self.phase is Phase.RELAYING:
+            self.parked_state = parked.state
+            self._enter(Phase.PARKED)
+            logger.info(
+                "event=parked conn=%s endpoint=%s settings=%d statements=%d",
+                self.conn_id,
+                self.endpoint,
+                len(parked.state.settings) if parked.state else 0,
+                len(parked.state.statements) if parked.state else 0,
+            )
+        elif parked.outcome is ParkOutcome.PINNED:
+            self.pins = parked.pins
+            logger.info(
+                "event=pinned conn=%s endpoint=%s reason=%r",
+                self.conn_id,
+                self.endpoint,
+                "; ".join(parked.pins),
+            )
+        return parked.outcome
+
+    def wants_compute(self) -> None:
+        """The relay's news: the parked client sent a message. Re-attach, in the
+        background (one at a time)."""
+        lifecycle = self.lifecycle
+        if self.reattaching or lifecycle is None or self.phase is not Phase.PARKED:
+            return
+        self.reattaching = True
+        lifecycle.in_background(self._reattach(lifecycle), f"reattach:{self.conn_id}")
+
+    async def _reattach(self, lifecycle: Lifecycle) -> None:
+        relay, state, credentials = self.relay, self.parked_state, self.credentials
+        assert relay is not None
+        assert state is not None
+        assert credentials is not None
+        self.rest_changed(False)  # busy while it waits: the compute must not suspend
+        try:
+            attached = await reattach(
+                relay,
+                lifecycle,
+                credentials=credentials,
+                state=state,
+                connections=self.ctx.kept.of(lifecycle.name),
+                cancels=self.ctx.cancels,
+                cancel_key=self.cancel_key,
+                told=self.told_parameters(),
+                wake_timeout=self.ctx.settings.wake_timeout,
+                conn_id=self.conn_id,
+            )
+        except Exception:
+            logger.exception("event=reattach_error conn=%s", self.conn_id)
+            attached = False
+            relay.end(encode.error_response(InternalError("internal error in pgwake")))
+        finally:
+            self.reattaching = False
+        if self.phase is Phase.CLOSED:
+            return
+        if attached:
+            self.parked_state = None
+            self._enter(Phase.RELAYING)
+        else:
+            self.rest_changed(True)
+            if relay.mode is Mode.PARKED and relay.held and relay.refuser is None:
+                self.wants_compute()  # the client sent more after its answer
+
+    def told_parameters(self) -> dict[bytes, bytes]:
+        """Every ParameterStatus the client was told: the login's, then the compute's
+        later ones (name to ``name\0value\0``)."""
+        told = parameter_bodies(self.opening.parameter_status) if self.opening else {}
+        if self.relay is not None and self.relay.tracker.parameter_status:
+            told.update(self.relay.tracker.parameter_status)
+        return told
+
+    def describe(self) -> tuple[str, PinnedSession | None]:
+        """The session's state for ``SessionStates`` (active, idle, parked, pinned), and
+        for a pinned one what the view shows of it."""
+        relay = self.relay
+        if relay is None or (self.phase is not Phase.RELAYING and self.phase is not Phase.PARKED):
+            return "active", None
+        if self.phase is Phase.PARKED:
+            return ("active" if self.reattaching else "parked"), None
+        tracker = relay.tracker
+        reason = ""
+        if tracker.copy:
+            reason = "COPY in progress"
+        elif tracker.at_rest and tracker.status == TRANSACTION_FAILED:
+            reason = "failed transaction"
+        elif tracker.at_rest and tracker.status != TRANSACTION_IDLE:
+            reason = "open transaction"
+        elif tracker.at_rest and self.pins:
+            reason = "; ".join(self.pins)
+        elif tracker.at_rest:
+            return "idle", None
+        if not reason:
+            return "active", None
+        application = self.told_parameters().get(b"application_name", b"application_name\0\0")
+        return "pinned", PinnedSession(
+            client=self.client_host,
+            application_name=application.split(b"\0")[1].decode(errors="replace"),
+            since=time.time() - (time.monotonic() - self.rest_since),
+            reason=reason,
+        )
+
+    def pinned_for(self, now: float) -> float | None:
+        """Seconds this session has been pinned at rest (``None``: it is not)."""
+        relay = self.relay
+        if relay is None or self.phase is not Phase.RELAYING or not relay.tracker.at_rest:
+            return None
+        if relay.tracker.status == TRANSACTION_IDLE and not self.pins:
+            return None
+        return now - self.rest_since
+
+    def end_pinned(self, seconds: float) -> None:
+        """Close a session pinned at rest for longer than ``pinned_session_timeout``."""
+        relay = self.relay
+        if relay is None:
+            return
+        reason = self.describe()[1]
+        in_transaction = relay.tracker.status != TRANSACTION_IDLE
+        error_class = IdleInTransactionSessionTimeout if in_transaction else IdleSessionTimeout
+        error = error_class(
+            f"terminating connection: it kept the endpoint's compute awake for {seconds:.0f} s "
+            f"while idle ({reason.reason if reason else 'pinned'})",
+            hint="pgwake cannot park a session with this state; end it (COMMIT, UNLISTEN, "
+            "DISCARD ALL...) when idle, or raise pinned_session_timeout.",
+        )
+        logger.info(
+            "event=pinned_timeout conn=%s endpoint=%s seconds=%d",
+            self.conn_id,
+            self.endpoint,
+            seconds,
+        )
+        if relay.end(encode.error_response(error)):
+            metrics.CLIENT_ERRORS.labels(error.sqlstate, error.kind.value).inc()
 
     # -- the end -------------------------------------------------------------------------
 
@@ -328,9 +531,12 @@ class ClientConnection:
         self._enter(Phase.CLOSED)
         ctx = self.ctx
         metrics.OPEN_CONNECTIONS.dec()
+        self.credentials = self.parked_state = None
         if self.lifecycle is not None:  # it was a session (authenticated, counted)
             ctx.active_sessions -= 1
-            self.lifecycle.release()
+            ctx.kept.sessions.discard(self.lifecycle.name, self)
+            self.lifecycle.release(busy=self.busy)
+            self.busy = False
             metrics.CONNECTIONS_ACTIVE.labels(self.lifecycle.name).dec()
         if self.cancel_key is not None:
             ctx.cancels.unregister(self.cancel_key)

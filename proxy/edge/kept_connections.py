@@ -4,10 +4,11 @@ Two kinds, both the edge's own: logged-in backends whose client left cleanly
 (``server_reuse.py``) and connections opened ahead for authenticated clients
 (``warm_sockets.py``). The endpoint's lifecycle decides when a compute stops, so it says
 when they must go: ``KeptConnections`` is the ``ComputeResources`` the server registers
-with the lifecycles (``pgwake.endpoint.compute_resources``). Kept backends are closed
-when the compute stops or crashes, and before the idle check counts the compute's
-sessions; warm sockets when it stops or crashes (a backend waiting for its startup is
-not a session).
+with the lifecycles (``pgwake.endpoint.compute_resources``), and through it the lifecycle
+parks the endpoint's idle sessions (``session_registry.py``, ``parking.py``). Kept
+backends are closed when the compute stops or crashes, and before the idle check counts
+the compute's sessions; warm sockets when it stops or crashes (a backend waiting for its
+startup is not a session).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pgwake.edge.compute_login import open_compute
 from pgwake.edge.server_reuse import IdleServers
+from pgwake.edge.session_registry import SessionRegistry
 from pgwake.edge.warm_sockets import WarmSockets
 from pgwake.endpoint.compute_resources import SessionStates
 
@@ -61,6 +63,8 @@ class KeptConnections:
         self.keep_seconds = keep_seconds
         self._connect = connect
         self._by_endpoint: dict[str, EndpointConnections] = {}
+        #: Every endpoint's relayed sessions (``session_registry.py``).
+        self.sessions = SessionRegistry()
 
     @property
     def reuse_enabled(self) -> bool:
@@ -78,11 +82,13 @@ class KeptConnections:
 
     # -- ComputeResources: what the lifecycle tells us -------------------------------------
 
-    def expire(self, endpoint: str) -> None:
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
         kept = self._by_endpoint.get(endpoint)
         if kept is not None:
             kept.idle_servers.expire()
             kept.warm_sockets.expire()
+        self.sessions.expire_pinned(endpoint, pinned_timeout)
+        self.sessions.states(endpoint)  # the session gauges, once a tick
 
     def close_sessions(self, endpoint: str) -> bool:
         kept = self._by_endpoint.get(endpoint)
@@ -102,7 +108,10 @@ class KeptConnections:
             kept.close_all()
 
     async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
-        return 0
+        self.sessions.expire_pinned(endpoint, pinned_timeout)
+        attached = await self.sessions.park(endpoint)
+        self.sessions.states(endpoint)
+        return attached
 
-    def sessions(self, endpoint: str) -> SessionStates:
-        return SessionStates()
+    def session_states(self, endpoint: str) -> SessionStates:
+        return self.sessions.states(endpoint)

@@ -11,7 +11,9 @@ refuses a move the table does not list. In order:
    endpoint awake; a backend is found and logged in (``backend.py``);
 4. ``ATTACHED``: the client got the session's opening, with pgwake's own cancel keys;
 5. ``RELAYING``: the relay copies bytes both ways (``relay.py``);
-6. ``CLOSED``: what the connection held is released, its end logged.
+6. ``PARKED``: the session's backend was ended while it was idle; the client's next
+   message re-attaches it, back to ``RELAYING`` (``parking.py``);
+7. ``CLOSED``: what the connection held is released, its end logged.
 
 Any phase but the last may go to ``CLOSED``: an error, a cancel request (which ends in
 ``HANDSHAKE``), or the end of the relay.
@@ -38,17 +40,20 @@ class Phase(enum.Enum):
     ATTACHED = "attached"
     #: The relay copies bytes; the connection's coroutine has ended.
     RELAYING = "relaying"
+    #: No backend: the session's state is captured, its client's connection open.
+    PARKED = "parked"
     #: Everything is released, the close is logged.
     CLOSED = "closed"
 
 
-#: Each phase's possible next ones: one step forward, or closed.
+#: Each phase's possible next ones: one step forward (parked and back), or closed.
 PHASE_MOVES: Final[dict[Phase, frozenset[Phase]]] = {
     Phase.HANDSHAKE: frozenset({Phase.ROUTED, Phase.CLOSED}),
     Phase.ROUTED: frozenset({Phase.AUTHENTICATED, Phase.CLOSED}),
     Phase.AUTHENTICATED: frozenset({Phase.ATTACHED, Phase.CLOSED}),
     Phase.ATTACHED: frozenset({Phase.RELAYING, Phase.CLOSED}),
-    Phase.RELAYING: frozenset({Phase.CLOSED}),
+    Phase.RELAYING: frozenset({Phase.PARKED, Phase.CLOSED}),
+    Phase.PARKED: frozenset({Phase.RELAYING, Phase.CLOSED}),
     Phase.CLOSED: frozenset(),
 }
 

@@ -1,64 +1,65 @@
 """The byte pump between a client and its compute, with flow control both ways.
 
-Nothing here parses: after ``ReadyForQuery`` bytes are copied as they come. When one
-side's write buffer passes its high-water mark, reading from the other side pauses until
-it drains (uvicorn's ``flow_control.py``), so a slow client never makes pgwake buffer a
-large result. Either side closing closes the other once its pending bytes are written.
+Bytes are copied as they come. When one side's write buffer passes its high-water mark,
+reading from the other side pauses until it drains (uvicorn's ``flow_control.py``), so a
+slow client never makes pgwake buffer a large result. Either side closing closes the
+other once its pending bytes are written.
 
-A relayed session is only its two transports, two pumps and one ``Relay``: the session's
-coroutine has ended by then (its frames, the handshake and the SCRAM state are freed), and
-``on_done`` is called once both sides have closed. That keeps an idle session at a few KB.
+Each read is shown to the session's ``SessionTracker`` first (``protocol/
+session_tracking.py``): message headers only, so pgwake knows whether anything runs, the
+transaction status, a COPY, a real Terminate. The relay tells its ``RelayOwner`` (the
+``ClientConnection``) when the session comes to rest or runs something again; the
+endpoint's idleness is built from that.
 
-The pumps also notice, still without parsing, where each side's stream stands: whether the
-compute's last read ended with a whole ReadyForQuery (its stream to the client is at a
-message boundary, one ``endswith`` per read) and whether the client's last read ended with
-Terminate. Two things use that:
+A relay outlives its backend. Its modes:
 
-* A compute that closes on its own (killed, crashed) at a message boundary while its client
-  is still there and has not terminated: the client gets a FATAL ErrorResponse (57P01)
-  saying so before its connection closes, instead of a bare close and a driver's "server
-  closed the connection unexpectedly". A compute that explains itself (its own FATAL, as
-  for pg_terminate_backend or a shutdown) last sent an ErrorResponse, so nothing is added.
-* With ``server_reuse_seconds`` (``server_reuse.py``), a session that ended at rest: the
-  client's last read was the Terminate message alone (not forwarded: pgwake closes the
-  client itself) and the compute's last read ended with ReadyForQuery. Then the compute's
-  connection is handed over, with that ReadyForQuery's transaction status, instead of
-  closed.
+* ``RELAYING``: both pumps copy bytes.
+* ``HOLDING``: pgwake has taken the compute's connection, at rest, for an exchange of its
+  own (``take_compute``: parking captures the session's state over it). What the client
+  sends meanwhile is held, not forwarded.
+* ``PARKED``: no backend (``park``). The client's connection stays open and hears
+  nothing; its next message is held and the owner is asked for a backend
+  (``RelayOwner.wants_compute``), which it attaches with ``give_compute``. A Terminate
+  while parked just ends the session. After a failed re-attach, a ``Refuser`` answers
+  the client's held request as Postgres answers one after an error.
+
+A relayed session is only its transports, pumps, tracker and this ``Relay``: the
+session's coroutine has ended by then, which keeps an idle session at a few KB.
+
+When the compute closes on its own (killed, crashed) at a message boundary, without a
+last ErrorResponse, while the client is still there and has not terminated, the client
+gets a FATAL 57P01 saying so instead of a bare close. With server reuse
+(``server_reuse.py``), a Terminate read on its own while the session is at rest is not
+forwarded: the compute's connection is handed over with its transaction status.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final
+import enum
+from typing import TYPE_CHECKING, Final, Protocol
 
 from pgwake import metrics
 from pgwake.edge.packet_stream import PacketStream
 from pgwake.protocol import encode
 from pgwake.protocol.errors import AdminShutdown, ErrorKind
-from pgwake.protocol.messages import (
-    READY_FOR_QUERY,
-    TERMINATE,
-    TRANSACTION_FAILED,
-    TRANSACTION_IDLE,
-    TRANSACTION_IN_BLOCK,
-)
+from pgwake.protocol.messages import TERMINATE
+from pgwake.protocol.session_tracking import SessionTracker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+
+    from pgwake.edge.session_state import Refuser
 
 
-__all__ = ["Relay", "Relays", "start_relay"]
+__all__ = ["Mode", "Relay", "RelayOwner", "Relays", "start_relay"]
 
 # Larger than asyncio's 64 KiB default: fewer pause/resume flips on big results.
 _HIGH_WATER: Final = 512 * 1024
 _LOW_WATER: Final = 128 * 1024
-# Terminate as a whole message, and ReadyForQuery without its status byte.
+#: Client bytes held while no backend is attached; past this, its reading pauses.
+_HOLD_LIMIT: Final = 1024 * 1024
 _TERMINATE: Final = encode.message(TERMINATE)
-_READY_FOR_QUERY: Final = encode.message(READY_FOR_QUERY, TRANSACTION_IDLE)[:-1]
-# The transaction statuses a ReadyForQuery may carry; a relay starts right after the
-# login's (or a kept backend's reset's) ReadyForQuery, which is always idle.
-_STATUSES: Final = (TRANSACTION_IDLE, TRANSACTION_IN_BLOCK, TRANSACTION_FAILED)
-_IDLE: Final = TRANSACTION_IDLE
 #: What a client is told when its compute closed under it at rest.
 _COMPUTE_STOPPED_ERROR: Final = AdminShutdown(
     "terminating connection because the endpoint's compute stopped unexpectedly",
@@ -67,11 +68,38 @@ _COMPUTE_STOPPED_ERROR: Final = AdminShutdown(
 _COMPUTE_STOPPED: Final = encode.error_response(_COMPUTE_STOPPED_ERROR)
 
 
+class Mode(enum.Enum):
+    RELAYING = "relaying"
+    HOLDING = "holding"
+    PARKED = "parked"
+
+
+_RELAYING: Final = Mode.RELAYING
+_PARKED: Final = Mode.PARKED
+
+
+class RelayOwner(Protocol):
+    """Who a relay reports to (``ClientConnection``)."""
+
+    def rest_changed(self, at_rest: bool) -> None:
+        """The session came to rest (nothing due, ``tracker.status`` says whether inside
+        a transaction) or has something running again."""
+
+    def wants_compute(self) -> None:
+        """A parked session's client sent a message: attach a backend (``give_compute``)."""
+
+    def relayed(self, to_compute: int, to_client: int) -> None:
+        """Both sides have closed: the session is over."""
+
+    def keep_compute(self, stream: PacketStream, status: bytes) -> None:
+        """The client terminated at rest: the compute's connection, for server reuse."""
+
+
 class _Pump(asyncio.Protocol):
     """Reads from one transport (the one it is the protocol of), writes to ``peer``.
 
     ``data_received`` runs once per read on every relayed session, so it does the least it
-    can: the peer's ``write`` is bound once, and byte counting is one addition."""
+    can: the peer's ``write`` is bound once, the tracker walks headers only."""
 
     __slots__ = ("_relay", "_write", "bytes_read", "peer", "transport")
 
@@ -80,26 +108,15 @@ class _Pump(asyncio.Protocol):
         self.peer: _Pump | None = None
         self.bytes_read = 0
         self._relay: Relay | None = relay
-        self._write = _discard
+        self._write: Callable[[bytes], None] = _discard
 
-    def connect_to(self, peer: _Pump) -> None:
+    def connect_to(self, peer: _Pump | None) -> None:
         self.peer = peer
-        self._write = peer.transport.write
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_read += len(data)
-        self._write(data)
+        self._write = peer.transport.write if peer is not None else _discard
 
     def eof_received(self) -> bool:
         # The Postgres protocol has no half-close: EOF from one side ends the session.
         return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None:
-            self.peer.transport.close()  # flushes what is already queued, then closes
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.side_closed()
 
     # Our transport's write buffer is full: stop reading the side that fills it.
     def pause_writing(self) -> None:
@@ -112,83 +129,284 @@ class _Pump(asyncio.Protocol):
 
 
 class _ClientPump(_Pump):
-    """The client's pump: notes whether a read ended with Terminate (the client is done,
-    so a compute closing after it is no news to tell)."""
+    """The client's side. Off the relay (holding, parked) its bytes go to the relay."""
 
-    __slots__ = ("terminated",)
-
-    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
-        super().__init__(relay, transport)
-        self.terminated = False
+    __slots__ = ()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
-        if data.endswith(_TERMINATE):
-            self.terminated = True
-        self._write(data)
-
-
-class _ClientEndPump(_ClientPump):
-    """The client's pump when its compute may be kept. A read that is exactly the
-    Terminate message (how clients end a session) is not forwarded, so the backend
-    lives; pgwake closes the client's connection itself, as the backend would have
-    (some clients, asyncpg among them, wait for that close)."""
-
-    __slots__ = ("withheld",)
-
-    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
-        super().__init__(relay, transport)
-        #: The Terminate was the whole read and was not forwarded.
-        self.withheld = False
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_read += len(data)
-        if data.endswith(_TERMINATE):
-            self.terminated = True
-            if len(data) == len(_TERMINATE):
-                # Only a client's own stream could fake it (its session ends, nothing
-                # else: a backend is kept only if its reset answers exactly as expected).
-                self.withheld = True
-                self.transport.close()
-                return
+        relay = self._relay
+        if relay is None:
+            return
+        if relay.mode is not _RELAYING:
+            relay.client_sent_off_relay(data)
+            return
+        tracker = relay.tracker
+        if data == _TERMINATE and relay.reusable and tracker.at_rest:
+            # A Terminate on its own at rest: not forwarded, so the backend lives; pgwake
+            # closes the client's connection itself, as the backend would have (some
+            # clients, asyncpg among them, wait for that close).
+            tracker.terminated = True
+            relay.withheld_terminate = True
+            self.transport.close()
+            return
+        if tracker.from_client(data):
+            relay.owner.rest_changed(tracker.at_rest)
         self._write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        relay, peer = self._relay, self.peer
-        if (
-            self.withheld
-            and isinstance(peer, _ComputePump)
-            and peer.status
-            and relay is not None
-            and relay.hand_over_compute(peer.status)
-        ):
-            self.peer = None  # the compute's transport is someone else's now
-        super().connection_lost(exc)
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.client_closed()
 
 
 class _ComputePump(_Pump):
-    """The compute's pump: remembers the transaction status of a ReadyForQuery that ended
-    its last read (``b""`` if none did: the backend is busy, or the stream is mid-message).
-    When the compute closes on its own at such a point, the client hears why."""
+    """The compute's side, while a backend is attached."""
 
-    __slots__ = ("status",)
-
-    def __init__(self, relay: Relay, transport: asyncio.Transport) -> None:
-        super().__init__(relay, transport)
-        self.status = _IDLE
+    __slots__ = ()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
-        # No copies: endswith over data[:-1], and a one-byte slice is a cached object.
-        self.status = data[-1:] if data.endswith(_READY_FOR_QUERY, 0, -1) else b""
+        relay = self._relay
+        if relay is None:
+            return
+        tracker = relay.tracker
+        if tracker.from_server(data):
+            relay.owner.rest_changed(tracker.at_rest)
         self._write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        client = self.peer
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.compute_closed(self)
+
+
+def _discard(data: bytes) -> None:
+    """Where a pump writes while it has no peer."""
+
+
+class Relay:
+    """One relayed session, from its first relayed byte to both sides closed; it outlives
+    the backends attached to it (``take_compute``, ``park``, ``give_compute``)."""
+
+    __slots__ = (
+        "_client",
+        "_client_lost",
+        "_compute",
+        "_done",
+        "_held",
+        "_relays",
+        "_to_client",
+        "endpoint",
+        "mode",
+        "owner",
+        "refuser",
+        "reusable",
+        "tracker",
+        "withheld_terminate",
+    )
+
+    def __init__(
+        self,
+        relays: Relays,
+        owner: RelayOwner,
+        *,
+        endpoint: str | None = None,
+        reusable: bool = False,
+    ) -> None:
+        #: The endpoint whose compute the session uses (``Relays.end_endpoint``).
+        self.endpoint = endpoint
+        self.owner = owner
+        self.tracker = SessionTracker()
+        self.mode = _RELAYING
+        #: Whether a Terminate at rest hands the backend to server reuse.
+        self.reusable = reusable
+        self.withheld_terminate = False
+        #: Answers a parked client's messages after a failed re-attach.
+        self.refuser: Refuser | None = None
+        self._relays = relays
+        self._client: _ClientPump | None = None
+        self._client_lost = False
+        self._compute: _ComputePump | None = None
+        self._held: bytearray | None = None
+        self._to_client = 0
+        self._done = False
+
+    # -- starting ------------------------------------------------------------------------
+
+    def _attach_client(self, transport: asyncio.Transport) -> _ClientPump:
+        pump = self._client = _ClientPump(self, transport)
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
+        transport.set_protocol(pump)
+        return pump
+
+    def _attach_compute(self, transport: asyncio.Transport) -> _ComputePump:
+        client = self._client
+        assert client is not None
+        pump = self._compute = _ComputePump(self, transport)
+        pump.connect_to(client)
+        client.connect_to(pump)
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
+        transport.set_protocol(pump)
+        if not transport.is_reading():  # paused while an exchange had it
+            transport.resume_reading()
+        return pump
+
+    # -- the compute taken, given, gone ----------------------------------------------------
+
+    @property
+    def has_compute(self) -> bool:
+        return self._compute is not None
+
+    def take_compute(self) -> PacketStream | None:
+        """RELAYING at rest -> HOLDING: the compute's connection, for an exchange of
+        pgwake's own; the client's bytes are held meanwhile. ``None`` if it cannot be."""
+        pump = self._compute
+        if self.mode is not _RELAYING or pump is None or not self.tracker.at_rest:
+            return None
+        if pump.transport.is_closing() or self._client is None:
+            return None
+        stream = self._detach_compute(pump)
+        self.mode = Mode.HOLDING
+        return stream
+
+    def _detach_compute(self, pump: _ComputePump) -> PacketStream:
+        transport = pump.transport
+        pump._relay = None
+        pump.connect_to(None)
+        self._compute = None
+        self._to_client += pump.bytes_read
+        if self._client is not None:
+            self._client.connect_to(None)
+            if not self._client.transport.is_reading():  # paused for this compute
+                self._client.transport.resume_reading()
+        stream = PacketStream()
+        transport.set_protocol(stream)
+        stream.connection_made(transport)
+        if not transport.is_reading():  # paused while the client's buffer was full
+            transport.resume_reading()
+        return stream
+
+    def give_compute(self, stream: PacketStream) -> None:
+        """HOLDING or PARKED -> RELAYING with the backend on ``stream`` (the one taken, or
+        a new one logged in and restored); then forward what the client sent meanwhile."""
+        client = self._client
+        if client is None:  # the client left meanwhile
+            stream.close()
+            return
+        lost = stream.closed.done()
+        transport, pending = stream.detach()
+        pump = self._attach_compute(transport)
+        self.mode = _RELAYING
+        self.refuser = None
+        held, self._held = self._held, None
+        if not client.transport.is_reading():
+            client.transport.resume_reading()
+        if pending:
+            pump.data_received(pending)
+        if held:
+            data = bytes(held)
+            if self.tracker.from_client(data):
+                self.owner.rest_changed(self.tracker.at_rest)
+            transport.write(data)
+        if lost:
+            pump.connection_lost(None)
+
+    def park(self) -> None:
+        """HOLDING -> PARKED: the backend is gone (the caller ended it). The client's next
+        message asks the owner for another."""
+        self.mode = _PARKED
+        if self._held:
+            self.owner.wants_compute()
+
+    def refuse(self, refuser: Refuser) -> None:
+        """A re-attach failed: ``refuser`` answers what the client sent (and its batch's
+        rest); the session stays parked for its next try."""
+        held, self._held = self._held, None
+        self.refuser = refuser
+        if self._client is not None and not self._client.transport.is_reading():
+            self._client.transport.resume_reading()
+        self.mode = _PARKED
+        if held:
+            self._refuse(bytes(held))
+
+    def _refuse(self, data: bytes) -> None:
+        refuser, client = self.refuser, self._client
+        assert refuser is not None
+        answer = refuser.feed(data)
+        if client is None:
+            return
+        if answer:
+            client.transport.write(answer)
+        if refuser.terminated:
+            client.transport.close()
+        elif refuser.idle:
+            self.refuser = None
+
+    def write_to_client(self, data: bytes) -> None:
+        """Send the client bytes of pgwake's own, at a message boundary (while holding or
+        parked, or between messages)."""
+        if self._client is not None and data:
+            self._client.transport.write(data)
+
+    @property
+    def held(self) -> bool:
+        """The client sent something since the compute was taken."""
+        return bool(self._held)
+
+    def client_sent_off_relay(self, data: bytes) -> None:
+        """The client's bytes while no backend is attached to the relay."""
+        if self.refuser is not None:
+            self._refuse(data)
+            return
+        client = self._client
+        if client is None:
+            return
+        if self.mode is _PARKED and not self._held and data == _TERMINATE:
+            # A parked client that leaves wakes nothing.
+            self.tracker.terminated = True
+            client.transport.close()
+            return
+        first = not self._held
+        if self._held is None:
+            self._held = bytearray()
+        self._held += data
+        if len(self._held) > _HOLD_LIMIT:
+            client.transport.pause_reading()
+        if first and self.mode is _PARKED:
+            self.owner.wants_compute()
+
+    # -- ends ----------------------------------------------------------------------------
+
+    def client_closed(self) -> None:
+        self._client_lost = True
+        compute = self._compute
+        if compute is not None:
+            if (
+                self.withheld_terminate
+                and not compute.transport.is_closing()
+                and self.tracker.at_rest
+            ):
+                stream = self._detach_compute(compute)
+                self.reusable = False
+                self.owner.keep_compute(stream, self.tracker.status)
+            else:
+                compute.transport.close()  # flushes what is already queued, then closes
+                return  # done when the compute's side has closed too
+        self._finish()
+
+    def compute_closed(self, pump: _ComputePump) -> None:
+        self._compute = None
+        self._to_client += pump.bytes_read
+        client = self._client
+        if self._client_lost or client is None:
+            self._finish()
+            return
+        tracker = self.tracker
         if (
-            self.status in _STATUSES
-            and isinstance(client, _ClientPump)
-            and not client.terminated
+            tracker.server_at_boundary
+            and not tracker.server_sent_error
+            and not tracker.terminated
             and not client.transport.is_closing()
         ):
             # Closed by the compute, not after the client (whose close closes us first):
@@ -197,77 +415,20 @@ class _ComputePump(_Pump):
             metrics.CLIENT_ERRORS.labels(
                 _COMPUTE_STOPPED_ERROR.sqlstate, ErrorKind.COMPUTE.value
             ).inc()
-        super().connection_lost(exc)
+        client.transport.close()  # its connection_lost finishes the relay
 
-
-def _discard(data: bytes) -> None:
-    """Where a pump writes before it is connected (never in practice)."""
-
-
-class Relay:
-    """One relayed session: calls ``on_done(to_compute, to_client)`` once, when both
-    sides have closed."""
-
-    __slots__ = (
-        "_from_client",
-        "_from_compute",
-        "_on_done",
-        "_on_reusable",
-        "_open",
-        "_relays",
-        "endpoint",
-    )
-
-    def __init__(
-        self,
-        relays: Relays,
-        on_done: Callable[[int, int], None],
-        on_reusable: Callable[[PacketStream, bytes], None] | None = None,
-        endpoint: str | None = None,
-    ) -> None:
-        #: The endpoint whose compute the session uses (``Relays.end_endpoint``).
-        self.endpoint = endpoint
-        self._relays = relays
-        self._on_done: Callable[[int, int], None] | None = on_done
-        self._on_reusable = on_reusable
-        self._open = 2
-        self._from_client: _Pump | None = None
-        self._from_compute: _Pump | None = None
-
-    def attach(self, from_client: _Pump, from_compute: _Pump) -> None:
-        self._from_client, self._from_compute = from_client, from_compute
-        from_client.connect_to(from_compute)
-        from_compute.connect_to(from_client)
-
-    def side_closed(self) -> None:
-        self._open -= 1
-        if self._open > 0:
+    def _finish(self) -> None:
+        if self._done:
             return
-        on_done, self._on_done = self._on_done, None
+        self._done = True
         self._relays.discard(self)
-        if on_done is not None:
-            to_compute = self._from_client.bytes_read if self._from_client else 0
-            to_client = self._from_compute.bytes_read if self._from_compute else 0
-            on_done(to_compute, to_client)
+        to_compute = self._client.bytes_read if self._client is not None else 0
+        self.owner.relayed(to_compute, self._to_client)
 
-    def hand_over_compute(self, status: bytes) -> bool:
-        """The client ended at rest: give the compute's connection to ``on_reusable`` as a
-        ``PacketStream``, with the transaction status of its last ReadyForQuery, instead
-        of closing it. Returns ``False`` if it cannot be."""
-        pump, on_reusable = self._from_compute, self._on_reusable
-        if pump is None or on_reusable is None or pump.transport.is_closing():
-            return False
-        self._on_reusable = None
-        transport = pump.transport
-        pump.peer, pump._relay = None, None  # the pump is this relay's own
-        stream = PacketStream()
-        transport.set_protocol(stream)
-        stream.connection_made(transport)
-        if not transport.is_reading():  # paused while the client's buffer was full
-            transport.resume_reading()
-        self.side_closed()  # the compute side is done as far as this relay goes
-        on_reusable(stream, status)
-        return True
+    @property
+    def client_gone(self) -> bool:
+        """The client has left (or is being closed)."""
+        return self._client_lost or self._client is None or self._client.transport.is_closing()
 
     def end(self, error: bytes) -> bool:
         """End the session for a reason of pgwake's own (e.g. its endpoint is deleted): the
@@ -275,13 +436,13 @@ class Relay:
         message boundary, then both sides close. Nothing the compute sends from now on
         reaches the client, and its close adds no error. Returns whether the client was
         told."""
-        client, compute = self._from_client, self._from_compute
-        if client is None or not isinstance(compute, _ComputePump):
+        client, compute = self._client, self._compute
+        if client is None:
             return False
-        told = compute.status in _STATUSES and not client.transport.is_closing()
-        if compute._relay is not None:  # not handed over to server reuse
-            compute.status = b""
-            compute.peer, compute._write = None, _discard
+        told = self.tracker.server_at_boundary and not client.transport.is_closing()
+        if compute is not None:
+            compute.connect_to(None)
+            self.tracker.terminated = True  # no 57P01 of the relay's own on top
             compute.transport.close()
         if told:
             client.transport.write(error)
@@ -289,17 +450,19 @@ class Relay:
         return told
 
     def abort(self) -> None:
-        """Cut both sides now (a forced shutdown); ``on_done`` still runs."""
-        for pump in (self._from_client, self._from_compute):
+        """Cut both sides now (a forced shutdown); ``relayed`` still runs."""
+        for pump in (self._client, self._compute):
             if pump is not None:
                 pump.transport.abort()
 
 
 class Relays:
-    """The relayed sessions of one server, so a shutdown can wait for them or cut them."""
+    """The relayed sessions of one server, so a shutdown can wait for them or cut them,
+    and an endpoint's can be parked or ended."""
 
     def __init__(self) -> None:
         self._relays: set[Relay] = set()
+        self._by_endpoint: dict[str, set[Relay]] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -308,12 +471,24 @@ class Relays:
 
     def add(self, relay: Relay) -> None:
         self._relays.add(relay)
+        if relay.endpoint is not None:
+            self._by_endpoint.setdefault(relay.endpoint, set()).add(relay)
         self._empty.clear()
 
     def discard(self, relay: Relay) -> None:
         self._relays.discard(relay)
+        if relay.endpoint is not None:
+            of_endpoint = self._by_endpoint.get(relay.endpoint)
+            if of_endpoint is not None:
+                of_endpoint.discard(relay)
+                if not of_endpoint:
+                    del self._by_endpoint[relay.endpoint]
         if not self._relays:
             self._empty.set()
+
+    def of(self, endpoint: str) -> Iterator[Relay]:
+        """``endpoint``'s relayed sessions (a copy: parking may end some)."""
+        return iter(list(self._by_endpoint.get(endpoint, ())))
 
     async def wait_closed(self) -> None:
         """Return once no relay is left."""
@@ -326,51 +501,52 @@ class Relays:
     def end_endpoint(self, endpoint: str, message: str, hint: str | None = None) -> int:
         """End every relayed session of ``endpoint``, telling each client why in a FATAL
         57P01 (``Relay.end``); return how many sessions were ended."""
+        return self._end(list(self.of(endpoint)), message, hint)
+
+    def end_parked(self, message: str, hint: str | None = None) -> int:
+        """End every parked session (server shutdown: nobody would re-attach them)."""
+        parked = [relay for relay in self._relays if relay.mode is _PARKED]
+        return self._end(parked, message, hint)
+
+    def _end(self, relays: list[Relay], message: str, hint: str | None) -> int:
         error = AdminShutdown(message, hint=hint)
-        ended = [relay for relay in self._relays if relay.endpoint == endpoint]
         encoded = encode.error_response(error)
-        for relay in ended:
+        for relay in relays:
             if relay.end(encoded):
                 metrics.CLIENT_ERRORS.labels(error.sqlstate, error.kind.value).inc()
-        return len(ended)
+        return len(relays)
 
 
 def start_relay(
     client_stream: PacketStream,
     compute_stream: PacketStream,
     relays: Relays,
-    on_done: Callable[[int, int], None],
-    on_reusable: Callable[[PacketStream, bytes], None] | None = None,
+    owner: RelayOwner,
     *,
     endpoint: str | None = None,
+    reusable: bool = False,
 ) -> Relay:
     """Take over both streams' transports and pump bytes until both sides are closed,
-    then call ``on_done(to_compute, to_client)``. Returns at once; ``endpoint`` names the
-    session's endpoint for ``Relays.end_endpoint``.
+    then call ``owner.relayed(to_compute, to_client)``. Returns at once; ``endpoint``
+    names the session's endpoint for ``Relays``.
 
-    With ``on_reusable``, a session that ends at rest hands the compute's connection to
-    it (as a ``PacketStream``, with the last transaction status) instead of closing it.
-    Bytes the handshake read but did not consume are delivered first."""
+    With ``reusable``, a session that ends at rest hands the compute's connection to
+    ``owner.keep_compute`` instead of closing it. Bytes the handshake read but did not
+    consume are delivered first."""
     client_lost, compute_lost = client_stream.closed.done(), compute_stream.closed.done()
     client, client_pending = client_stream.detach()
     compute, compute_pending = compute_stream.detach()
-    relay = Relay(relays, on_done, on_reusable, endpoint)
+    relay = Relay(relays, owner, endpoint=endpoint, reusable=reusable)
     relays.add(relay)
-    from_client = (
-        _ClientPump(relay, client) if on_reusable is None else _ClientEndPump(relay, client)
-    )
-    from_compute = _ComputePump(relay, compute)
-    relay.attach(from_client, from_compute)
-    for transport in (client, compute):
-        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
-    client.set_protocol(from_client)
-    compute.set_protocol(from_compute)
+    from_client = relay._attach_client(client)
+    from_compute = relay._attach_compute(compute)
     if client_pending:
         from_client.data_received(client_pending)
     if compute_pending:
         from_compute.data_received(compute_pending)
     # A side already lost during the handshake never calls its new pump's connection_lost.
-    for pump, lost in ((from_client, client_lost), (from_compute, compute_lost)):
-        if lost:
-            pump.connection_lost(None)
+    if compute_lost:
+        from_compute.connection_lost(None)
+    if client_lost:
+        from_client.connection_lost(None)
     return relay

@@ -48,8 +48,9 @@ class ComputeResources(Protocol):
     clients (the edge's kept backends and warm sockets). Their owner registers them with
     ``LifecycleManager``; the lifecycle tells it when to let them go."""
 
-    def expire(self, endpoint: str) -> None:
-        """A tick of ``endpoint``'s running compute: close what was kept too long."""
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
+        """A tick of ``endpoint``'s running compute: close what was kept too long, and the
+        sessions pinned and idle longer than ``pinned_timeout`` (``None``: never)."""
 
     def close_sessions(self, endpoint: str) -> bool:
         """``endpoint`` has had no client for ``idle_timeout``: close what its compute
@@ -68,14 +69,14 @@ class ComputeResources(Protocol):
         idle longer than ``pinned_timeout`` (``None``: never) are closed with a FATAL.
         Return how many sessions still hold a backend (pinned, or active again)."""
 
-    def sessions(self, endpoint: str) -> SessionStates:
+    def session_states(self, endpoint: str) -> SessionStates:
         """``endpoint``'s client sessions by state."""
 
 
 class NoResources:
     """For a lifecycle nobody keeps connections for (the CLI without a server)."""
 
-    def expire(self, endpoint: str) -> None:
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
         pass
 
     def close_sessions(self, endpoint: str) -> bool:
@@ -90,5 +91,5 @@ class NoResources:
     async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
         return 0
 
-    def sessions(self, endpoint: str) -> SessionStates:
+    def session_states(self, endpoint: str) -> SessionStates:
         return SessionStates()

@@ -347,7 +347,7 @@ class ControlPlane:
                     "endpoint_exists", f'endpoint "{name}" already exists', 409
                 ) from None
         finally:
-            source_lifecycle.release()
+            source_lifecycle.release(busy=True)
             self._reservations.release(name)
         self.lifecycles.get(record).measure_disk()
         metrics.ENDPOINTS_CREATED.inc()

@@ -98,8 +98,11 @@ class Lifecycle:
         #: The running compute's SCRAM verifiers, and the catalog's copy of them.
         self._verifiers = VerifierSync(name, catalog)
         self.address: ComputeAddress | None = None
-        #: Authenticated client sessions holding this endpoint (waiting for it or relaying).
+        #: Authenticated client sessions of this endpoint (waiting for it, relaying, parked).
         self.sessions = 0
+        #: Those of them that keep the compute awake: connecting, running something, or
+        #: inside a transaction (``session_busy``/``session_rested``).
+        self.busy = 0
         self._last_active = time.monotonic()
         self._last_persisted = 0.0
         self._management: ManagementConnection | None = None
@@ -159,14 +162,28 @@ class Lifecycle:
 
     def acquire(self) -> None:
         """An authenticated client session starts using this endpoint (before it waits
-        for a wake). Connections still authenticating are not sessions: they neither
-        hold a slot nor keep the compute awake."""
+        for a wake); it is busy until it rests. Connections still authenticating are not
+        sessions: they neither hold a slot nor keep the compute awake."""
         self.sessions += 1
+        self.busy += 1
         self._last_active = time.monotonic()
 
-    def release(self) -> None:
-        """A client session ended."""
+    def session_busy(self) -> None:
+        """A session at rest runs something again (or re-attaches)."""
+        self.busy += 1
+        self._last_active = time.monotonic()
+
+    def session_rested(self) -> None:
+        """A busy session is at rest outside any transaction: it no longer keeps the
+        compute awake by itself (parking takes care of it)."""
+        self.busy -= 1
+        self._last_active = time.monotonic()
+
+    def release(self, *, busy: bool) -> None:
+        """A client session ended (``busy``: it was counted busy)."""
         self.sessions -= 1
+        if busy:
+            self.busy -= 1
         self._last_active = time.monotonic()
         now = time.time()
         # For `endpoint list`; at most once a second, so connect storms don't write a lot.
@@ -339,15 +356,23 @@ class Lifecycle:
                 self._crashed()
                 return
             ticks += 1
-            self._resources.expire(self.name)
+            self._resources.expire(self.name, pinned_timeout=self.pinned_session_timeout)
             if ticks % _SYNC_EVERY_TICKS == 1:  # soon after the start, then now and then
                 await self.sync_verifiers()
             now = time.monotonic()
-            if self.sessions > 0:
+            if self.busy > 0 or (self.sessions > 0 and not self.park_sessions):
                 self._last_active = now
                 continue
             if now - self._last_active < self.idle_timeout:
                 continue
+            if self.sessions > 0:
+                # Idle sessions are parked; pinned ones keep the compute (checked again
+                # each tick: they are known and cost no query until they run something).
+                attached = await self._resources.park_sessions(
+                    self.name, pinned_timeout=self.pinned_session_timeout
+                )
+                if attached > 0 or self.busy > 0 or self.state is not EndpointState.RUNNING:
+                    continue
             # Kept backends are not clients, but the compute counts them: they go first,
             # and its sessions are counted at the next tick, once they have left its view.
             if self._resources.close_sessions(self.name):
@@ -363,8 +388,8 @@ class Lifecycle:
             if others > 0:
                 self._last_active = time.monotonic()
                 continue
-            # Re-check after the await: a client may have arrived meanwhile.
-            if self.sessions == 0 and self.state is EndpointState.RUNNING:
+            # Re-check after the await: a client may have arrived or woken meanwhile.
+            if self.busy == 0 and self.state is EndpointState.RUNNING:
                 await self.suspend("idle")
                 return
 

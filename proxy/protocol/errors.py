@@ -24,6 +24,8 @@ __all__ = [
     "CloseWithoutReply",
     "ErrorKind",
     "FeatureNotSupported",
+    "IdleInTransactionSessionTimeout",
+    "IdleSessionTimeout",
     "InternalError",
     "InvalidAuthorizationSpecification",
     "InvalidCatalogName",
@@ -111,6 +113,16 @@ class CannotConnectNow(ClientError, code="57P03", kind=ErrorKind.COMPUTE):
 class AdminShutdown(ClientError, code="57P01", kind=ErrorKind.SERVICE):
     """The session is ended for the client: pgwake is shutting down, or the endpoint's
     compute stopped under a relayed session."""
+
+
+class IdleInTransactionSessionTimeout(ClientError, code="25P03", kind=ErrorKind.CLIENT):
+    """A session idle inside a transaction kept its endpoint awake past
+    ``pinned_session_timeout`` (Postgres's code for its own such timeout)."""
+
+
+class IdleSessionTimeout(ClientError, code="57P05", kind=ErrorKind.CLIENT):
+    """A session pinned by state pgwake cannot restore (temporary tables, LISTEN...) kept
+    its endpoint awake past ``pinned_session_timeout``."""
 
 
 class InternalError(ClientError, code="XX000", kind=ErrorKind.INTERNAL):

@@ -11,6 +11,8 @@ from pgwake.protocol.errors import (
     ClientError,
     ErrorKind,
     FeatureNotSupported,
+    IdleInTransactionSessionTimeout,
+    IdleSessionTimeout,
     InternalError,
     InvalidAuthorizationSpecification,
     InvalidCatalogName,
@@ -39,6 +41,8 @@ OTHER_ERRORS = [
     ("no user in the startup", InvalidAuthorizationSpecification, "28000"),
     ("pgwake shuts down", AdminShutdown, "57P01"),
     ("a pgwake bug", InternalError, "XX000"),
+    ("pinned inside a transaction too long", IdleInTransactionSessionTimeout, "25P03"),
+    ("pinned too long", IdleSessionTimeout, "57P05"),
 ]
 
 ALL_ERRORS = DESIGN_ERRORS + OTHER_ERRORS

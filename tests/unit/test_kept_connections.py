@@ -48,7 +48,7 @@ def test_the_hook_closes_what_it_must_and_nothing_else() -> None:
         assert kept.reuse_enabled
         assert not KeptConnections(0).reuse_enabled
         # Endpoints nobody used: every call is a no-op and makes nothing.
-        kept.expire("none")
+        kept.expire("none", pinned_timeout=None)
         assert not kept.close_sessions("none")
         kept.compute_gone("none")
         kept.forget("none")
@@ -61,7 +61,7 @@ def test_the_hook_closes_what_it_must_and_nothing_else() -> None:
         await asyncio.sleep(0.01)
         assert len(demo.warm_sockets) == 2
 
-        kept.expire("demo")  # nothing is old yet
+        kept.expire("demo", pinned_timeout=None)  # nothing is old yet
         assert (backend.close_calls, len(demo.idle_servers), len(demo.warm_sockets)) == (0, 1, 2)
         # Idle: kept backends go (the compute counts them), warm sockets stay (it doesn't).
         assert kept.close_sessions("demo")

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from pgwake.compute import ComputeAddress, ComputeBackend, ComputeStartError, EndpointSpec
 from pgwake.compute.management import ManagementConnection
+from pgwake.endpoint.compute_resources import SessionStates
 from pgwake.endpoint.disk_usage import record_disk_usage
 from pgwake.endpoint.lifecycle import Lifecycle, ShuttingDown, WakeFailed
 from pgwake.endpoint.lifecycles import LifecycleManager
@@ -186,8 +187,10 @@ class FakeEdge:
     def __init__(self, events: Events) -> None:
         self.events = events
         self.kept = 0
+        #: Sessions that ``park_sessions`` leaves attached (pinned).
+        self.attached = 0
 
-    def expire(self, endpoint: str) -> None:
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
         self.events.append("edge.expire")
 
     def close_sessions(self, endpoint: str) -> bool:
@@ -200,6 +203,13 @@ class FakeEdge:
 
     def forget(self, endpoint: str) -> None:
         self.events.append(f"edge.forget:{endpoint}")
+
+    async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
+        self.events.append("edge.park_sessions")
+        return self.attached
+
+    def session_states(self, endpoint: str) -> SessionStates:
+        return SessionStates()
 
 
 def make_lifecycle(
@@ -567,7 +577,7 @@ def test_a_session_keeps_it_awake_and_its_end_restarts_the_timer() -> None:
         await asyncio.sleep(3 * SHORT_IDLE)
         assert lifecycle.state is EndpointState.RUNNING
         assert "management.count" not in backend.events  # a session: nothing to count
-        lifecycle.release()
+        lifecycle.release(busy=True)
         released = asyncio.get_running_loop().time()
         await until(lambda: lifecycle.state is EndpointState.SUSPENDED)
         assert asyncio.get_running_loop().time() - released >= SHORT_IDLE

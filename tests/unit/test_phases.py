@@ -33,7 +33,10 @@ def test_every_phase_has_its_moves() -> None:
 
 def test_the_moves_are_one_step_forward_or_closed() -> None:
     for current, following in itertools.pairwise(FORWARD):
-        assert PHASE_MOVES[current] == {following, Phase.CLOSED}
+        # Besides: a relayed session may be parked, and a parked one relayed again.
+        parked = {Phase.PARKED} if current is Phase.RELAYING else set()
+        assert PHASE_MOVES[current] == {following, Phase.CLOSED, *parked}
+    assert PHASE_MOVES[Phase.PARKED] == {Phase.RELAYING, Phase.CLOSED}
     assert PHASE_MOVES[Phase.CLOSED] == frozenset()
 
 
@@ -119,6 +122,9 @@ class _Transport:
 
     def resume_reading(self) -> None:
         pass
+
+    def is_reading(self) -> bool:
+        return True
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass

@@ -99,27 +99,37 @@ class _Session:
         await asyncio.wait_for(self.done, 5)
 
 
+class _Owner:
+    """The relay's owner: records what the relay tells it."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self.reused: list[bytes] = []
+        self.rests: list[bool] = []
+        self.wanted = 0
+
+    def rest_changed(self, at_rest: bool) -> None:
+        self.rests.append(at_rest)
+
+    def wants_compute(self) -> None:
+        self.wanted += 1
+
+    def relayed(self, to_compute: int, to_client: int) -> None:
+        self.done.set_result((to_compute, to_client))
+
+    def keep_compute(self, stream: PacketStream, status: bytes) -> None:
+        self.reused.append(status)
+        stream.close()
+
+
 def _relayed(*, reuse: bool = False) -> _Session:
-    loop = asyncio.get_running_loop()
     client, compute = _Transport(), _Transport()
     client_stream, compute_stream = PacketStream(), PacketStream()
     client_stream.connection_made(client)  # type: ignore[arg-type]
     compute_stream.connection_made(compute)  # type: ignore[arg-type]
-    done: asyncio.Future[tuple[int, int]] = loop.create_future()
-    reused: list[bytes] = []
-
-    def keep(stream: PacketStream, status: bytes) -> None:
-        reused.append(status)
-        stream.close()
-
-    start_relay(
-        client_stream,
-        compute_stream,
-        Relays(),
-        lambda to_compute, to_client: done.set_result((to_compute, to_client)),
-        keep if reuse else None,
-    )
-    return _Session(client, compute, done, reused)
+    owner = _Owner()
+    start_relay(client_stream, compute_stream, Relays(), owner, reusable=reuse)
+    return _Session(client, compute, owner.done, owner.reused)
 
 
 def _run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -1,0 +1,102 @@
+"""The relayed sessions of each endpoint, for what the lifecycle asks of them.
+
+The lifecycle speaks no protocol: when its endpoint has run nothing for ``idle_timeout``
+it asks the edge to park the sessions (``park``), each tick to close those pinned too long
+(``expire_pinned``), and the API asks how many sessions are in which state
+(``states``). Each session answers for itself (``ClientConnection``: ``park``,
+``describe``, ``pinned_for``, ``end_pinned``); this only keeps them by endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Protocol
+
+from pgwake import metrics
+from pgwake.endpoint.compute_resources import SessionStates
+
+if TYPE_CHECKING:
+    from pgwake.edge.parking import ParkOutcome
+    from pgwake.endpoint.compute_resources import PinnedSession
+
+__all__ = ["Session", "SessionRegistry"]
+
+_STATES = ("active", "idle", "parked", "pinned")
+
+
+class Session(Protocol):
+    """What the registry needs of a session (``ClientConnection``)."""
+
+    async def park(self) -> ParkOutcome: ...
+
+    def describe(self) -> tuple[str, PinnedSession | None]: ...
+
+    def pinned_for(self, now: float) -> float | None: ...
+
+    def end_pinned(self, seconds: float) -> None: ...
+
+
+class SessionRegistry:
+    """Relayed (and parked) sessions by endpoint."""
+
+    def __init__(self) -> None:
+        self._by_endpoint: dict[str, set[Session]] = {}
+
+    def add(self, endpoint: str, session: Session) -> None:
+        self._by_endpoint.setdefault(endpoint, set()).add(session)
+
+    def discard(self, endpoint: str, session: Session) -> None:
+        sessions = self._by_endpoint.get(endpoint)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._by_endpoint[endpoint]
+
+    def of(self, endpoint: str) -> list[Session]:
+        return list(self._by_endpoint.get(endpoint, ()))
+
+    async def park(self, endpoint: str) -> int:
+        """Park every idle session of ``endpoint`` (all at once); return how many still
+        hold a backend."""
+        sessions = self.of(endpoint)
+        if not sessions:
+            return 0
+        outcomes = await asyncio.gather(*(session.park() for session in sessions))
+        for outcome in outcomes:
+            metrics.PARKS.labels(endpoint, outcome.value).inc()
+        return sum(1 for session in sessions if session.describe()[0] != "parked")
+
+    def expire_pinned(self, endpoint: str, timeout: float | None) -> None:
+        """Close the sessions pinned at rest for ``timeout`` seconds or more."""
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for session in self.of(endpoint):
+            pinned = session.pinned_for(now)
+            if pinned is not None and pinned >= timeout:
+                session.end_pinned(pinned)
+
+    def states(self, endpoint: str) -> SessionStates:
+        """``endpoint``'s sessions by state; also published as metrics."""
+        counts: Counter[str] = Counter()
+        pinned: list[PinnedSession] = []
+        for session in self.of(endpoint):
+            state, pin = session.describe()
+            counts[state] += 1
+            if pin is not None:
+                pinned.append(pin)
+        for state in _STATES:
+            metrics.SESSIONS.labels(endpoint, state).set(counts[state])
+        # One label per kind of pin: a reason's details (after a colon) are not a label.
+        reasons = Counter(
+            reason.split(":", 1)[0] for pin in pinned for reason in pin.reason.split("; ")
+        )
+        metrics.publish_pins(endpoint, reasons)
+        return SessionStates(
+            active=counts["active"],
+            idle=counts["idle"],
+            parked=counts["parked"],
+            pinned=tuple(sorted(pinned, key=lambda pin: pin.since)),
+        )
