@@ -3,6 +3,8 @@ the bytes are cut into reads."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -164,7 +166,7 @@ def _conversation() -> tuple[bytes, bytes]:
 
 def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 @given(st.lists(st.integers(min_value=0), max_size=20), st.lists(st.integers(0), max_size=20))
