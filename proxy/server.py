@@ -334,6 +334,7 @@ class Server:
     ) -> None:
         listener.close()
         started = time.monotonic()
+        self._end_parked()
         if not self._force and not await self._sessions_ended(self.settings.drain_timeout):
             assert self._ctx is not None
             logger.warning(
@@ -350,12 +351,7 @@ class Server:
         # Suspending first lets each compute end its remaining sessions itself: a fast
         # shutdown sends every client a well-framed FATAL 57P01, which the relay forwards.
         await lifecycles.suspend_all()
-        if self._ctx is not None:
-            # Parked sessions have no backend to end them: pgwake tells them itself.
-            self._ctx.relays.end_parked(
-                "terminating connection because pgwake is shutting down",
-                hint="Reconnect: the next connection starts the compute again.",
-            )
+        self._end_parked()  # parked while the drain ran
         if not await self._sessions_ended(5):
             for task in list(self._sessions):
                 task.cancel()
@@ -363,6 +359,15 @@ class Server:
                 self._ctx.relays.abort_all()
             await self._sessions_ended(5)
         logger.info("event=stopped ms=%d", (time.monotonic() - started) * 1000)
+
+    def _end_parked(self) -> None:
+        """End the parked sessions: idle, with no backend to end them, they would only
+        hold the drain up. Each client hears why (57P01), as from a compute's shutdown."""
+        if self._ctx is not None:
+            self._ctx.relays.end_parked(
+                "terminating connection because pgwake is shutting down",
+                hint="Reconnect: the next connection starts the compute again.",
+            )
 
     async def _sessions_ended(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for every session (in its handshake or relaying) to end."""

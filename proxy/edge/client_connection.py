@@ -38,6 +38,7 @@ from pgwake.edge.relay import Mode, start_relay
 from pgwake.edge.routing import address_allowed, compute_parameters, resolve
 from pgwake.edge.server_reuse import keep_backend
 from pgwake.edge.session_context import SessionContext, too_many_unauthenticated
+from pgwake.endpoint.compute_resources import PinnedSession
 from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     AdminShutdown,
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from pgwake.edge.relay import Relay
     from pgwake.edge.routing import Route
     from pgwake.edge.session_state import SessionState
-    from pgwake.endpoint.compute_resources import PinnedSession
     from pgwake.endpoint.lifecycle import Lifecycle
     from pgwake.protocol.messages import StartupMessage
 

@@ -339,6 +339,14 @@ class Lifecycle:
 
     async def _monitor(self) -> None:
         """While running: notice a crash, and suspend once idle for ``idle_timeout``."""
+        try:
+            await self._watch()
+        except Exception:
+            # Never silently: without its monitor a compute would run forever.
+            logger.exception("event=monitor_error endpoint=%s", self.name)
+            raise
+
+    async def _watch(self) -> None:
         tick = max(_MIN_TICK_SECONDS, min(_MAX_TICK_SECONDS, self.idle_timeout / 5))
         ticks = 0
         while self.state is EndpointState.RUNNING:

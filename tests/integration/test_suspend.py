@@ -42,24 +42,33 @@ def test_idle_endpoint_is_suspended_and_its_process_ends(pgwake: Pgwake) -> None
     assert "database system is shut down" in log
 
 
-def test_never_suspended_while_a_session_is_open_or_a_query_runs(pgwake: Pgwake) -> None:
+def test_never_suspended_while_a_query_runs_or_a_transaction_is_open(pgwake: Pgwake) -> None:
     pgwake.create("busy", idle_timeout=0.5)
     pgwake.start()
 
     async def scenario() -> None:
         conn = await _connect(pgwake, "busy")
-        # An idle open session, for 6x the idle timeout.
+        # A long query, 4x the idle timeout.
+        assert await conn.fetchval("select pg_sleep(2)") is None
+        assert pgwake.state("busy") == "running"
+        # An open transaction, idle for 6x the idle timeout.
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("create temporary table t (x int) on commit drop")
         await asyncio.sleep(3)
         assert pgwake.state("busy") == "running"
-        # A long query on it.
-        await conn.fetchval("select pg_sleep(2)")
-        assert pgwake.state("busy") == "running"
+        await conn.execute("insert into t values (7)")
+        assert await conn.fetchval("select x from t") == 7
+        await transaction.commit()
+        # Idle outside a transaction: the endpoint suspends under the open connection.
+        pgwake.wait_state("busy", "suspended", timeout=15)
         assert await conn.fetchval("select 7") == 7
         await conn.close()
 
     uvloop.run(scenario())
     pgwake.wait_state("busy", "suspended", timeout=15)
-    assert pgwake.metric("pgwake_wakes_total", endpoint="busy", outcome="success") == 1
+    # The first connect, and the query on the parked connection.
+    assert pgwake.metric("pgwake_wakes_total", endpoint="busy", outcome="success") == 2
 
 
 def test_a_direct_session_on_the_compute_keeps_it_awake(pgwake: Pgwake) -> None:
