@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from pgwake.compute import ComputeAddress, ComputeBackend, ComputeStartError, EndpointSpec
 from pgwake.compute.management import ManagementConnection
+from pgwake.endpoint.compute_resources import SessionStates
 from pgwake.endpoint.disk_usage import record_disk_usage
 from pgwake.endpoint.lifecycle import Lifecycle, ShuttingDown, WakeFailed
 from pgwake.endpoint.lifecycles import LifecycleManager
@@ -200,6 +201,13 @@ class FakeEdge:
 
     def forget(self, endpoint: str) -> None:
         self.events.append(f"edge.forget:{endpoint}")
+
+    async def park_sessions(self, endpoint: str, *, pinned_timeout: float | None) -> int:
+        self.events.append("edge.park_sessions")
+        return 0
+
+    def sessions(self, endpoint: str) -> SessionStates:
+        return SessionStates()
 
 
 def make_lifecycle(
@@ -547,14 +555,17 @@ def test_the_compute_s_own_sessions_keep_it_awake() -> None:
     backend.management_connection.sessions = 1  # e.g. a direct connection
 
     async def main() -> None:
+        assert lifecycle.compute_other_sessions is None  # not counted yet
         await lifecycle.wake()
         await until(lambda: backend.events.count("management.count") >= 3)
         assert lifecycle.state is EndpointState.RUNNING
+        assert lifecycle.compute_other_sessions == 1  # kept for the view, no I/O there
         backend.management_connection.sessions = 0
         await until(lambda: lifecycle.state is EndpointState.SUSPENDED)
 
     run(lifecycle, main)
     assert catalog.calls[2][1:3] == ("suspending", "idle")
+    assert lifecycle.compute_other_sessions is None  # the compute is gone
 
 
 def test_a_session_keeps_it_awake_and_its_end_restarts_the_timer() -> None:
@@ -624,6 +635,8 @@ class FakeRecord:
         self.name = name
         self.backend = "fake"
         self.idle_timeout: float | None = None
+        self.park_sessions = True
+        self.pinned_session_timeout: float | None = None
         self.state = state
 
 
