@@ -1,19 +1,23 @@
-"""Every Prometheus metric pgwake exports, defined in one place. A leaf module."""
+"""Every Prometheus metric pgwake exports, defined in one place. A leaf module.
+
+The label values of a closed set are named here too (``SESSION_STATES``...): each
+endpoint's series are made at zero when its lifecycle is (``publish_endpoint``), so a
+dashboard sees them before the first event, and dropped when it is deleted.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import contextlib
+from typing import Final
 
 from prometheus_client import Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
 
 __all__ = [
     "ACCEPTED",
     "BYTES_RELAYED",
     "CANCEL_REQUESTS",
     "CLIENT_ERRORS",
+    "CLIENT_SESSIONS",
     "CONNECTIONS_ACTIVE",
     "CONNECTIONS_TOTAL",
     "ENDPOINTS_CREATED",
@@ -22,18 +26,22 @@ __all__ = [
     "ENDPOINT_STATE",
     "OPEN_CONNECTIONS",
     "PARKS",
+    "PARK_OUTCOMES",
+    "PINNED_REASONS",
+    "PINNED_SESSIONS",
     "REATTACHES",
-    "REATTACH_SECONDS",
+    "REATTACH_DURATION",
+    "REATTACH_OUTCOMES",
     "SERVER_REUSE",
-    "SESSIONS",
-    "SESSION_PINS",
+    "SESSION_STATES",
     "STATE_TRANSITIONS",
     "SUSPENDS",
     "UNAUTHENTICATED",
     "UNAUTHENTICATED_REFUSED",
     "WAKES",
     "WAKE_DURATION",
-    "publish_pins",
+    "forget_endpoint",
+    "publish_endpoint",
 ]
 
 OPEN_CONNECTIONS: Final = Gauge(
@@ -119,44 +127,76 @@ CANCEL_REQUESTS: Final = Counter(
     "CancelRequests, by outcome (forwarded, unknown_key).",
     ["outcome"],
 )
-SESSIONS: Final = Gauge(
-    "pgwake_sessions",
-    "Client sessions of an endpoint by state: active (running something or connecting), "
-    "idle (parkable), parked (no backend), pinned (idle but holding state pgwake cannot "
-    "restore, or inside a transaction). Updated every lifecycle tick.",
+
+# -- parked and pinned sessions ----------------------------------------------------------
+
+#: ``SessionStates``' states: running or waiting, idle on a backend, parked, pinned.
+SESSION_STATES: Final = ("active", "idle", "parked", "pinned")
+#: Why a session is pinned, as a label: the state a new backend could not be given.
+PINNED_REASONS: Final = (
+    "open_transaction",
+    "temporary_tables",
+    "listen",
+    "advisory_locks",
+    "with_hold_cursors",
+    "other",
+)
+#: A parked session's next message: re-attached, or why not (each ends the session).
+REATTACH_OUTCOMES: Final = ("ok", "wake_failed", "restore_failed", "login_failed")
+#: An idle session at suspend: parked, kept on its backend (pinned, or busy again by
+#: then), or failed to park (closed).
+PARK_OUTCOMES: Final = ("parked", "pinned", "busy", "failed")
+
+CLIENT_SESSIONS: Final = Gauge(
+    "pgwake_client_sessions",
+    "Client sessions of an endpoint open now, by state (active, idle, parked, pinned).",
     ["endpoint", "state"],
 )
-SESSION_PINS: Final = Gauge(
-    "pgwake_session_pins",
-    "Pinned sessions of an endpoint by reason (open transaction, temporary tables, LISTEN, "
-    "advisory locks, WITH HOLD cursors, ...). Updated every lifecycle tick.",
+PINNED_SESSIONS: Final = Gauge(
+    "pgwake_pinned_sessions",
+    "Pinned client sessions of an endpoint (they keep its compute awake), by reason "
+    "(open_transaction, temporary_tables, listen, advisory_locks, with_hold_cursors, other).",
     ["endpoint", "reason"],
 )
-PARKS: Final = Counter(
-    "pgwake_session_parks_total",
-    "Attempts to park an idle session, by outcome (parked, pinned, busy, failed).",
-    ["endpoint", "outcome"],
-)
 REATTACHES: Final = Counter(
-    "pgwake_session_reattaches_total",
-    "Parked sessions given a backend again, by outcome (ok, wake_failed, login_failed, "
-    "restore_failed).",
+    "pgwake_reattaches_total",
+    "Parked sessions given a backend again at their next message, by outcome (ok, "
+    "wake_failed, restore_failed, login_failed).",
     ["endpoint", "outcome"],
 )
-REATTACH_SECONDS: Final = Histogram(
-    "pgwake_session_reattach_seconds",
-    "From a parked client's message to its backend restored (wake included).",
+REATTACH_DURATION: Final = Histogram(
+    "pgwake_reattach_duration_seconds",
+    "Time from a parked session's next message to its backend ready for it (a wake if "
+    "needed, the login, the restored state), by compute backend.",
+    ["backend"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PARKS: Final = Counter(
+    "pgwake_parks_total",
+    "Idle sessions met by a suspend, by outcome (parked; pinned or busy: kept on their "
+    "backend; failed: closed).",
+    ["endpoint", "outcome"],
+)
 
-#: The pin reasons published per endpoint, so a reason that is gone is set back to 0.
-_published_pins: dict[str, set[str]] = {}
+_BY_ENDPOINT: Final = (
+    (CLIENT_SESSIONS, SESSION_STATES),
+    (PINNED_SESSIONS, PINNED_REASONS),
+    (REATTACHES, REATTACH_OUTCOMES),
+    (PARKS, PARK_OUTCOMES),
+)
 
 
-def publish_pins(endpoint: str, reasons: Mapping[str, int]) -> None:
-    """Set ``endpoint``'s pin gauges to ``reasons`` (reason to count)."""
-    for reason in _published_pins.get(endpoint, set()) - reasons.keys():
-        SESSION_PINS.labels(endpoint, reason).set(0)
-    for reason, count in reasons.items():
-        SESSION_PINS.labels(endpoint, reason).set(count)
-    _published_pins[endpoint] = set(reasons) | _published_pins.get(endpoint, set())
+def publish_endpoint(endpoint: str, backend: str) -> None:
+    """Make ``endpoint``'s session series at zero (those already there keep their value)."""
+    for metric, values in _BY_ENDPOINT:
+        for value in values:
+            metric.labels(endpoint, value)
+    REATTACH_DURATION.labels(backend)
+
+
+def forget_endpoint(endpoint: str) -> None:
+    """Drop a deleted endpoint's session series."""
+    for metric, values in _BY_ENDPOINT:
+        for value in values:
+            with contextlib.suppress(KeyError):  # never made
+                metric.remove(endpoint, value)

@@ -36,6 +36,7 @@ __all__ = [
     "NewEndpoint",
     "NewPassword",
     "PgwakeClient",
+    "PinnedSession",
     "Token",
     "build",
     "default_token",
@@ -53,6 +54,18 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedSession:
+    """A session that keeps its endpoint's compute awake although it runs nothing."""
+
+    client: str
+    application_name: str = ""
+    #: Unix time since when it has run nothing.
+    since: float = 0.0
+    #: Why it cannot be parked, in words (``temporary tables``...).
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +88,18 @@ class Endpoint:
     compute_options: dict[str, str] = field(default_factory=dict)
     #: Bytes of storage at create or the last suspend (``None``: not measured yet).
     disk_bytes: int | None = None
-    #: Client sessions open now.
+    #: Client sessions open now, in every state.
     sessions: int = 0
+    #: Idle sessions are parked when the compute suspends (``False``: they keep it awake).
+    park_sessions: bool = True
+    #: Seconds a pinned session may run nothing before it is closed (``None``: never).
+    pinned_session_timeout_seconds: float | None = None
+    #: ``sessions`` by state: ``active``, ``idle``, ``parked``, ``pinned``.
+    session_states: dict[str, int] = field(default_factory=dict)
+    pinned_sessions: tuple[PinnedSession, ...] = ()
+    #: The compute's client sessions that are not pgwake's, as of its last idle check
+    #: (``None``: not running, or not checked yet).
+    compute_other_sessions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +139,23 @@ class Token:
         return f"Token(id={self.id!r})"
 
 
+#: Fields that hold a list of another of this module's dataclasses.
+_NESTED: Final[dict[str, type[Any]]] = {"pinned_sessions": PinnedSession}
+
+
 def build(cls: type[Any], data: dict[str, Any]) -> Any:
     """Make ``cls`` (one of this module's dataclasses) from a JSON-like mapping, ignoring
     keys it does not know (newer servers may send more)."""
     known = {f.name for f in fields(cls)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+    values = {k: _value(k, v) for k, v in data.items() if k in known}
     return cls(**values)
+
+
+def _value(key: str, value: Any) -> Any:
+    if not isinstance(value, list | tuple):
+        return value
+    nested = _NESTED.get(key)
+    return tuple(build(nested, item) if nested else item for item in value)
 
 
 def default_token() -> tuple[str | None, str]:
@@ -153,11 +187,19 @@ class PgwakeClient:
             token, self.token_source = default_token()
         self._token = token
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        keep_none: bool = False,
+    ) -> Any:
+        """Send ``body`` as JSON, without its ``None`` values unless ``keep_none``."""
         data = (
             None
             if body is None
-            else json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+            else json.dumps({k: v for k, v in body.items() if keep_none or v is not None}).encode()
         )
         request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
         request.add_header("Accept", "application/json")
@@ -192,9 +234,11 @@ class PgwakeClient:
         image: str | None = None,
         memory: str | None = None,
         cpus: str | float | None = None,
+        park_sessions: bool | None = None,
+        pinned_session_timeout_seconds: float | None = None,
     ) -> NewEndpoint:
         """Create an endpoint (suspended until its first connect); ``backend`` and the
-        docker options default to the server's settings."""
+        docker options default to the server's settings, ``park_sessions`` to ``True``."""
         data = self._request(
             "POST",
             "/v1/endpoints",
@@ -209,6 +253,8 @@ class PgwakeClient:
                 "image": image,
                 "memory": memory,
                 "cpus": float(cpus) if cpus is not None else None,
+                "park_sessions": park_sessions,
+                "pinned_session_timeout_seconds": pinned_session_timeout_seconds,
             },
         )
         result: NewEndpoint = build(NewEndpoint, data)
@@ -220,6 +266,14 @@ class PgwakeClient:
 
     def get_endpoint(self, name: str) -> Endpoint:
         result: Endpoint = build(Endpoint, self._request("GET", f"/v1/endpoints/{_q(name)}"))
+        return result
+
+    def update_endpoint(self, name: str, **settings: float | bool | None) -> Endpoint:
+        """Change ``name``'s ``idle_timeout_seconds``, ``park_sessions`` or
+        ``pinned_session_timeout_seconds``: those given are sent (``None`` too, which
+        sets the default), the others keep their values."""
+        data = self._request("PATCH", f"/v1/endpoints/{_q(name)}", settings, keep_none=True)
+        result: Endpoint = build(Endpoint, data)
         return result
 
     def delete_endpoint(self, name: str) -> None:

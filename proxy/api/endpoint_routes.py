@@ -1,5 +1,5 @@
-"""The ``/v1/endpoints`` routes: create, list, get, delete, suspend, wake, branch, and
-a role's password. Each calls one ``ControlPlane`` method."""
+"""The ``/v1/endpoints`` routes: create, list, get, update, delete, suspend, wake,
+branch, and a role's password. Each calls one ``ControlPlane`` method."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pgwake.api.models import (
     EndpointCreated,
     EndpointList,
     EndpointOut,
+    EndpointUpdate,
     NewPassword,
     PasswordChange,
 )
+from pgwake.endpoint.control_plane import KEEP
 
 __all__ = ["router"]
 
@@ -48,6 +50,8 @@ async def create_endpoint(
             "memory": body.memory,
             "cpus": f"{body.cpus:g}" if body.cpus is not None else None,
         },
+        park_sessions=body.park_sessions,
+        pinned_session_timeout=body.pinned_session_timeout_seconds,
     )
     return EndpointCreated.from_created(created)
 
@@ -62,6 +66,31 @@ async def list_endpoints(control: ControlDep, caller: CallerDep) -> EndpointList
 @router.get("/{name}", summary="Get an endpoint", responses=error_responses(401, 404, 422))
 async def get_endpoint(control: ControlDep, caller: CallerDep, name: EndpointName) -> EndpointOut:
     return EndpointOut.from_view(control.get(caller, name))
+
+
+@router.patch(
+    "/{name}",
+    summary="Change an endpoint's settings",
+    responses=error_responses(401, 404, 413, 422),
+)
+async def update_endpoint(
+    control: ControlDep, caller: CallerDep, name: EndpointName, body: EndpointUpdate
+) -> EndpointOut:
+    """Change the idle timeout and what becomes of idle sessions at a suspend; the fields
+    left out keep their values, `null` sets the default. They take effect at once."""
+    given = body.model_fields_set
+    view = control.update(
+        caller,
+        name,
+        idle_timeout=body.idle_timeout_seconds if "idle_timeout_seconds" in given else KEEP,
+        park_sessions=body.park_sessions if "park_sessions" in given else KEEP,
+        pinned_session_timeout=(
+            body.pinned_session_timeout_seconds
+            if "pinned_session_timeout_seconds" in given
+            else KEEP
+        ),
+    )
+    return EndpointOut.from_view(view)
 
 
 @router.delete(

@@ -46,12 +46,15 @@ __all__ = [
     "EndpointCreated",
     "EndpointList",
     "EndpointOut",
+    "EndpointUpdate",
     "ErrorBody",
     "ErrorResponse",
     "Health",
     "NewPassword",
     "PasswordChange",
+    "PinnedSessionOut",
     "Readiness",
+    "SessionStatesOut",
     "TokenCreate",
     "TokenMinted",
 ]
@@ -162,6 +165,40 @@ class EndpointCreate(_Request):
         default=None,
         description=f"Container CPU limit, {MIN_CPUS:g} to {MAX_CPUS:g} (docker only).",
     )
+    park_sessions: bool = Field(
+        default=True,
+        description="Park idle sessions when the compute suspends: their backends end, "
+        "their clients stay connected, and their next message wakes the compute and "
+        "re-attaches them. `false`: any open session keeps the compute awake.",
+    )
+    pinned_session_timeout_seconds: IdleTimeout | None = Field(
+        default=None,
+        description="Close a pinned session (one holding state a new backend cannot be "
+        "given: an open transaction, temporary tables, LISTEN, advisory locks, WITH HOLD "
+        "cursors) once it has run nothing this many seconds, so the compute can suspend "
+        f"(at least {MIN_IDLE_TIMEOUT_SECONDS:g}); `null`: never.",
+    )
+
+
+class EndpointUpdate(_Request):
+    """New idle and session settings; a field left out keeps its value, `null` sets the
+    default."""
+
+    idle_timeout_seconds: IdleTimeout | None = Field(
+        default=None,
+        description="Seconds without sessions before the compute is suspended "
+        f"(at least {MIN_IDLE_TIMEOUT_SECONDS:g}); `null`: the server's `idle_timeout`.",
+    )
+    park_sessions: bool = Field(
+        default=True,
+        description="Park idle sessions when the compute suspends (see create); `false`: "
+        "any open session keeps the compute awake.",
+    )
+    pinned_session_timeout_seconds: IdleTimeout | None = Field(
+        default=None,
+        description="Close a pinned session once it has run nothing this many seconds (see "
+        f"create; at least {MIN_IDLE_TIMEOUT_SECONDS:g}); `null`: never.",
+    )
 
 
 class BranchCreate(_Request):
@@ -208,6 +245,32 @@ class TokenCreate(_Request):
 # -- responses ---------------------------------------------------------------------------
 
 
+class SessionStatesOut(_Response):
+    """An endpoint's client sessions by state."""
+
+    active: int = Field(description="Running a query, or waiting for the compute or a login.")
+    idle: int = Field(description="On a backend, running nothing; parked at the next suspend.")
+    parked: int = Field(
+        description="Connected, on no backend: their next message wakes the compute and "
+        "re-attaches them."
+    )
+    pinned: int = Field(
+        description="On a backend, running nothing, but holding state a new backend cannot "
+        "be given: they keep the compute awake."
+    )
+
+
+class PinnedSessionOut(_Response):
+    """A session that keeps its compute awake although it runs nothing."""
+
+    client: str = Field(description="The client's address.")
+    application_name: str
+    since: float = Field(description="Unix time since when it has run nothing.")
+    reason: str = Field(
+        description="Why it cannot be parked, in words.", examples=["temporary tables"]
+    )
+
+
 class EndpointOut(_Response):
     """An endpoint; ``connection_uri`` has no password in it."""
 
@@ -233,7 +296,20 @@ class EndpointOut(_Response):
         "`null` until measured."
     )
     connection_uri: str
-    sessions: int = Field(description="Client sessions open now.")
+    sessions: int = Field(description="Client sessions open now, in every state.")
+    park_sessions: bool = Field(description="Idle sessions are parked when the compute suspends.")
+    pinned_session_timeout_seconds: float | None = Field(
+        description="Seconds a pinned session may run nothing before it is closed; `null`: never."
+    )
+    session_states: SessionStatesOut = Field(description="`sessions` by state.")
+    pinned_sessions: list[PinnedSessionOut] = Field(
+        description="The pinned sessions, and why each is."
+    )
+    compute_other_sessions: int | None = Field(
+        description="The compute's client sessions that are not pgwake's (direct clients, "
+        "other proxies), as of its last idle check; `null` while it is not running or "
+        "before that check."
+    )
 
     @classmethod
     def from_view(cls, view: EndpointView) -> EndpointOut:

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS endpoints (
     delete_after_idle REAL,         -- seconds suspended/unused before the reaper deletes it
     compute_options TEXT,           -- JSON object of backend choices (docker: image, memory, cpus)
     disk_bytes    INTEGER,          -- storage measured at create and after each suspend
-    last_session_end REAL           -- unix time the last client session ended
+    last_session_end REAL,          -- unix time the last client session ended
+    park_sessions INTEGER,          -- 0: idle sessions keep the compute awake; NULL = 1
+    pinned_session_timeout REAL     -- seconds a pinned session may idle; NULL = forever
 );
 CREATE TABLE IF NOT EXISTS tokens (
     id            TEXT PRIMARY KEY,
@@ -78,19 +80,24 @@ class EndpointRecord:
     disk_bytes: int | None = None
     #: Unix time the last client session ended (``None``: none has yet).
     last_session_end: float | None = None
+    #: Park idle sessions when the compute suspends (``False``: they keep it awake).
+    park_sessions: bool = True
+    #: Seconds a pinned session may stay idle before it is closed (``None``: forever).
+    pinned_session_timeout: float | None = None
 
 
 _COLUMNS: Final = (
     "name, backend, idle_timeout, created_at, last_active, state, state_reason, "
     "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, disk_bytes, "
-    "last_session_end"
+    "last_session_end, park_sessions, pinned_session_timeout"
 )
 
 
 def _record(row: tuple[Any, ...]) -> EndpointRecord:
     name, backend, idle_timeout, created_at, last_active, state, reason, cidrs, *rest = row
     allowed = tuple(c for c in str(cidrs).split(",") if c) if cidrs else ()
-    owner, expires_at, delete_after_idle, options, disk_bytes, last_session_end = rest
+    owner, expires_at, delete_after_idle, options, disk_bytes, last_session_end, *rest = rest
+    park_sessions, pinned_session_timeout = rest
     return EndpointRecord(
         name,
         backend,
@@ -106,6 +113,8 @@ def _record(row: tuple[Any, ...]) -> EndpointRecord:
         json.loads(options) if options else {},
         disk_bytes,
         last_session_end,
+        park_sessions is None or bool(park_sessions),  # NULL: the default, on
+        pinned_session_timeout,
     )
 
 
@@ -135,6 +144,8 @@ class Catalog:
             ("compute_options", "TEXT"),
             ("disk_bytes", "INTEGER"),
             ("last_session_end", "REAL"),
+            ("park_sessions", "INTEGER"),
+            ("pinned_session_timeout", "REAL"),
         ):
             if column not in columns:
                 self._db.execute(f"ALTER TABLE endpoints ADD COLUMN {column} {kind}")
@@ -158,6 +169,8 @@ class Catalog:
         delete_after_idle: float | None = None,
         roles: dict[str, str] | None = None,
         compute_options: dict[str, str] | None = None,
+        park_sessions: bool = True,
+        pinned_session_timeout: float | None = None,
     ) -> EndpointRecord:
         """Insert a new endpoint with its first role; raise ``EndpointExists``."""
         now = time.time()
@@ -166,8 +179,9 @@ class Catalog:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
                     "INSERT INTO endpoints (name, backend, idle_timeout, created_at, "
-                    "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "allowed_cidrs, owner, expires_at, delete_after_idle, compute_options, "
+                    "park_sessions, pinned_session_timeout) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         backend,
@@ -178,6 +192,8 @@ class Catalog:
                         expires_at,
                         delete_after_idle,
                         json.dumps(compute_options) if compute_options else None,
+                        None if park_sessions else 0,  # NULL: the default
+                        pinned_session_timeout,
                     ),
                 )
                 all_roles = {role: verifier, **(roles or {})}
@@ -258,6 +274,21 @@ class Catalog:
         self._db.executemany(
             "UPDATE roles SET pending = 0 WHERE endpoint = ? AND role = ? AND verifier = ?",
             [(endpoint, role, verifier) for role, verifier in applied.items()],
+        )
+
+    def set_session_settings(
+        self,
+        endpoint: str,
+        *,
+        idle_timeout: float | None,
+        park_sessions: bool,
+        pinned_session_timeout: float | None,
+    ) -> None:
+        """Replace the endpoint's idle and session settings (``None``: the default)."""
+        self._db.execute(
+            "UPDATE endpoints SET idle_timeout = ?, park_sessions = ?, "
+            "pinned_session_timeout = ? WHERE name = ?",
+            (idle_timeout, None if park_sessions else 0, pinned_session_timeout, endpoint),
         )
 
     def set_allowed_cidrs(self, endpoint: str, cidrs: tuple[str, ...]) -> None:

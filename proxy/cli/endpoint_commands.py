@@ -18,6 +18,7 @@ from pgwake.cli.endpoint_output import (
     print_endpoint_header,
     print_endpoint_row,
 )
+from pgwake.cli.endpoint_parser import setting_changes
 from pgwake.cli.endpoint_remote import RemoteEndpoints, remote_client
 from pgwake.endpoint.callers import ControlError
 from pgwake.state_dir import StateDir
@@ -36,6 +37,7 @@ class _Endpoints(Protocol):
     async def create(self, args: argparse.Namespace) -> NewEndpoint: ...
     async def list(self) -> list[Endpoint]: ...
     async def get(self, name: str) -> Endpoint: ...
+    async def update(self, name: str, changes: dict[str, float | bool | None]) -> Endpoint: ...
     async def delete(self, name: str) -> None: ...
     async def suspend(self, name: str) -> Endpoint: ...
     async def wake(self, name: str) -> Endpoint: ...
@@ -108,6 +110,17 @@ async def _dispatch(args: argparse.Namespace, endpoints: _Endpoints) -> int:
             print_endpoint_row(row, endpoints.disk_bytes(row))
     elif action == "get":
         endpoint = await endpoints.get(args.name)
+        print_endpoint(endpoint, endpoints.disk_bytes(endpoint))
+    elif action == "update":
+        changes = setting_changes(args)
+        if not changes:
+            raise ControlError(
+                "invalid_request",
+                "nothing to change: give --idle-timeout, --park-sessions or "
+                "--pinned-session-timeout",
+                _INVALID_REQUEST,
+            )
+        endpoint = await endpoints.update(args.name, changes)
         print_endpoint(endpoint, endpoints.disk_bytes(endpoint))
     elif action == "password":
         changed = await endpoints.set_password(args.name, args.role, args.password)

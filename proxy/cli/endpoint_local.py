@@ -27,6 +27,11 @@ def _as(cls: type[Any], view: Any, **extra: Any) -> Any:
     return build(cls, {**dataclasses.asdict(view), **extra})
 
 
+def _control_names(changes: dict[str, Any]) -> dict[str, Any]:
+    """The API's field names (``endpoint update``'s) as ``ControlPlane.update`` names them."""
+    return {name.removesuffix("_seconds"): value for name, value in changes.items()}
+
+
 class LocalEndpoints:
     """``pgwake endpoint`` on the local catalog and computes, as the admin (no server
     runs)."""
@@ -63,6 +68,8 @@ class LocalEndpoints:
             allowed_cidrs=tuple(args.allow or ()),
             backend=args.backend,
             compute_options=compute_options(args),
+            park_sessions=args.park_sessions is not False,  # None: the default, on
+            pinned_session_timeout=args.pinned_session_timeout,
         )
         result: NewEndpoint = _as(
             NewEndpoint,
@@ -77,6 +84,11 @@ class LocalEndpoints:
 
     async def get(self, name: str) -> Endpoint:
         result: Endpoint = _as(Endpoint, self._control.get(ADMIN, name))
+        return result
+
+    async def update(self, name: str, changes: dict[str, float | bool | None]) -> Endpoint:
+        view = self._control.update(ADMIN, name, **_control_names(changes))
+        result: Endpoint = _as(Endpoint, view)
         return result
 
     async def delete(self, name: str) -> None:

@@ -11,9 +11,18 @@ from pgwake.endpoint.connection_uri import format_age, format_time
 if TYPE_CHECKING:
     from pgwake.api.client import Endpoint
 
-__all__ = ["megabytes", "print_endpoint", "print_endpoint_header", "print_endpoint_row"]
+__all__ = [
+    "megabytes",
+    "print_endpoint",
+    "print_endpoint_header",
+    "print_endpoint_row",
+    "session_lines",
+]
 
 _TIMES = frozenset({"created_at", "last_active", "expires_at"})
+#: Shown within the ``sessions`` line and the lines under it (``session_lines``).
+_IN_SESSIONS = frozenset({"session_states", "pinned_sessions"})
+_STATES = ("active", "idle", "parked", "pinned")
 
 
 def _shown(name: str, value: Any) -> str:
@@ -27,14 +36,33 @@ def _shown(name: str, value: Any) -> str:
         return " ".join(f"{key}={value[key]}" for key in sorted(value))
     if value is None:
         return "-"
+    if isinstance(value, bool):  # as the flags spell it
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
 
 
+def session_lines(endpoint: Endpoint) -> list[str]:
+    """``endpoint get``'s ``sessions`` line, by state, then one indented line per pinned
+    session: ``sessions: 3 (1 active, 1 idle, 0 parked, 1 pinned)``."""
+    states = endpoint.session_states
+    counts = ", ".join(f"{states.get(state, 0)} {state}" for state in _STATES)
+    lines = [f"sessions: {endpoint.sessions} ({counts})"]
+    lines.extend(
+        f"  pinned since {format_time(pinned.since)}: {pinned.client} "
+        f"app={pinned.application_name or '-'} reason={pinned.reason}"
+        for pinned in endpoint.pinned_sessions
+    )
+    return lines
+
+
 def print_endpoint(endpoint: Endpoint, disk: int | None) -> None:
     for field in dataclasses.fields(endpoint):
-        if field.name == "password":
+        if field.name == "password" or field.name in _IN_SESSIONS:
+            continue
+        if field.name == "sessions":
+            print("\n".join(session_lines(endpoint)))
             continue
         text = _shown(field.name, getattr(endpoint, field.name))
         if field.name == "disk_bytes":

@@ -4,7 +4,7 @@ and the HTTP API bound them."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pydantic
 
@@ -23,7 +23,14 @@ from pgwake.settings import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["add_endpoint_commands", "compute_options"]
+__all__ = ["SETTING_FLAGS", "add_endpoint_commands", "compute_options", "setting_changes"]
+
+#: ``endpoint update``'s flags, by the API field each sets.
+SETTING_FLAGS: Final = (
+    "idle_timeout_seconds",
+    "park_sessions",
+    "pinned_session_timeout_seconds",
+)
 
 
 def _bounded(kind: Any) -> Callable[[str], float]:
@@ -38,6 +45,37 @@ def _bounded(kind: Any) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(exc.errors()[0]["msg"]) from None
 
     return parse
+
+
+def _or_none(kind: Any, word: str) -> Callable[[str], float | None]:
+    """As ``_bounded``, and ``word`` (e.g. ``never``) gives ``None``: the default."""
+    number = _bounded(kind)
+
+    def parse(text: str) -> float | None:
+        return None if text == word else number(text)
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    """An argparse ``type`` for ``true`` or ``false``."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"must be true or false, not {text!r}")
+    return text == "true"
+
+
+_PARK_HELP: Final = (
+    "Park idle sessions when the compute suspends: their clients stay connected and their "
+    "next message wakes it (default: true); false: any open session keeps it awake."
+)
+
+
+def _pinned_help(extra: str) -> str:
+    return (
+        "Close a pinned session (open transaction, temporary tables, LISTEN, advisory locks, "
+        "WITH HOLD cursors) once it has run nothing this many seconds, so the compute can "
+        f"suspend (at least {MIN_IDLE_TIMEOUT_SECONDS:g}; {extra})."
+    )
 
 
 def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
@@ -90,7 +128,15 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
         type=_bounded(Cpus),
         help=f"Container CPU limit, {MIN_CPUS:g} to {MAX_CPUS:g} (docker; default: docker_cpus).",
     )
+    create.add_argument("--park-sessions", type=_boolean, metavar="{true,false}", help=_PARK_HELP)
+    create.add_argument(
+        "--pinned-session-timeout",
+        type=_bounded(IdleTimeout),
+        metavar="SECONDS",
+        help=_pinned_help("default: never"),
+    )
     add_settings(create)
+    _add_update(actions, add_settings)
     add_settings(actions.add_parser("list", help="List endpoints."))
     for action, text in (
         ("get", "Show one endpoint."),
@@ -128,6 +174,48 @@ def add_endpoint_commands(actions: Any, add_settings: Any) -> None:
         help=f"The new password, at least {MIN_PASSWORD_LENGTH} characters (generated if omitted).",
     )
     add_settings(password)
+
+
+def _add_update(actions: Any, add_settings: Any) -> None:
+    # Each flag is set in the namespace only when given (SUPPRESS): one left out keeps
+    # the endpoint's value, while "default"/"never" set the default (null in the API).
+    update = actions.add_parser(
+        "update",
+        help="Change an endpoint's idle timeout and what becomes of its idle sessions.",
+        description="Change an endpoint's settings; those not given keep their values. "
+        "They take effect at once.",
+    )
+    update.add_argument("name")
+    update.add_argument(
+        "--idle-timeout",
+        dest="idle_timeout_seconds",
+        type=_or_none(IdleTimeout, "default"),
+        metavar="SECONDS",
+        default=argparse.SUPPRESS,
+        help="Suspend after this many idle seconds "
+        f"(at least {MIN_IDLE_TIMEOUT_SECONDS:g}; default: the server's idle_timeout).",
+    )
+    update.add_argument(
+        "--park-sessions",
+        type=_boolean,
+        metavar="{true,false}",
+        default=argparse.SUPPRESS,
+        help=_PARK_HELP,
+    )
+    update.add_argument(
+        "--pinned-session-timeout",
+        dest="pinned_session_timeout_seconds",
+        type=_or_none(IdleTimeout, "never"),
+        metavar="SECONDS",
+        default=argparse.SUPPRESS,
+        help=_pinned_help("never: the default"),
+    )
+    add_settings(update)
+
+
+def setting_changes(args: argparse.Namespace) -> dict[str, float | bool | None]:
+    """``endpoint update``'s changes by API field: only the flags given."""
+    return {name: getattr(args, name) for name in SETTING_FLAGS if hasattr(args, name)}
 
 
 def compute_options(args: argparse.Namespace) -> dict[str, str | None]:

@@ -34,8 +34,13 @@ class RemoteEndpoints:
             delete_after_idle_seconds=args.delete_after_idle,
             allowed_cidrs=args.allow,
             backend=args.backend,
+            park_sessions=args.park_sessions,
+            pinned_session_timeout_seconds=args.pinned_session_timeout,
             **compute_options(args),
         )
+
+    async def update(self, name: str, changes: dict[str, float | bool | None]) -> Endpoint:
+        return self._client.update_endpoint(name, **changes)
 
     async def list(self) -> list[Endpoint]:
         return self._client.list_endpoints()

@@ -185,7 +185,7 @@ async def reattach(
             conn_id=conn_id,
         )
     except ReattachFailed as failed:
-        _observe(endpoint, failed.outcome, started)
+        _observe(lifecycle, failed.outcome, started)
         logger.warning(
             "event=reattach_failed conn=%s endpoint=%s outcome=%s reason=%r",
             conn_id,
@@ -208,7 +208,7 @@ async def reattach(
     if changed:
         relay.write_to_client(b"".join(encode.message(PARAMETER_STATUS, b) for b in changed))
     relay.give_compute(stream)
-    _observe(endpoint, "ok", started)
+    _observe(lifecycle, "ok", started)
     logger.info(
         "event=reattached conn=%s endpoint=%s ms=%d backend_pid=%s",
         conn_id,
@@ -302,6 +302,6 @@ def parameter_bodies(encoded: bytes) -> dict[bytes, bytes]:
     return bodies
 
 
-def _observe(endpoint: str, outcome: str, started: float) -> None:
-    metrics.REATTACHES.labels(endpoint, outcome).inc()
-    metrics.REATTACH_SECONDS.observe(time.monotonic() - started)
+def _observe(lifecycle: Lifecycle, outcome: str, started: float) -> None:
+    metrics.REATTACHES.labels(lifecycle.name, outcome).inc()
+    metrics.REATTACH_DURATION.labels(lifecycle.backend.name).observe(time.monotonic() - started)

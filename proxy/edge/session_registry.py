@@ -12,9 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from pgwake import metrics
+from pgwake.edge.session_state import (
+    PIN_ADVISORY_LOCKS,
+    PIN_LISTEN,
+    PIN_TEMPORARY_TABLES,
+    PIN_WITH_HOLD_CURSORS,
+)
 from pgwake.endpoint.compute_resources import SessionStates
 
 if TYPE_CHECKING:
@@ -23,7 +29,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "SessionRegistry"]
 
-_STATES = ("active", "idle", "parked", "pinned")
+#: Pin reasons in words (``session_state.PIN_*``, ``ClientConnection.describe``) to their
+#: metric label.
+_PIN_LABELS: Final = {
+    "open transaction": "open_transaction",
+    "failed transaction": "open_transaction",
+    PIN_TEMPORARY_TABLES: "temporary_tables",
+    PIN_LISTEN: "listen",
+    PIN_ADVISORY_LOCKS: "advisory_locks",
+    PIN_WITH_HOLD_CURSORS: "with_hold_cursors",
+}
 
 
 class Session(Protocol):
@@ -87,13 +102,16 @@ class SessionRegistry:
             counts[state] += 1
             if pin is not None:
                 pinned.append(pin)
-        for state in _STATES:
-            metrics.SESSIONS.labels(endpoint, state).set(counts[state])
-        # One label per kind of pin: a reason's details (after a colon) are not a label.
+        for state in metrics.SESSION_STATES:
+            metrics.CLIENT_SESSIONS.labels(endpoint, state).set(counts[state])
+        # One label per kind of pin, from a closed set (a reason's details are no label).
         reasons = Counter(
-            reason.split(":", 1)[0] for pin in pinned for reason in pin.reason.split("; ")
+            _PIN_LABELS.get(reason.split(":", 1)[0], "other")
+            for pin in pinned
+            for reason in pin.reason.split("; ")
         )
-        metrics.publish_pins(endpoint, reasons)
+        for label in metrics.PINNED_REASONS:
+            metrics.PINNED_SESSIONS.labels(endpoint, label).set(reasons[label])
         return SessionStates(
             active=counts["active"],
             idle=counts["idle"],

@@ -13,10 +13,11 @@ password, now or at the next start) and ``reaper.py`` (TTLs and delete-after-idl
 from __future__ import annotations
 
 import asyncio
+import enum
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pgwake import metrics
 from pgwake.auth.scram import make_verifier
@@ -30,7 +31,7 @@ from pgwake.endpoint.reaper import Reaper, why_deleted
 from pgwake.endpoint.reservations import Reservations
 from pgwake.endpoint.role_passwords import RolePasswords, check_password
 from pgwake.endpoint.tokens import Tokens
-from pgwake.endpoint.views import Created, EndpointView
+from pgwake.endpoint.views import Created, EndpointView, SessionCounts
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,9 +44,18 @@ if TYPE_CHECKING:
     from pgwake.endpoint.tokens import MintedToken
     from pgwake.settings import Settings
 
-__all__ = ["ControlPlane"]
+__all__ = ["KEEP", "ControlPlane", "Keep"]
 
 logger = logging.getLogger(__name__)
+
+
+class Keep(enum.Enum):
+    """``ControlPlane.update``'s "leave this setting as it is" (``None`` is a value)."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
 
 
 class ControlPlane:
@@ -109,6 +119,8 @@ class ControlPlane:
 
     def _view(self, record: EndpointRecord) -> EndpointView:
         lifecycle = self.lifecycles.get(record)
+        states = lifecycle.session_states()
+        counts = SessionCounts.of(states)
         return EndpointView(
             name=record.name,
             state=lifecycle.state.value,
@@ -124,7 +136,15 @@ class ControlPlane:
             connection_uri=connection_uri(
                 self.settings, record.name, DEFAULT_ROLE, None, DEFAULT_ROLE
             ),
-            sessions=lifecycle.sessions,
+            # The lifecycle counts the sessions that hold the endpoint, the edge every
+            # session by state (parked ones too); where the edge keeps no states (no
+            # server) the lifecycle's count stands.
+            sessions=max(lifecycle.sessions, counts.total),
+            park_sessions=lifecycle.park_sessions,
+            pinned_session_timeout_seconds=lifecycle.pinned_session_timeout,
+            session_states=counts,
+            pinned_sessions=states.pinned,
+            compute_other_sessions=lifecycle.compute_other_sessions,
         )
 
     def list_endpoints(self, caller: Caller) -> list[EndpointView]:
@@ -153,11 +173,15 @@ class ControlPlane:
         allowed_cidrs: tuple[str, ...] = (),
         backend: str | None = None,
         compute_options: dict[str, str | None] | None = None,
+        park_sessions: bool = True,
+        pinned_session_timeout: float | None = None,
     ) -> Created:
         """Create a suspended endpoint; the result holds its password, shown once.
 
         ``backend`` defaults to the server's ``compute_backend``; ``compute_options`` are
-        that backend's (docker: ``image``, ``memory``, ``cpus``).
+        that backend's (docker: ``image``, ``memory``, ``cpus``). ``park_sessions`` and
+        ``pinned_session_timeout`` (seconds; ``None``: never) say what becomes of its idle
+        sessions when the compute suspends.
 
         Raises ``ControlError``: ``quota_exceeded``/``ttl_too_long`` (403), ``invalid_name``,
         ``invalid_password`` or ``invalid_cidr`` (422), ``invalid_backend``/``invalid_option``
@@ -206,6 +230,8 @@ class ControlPlane:
                     expires_at=time.time() + ttl_seconds if ttl_seconds else None,
                     delete_after_idle=delete_after_idle_seconds,
                     compute_options=options,
+                    park_sessions=park_sessions,
+                    pinned_session_timeout=pinned_session_timeout,
                 )
             except EndpointExists:  # e.g. `pgwake endpoint create` of the same name
                 await compute.delete(name)
@@ -227,6 +253,42 @@ class ControlPlane:
             password,
             connection_uri(self.settings, name, DEFAULT_ROLE, password, DEFAULT_ROLE),
         )
+
+    def update(
+        self,
+        caller: Caller,
+        name: str,
+        *,
+        idle_timeout: float | Keep | None = KEEP,
+        park_sessions: bool | Keep = KEEP,
+        pinned_session_timeout: float | Keep | None = KEEP,
+    ) -> EndpointView:
+        """Change an endpoint's idle and session settings; each left at ``KEEP`` stays as
+        it is, ``None`` means the default (the server's ``idle_timeout``; no pinned
+        session timeout). They take effect at once, running compute or not.
+
+        Raises ``ControlError`` ``endpoint_not_found``."""
+        record = self._visible(name, caller)
+        self.catalog.set_session_settings(
+            name,
+            idle_timeout=record.idle_timeout if idle_timeout is KEEP else idle_timeout,
+            park_sessions=record.park_sessions if park_sessions is KEEP else park_sessions,
+            pinned_session_timeout=(
+                record.pinned_session_timeout
+                if pinned_session_timeout is KEEP
+                else pinned_session_timeout
+            ),
+        )
+        updated = self._visible(name, caller)
+        logger.info(
+            "event=endpoint_updated endpoint=%s idle_timeout_s=%s park_sessions=%s "
+            "pinned_session_timeout_s=%s",
+            name,
+            updated.idle_timeout,
+            updated.park_sessions,
+            updated.pinned_session_timeout,
+        )
+        return self._view(updated)  # also hands the new values to its lifecycle
 
     async def delete(self, caller: Caller, name: str, *, reason: str = "api") -> None:
         """Stop the compute if it runs and remove the endpoint with its data. Its open
@@ -340,6 +402,8 @@ class ControlPlane:
                     expires_at=time.time() + ttl_seconds if ttl_seconds else None,
                     roles=roles,
                     compute_options=source_record.compute_options,
+                    park_sessions=source_record.park_sessions,
+                    pinned_session_timeout=source_record.pinned_session_timeout,
                 )
             except EndpointExists:
                 await compute.delete(name)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from pgwake.catalog import Catalog
     from pgwake.compute import ComputeAddress, ComputeBackend
     from pgwake.compute.management import ManagementConnection
-    from pgwake.endpoint.compute_resources import ComputeResources
+    from pgwake.endpoint.compute_resources import ComputeResources, SessionStates
 
 __all__ = ["Lifecycle", "ShuttingDown", "WakeFailed"]
 
@@ -103,6 +103,10 @@ class Lifecycle:
         #: Those of them that keep the compute awake: connecting, running something, or
         #: inside a transaction (``session_busy``/``session_rested``).
         self.busy = 0
+        #: The compute's own client sessions that are not pgwake's (direct clients, other
+        #: proxies), as its last idle check counted them; ``None`` before one, and once
+        #: the compute is down. Shown as it is: reading it does no I/O.
+        self.compute_other_sessions: int | None = None
         self._last_active = time.monotonic()
         self._last_persisted = 0.0
         self._management: ManagementConnection | None = None
@@ -114,6 +118,7 @@ class Lifecycle:
         #: Set at server shutdown: no more starts.
         self.closing = False
         self._publish_state()
+        metrics.publish_endpoint(name, backend.name)
 
     @property
     def state(self) -> EndpointState:
@@ -159,6 +164,11 @@ class Lifecycle:
             metrics.ENDPOINT_STATE.labels(self.name, state.value).set(state is self.state)
 
     # -- sessions ------------------------------------------------------------------------
+
+    def session_states(self) -> SessionStates:
+        """This endpoint's client sessions by state (active, idle, parked, pinned), as
+        the edge keeps them (``ComputeResources.session_states``); no I/O."""
+        return self._resources.session_states(self.name)
 
     def acquire(self) -> None:
         """An authenticated client session starts using this endpoint (before it waits
@@ -274,6 +284,7 @@ class Lifecycle:
 
     def _crashed(self) -> None:
         self.address = None
+        self.compute_other_sessions = None
         self._resources.compute_gone(self.name)
         self._drop_management()
         metrics.SUSPENDS.labels(self.name, "crashed").inc()
@@ -290,6 +301,7 @@ class Lifecycle:
             # From now on no new session may use the compute: they wait for the stop,
             # then wake it again (ARCHITECTURE.md), instead of logging in to a dying server.
             self.address = None
+            self.compute_other_sessions = None
             self._resources.compute_gone(self.name)
             self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.name}")
         if self.state is EndpointState.SUSPENDING and self._stop_task is not None:
@@ -404,7 +416,9 @@ class Lifecycle:
     async def _count_compute_sessions(self) -> int:
         if self._management is None:
             return 0
-        return await self._management.count_client_sessions()
+        count = await self._management.count_client_sessions()
+        self.compute_other_sessions = count
+        return count
 
     def _drop_management(self) -> None:
         management, self._management = self._management, None

@@ -53,6 +53,8 @@ class LifecycleManager:
         self._closing = False
 
     def get(self, record: EndpointRecord) -> Lifecycle:
+        """``record``'s lifecycle, made on first use, with the record's idle and session
+        settings."""
         lifecycle = self._lifecycles.get(record.name)
         idle_timeout = record.idle_timeout or self._default_idle_timeout
         if lifecycle is None:
@@ -66,7 +68,10 @@ class LifecycleManager:
             )
             self._lifecycles[record.name] = lifecycle
             lifecycle.closing = self._closing
+        # The record's settings, each time: a change to them takes effect at once.
         lifecycle.idle_timeout = idle_timeout
+        lifecycle.park_sessions = record.park_sessions
+        lifecycle.pinned_session_timeout = record.pinned_session_timeout
         return lifecycle
 
     def forget(self, name: str) -> None:
@@ -78,6 +83,7 @@ class LifecycleManager:
         for state in EndpointState:
             with contextlib.suppress(KeyError):
                 metrics.ENDPOINT_STATE.remove(name, state.value)
+        metrics.forget_endpoint(name)
         self._resources.forget(name)
 
     def __iter__(self) -> Iterator[Lifecycle]:

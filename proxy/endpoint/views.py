@@ -3,9 +3,29 @@ and ``Created`` (the one answer that shows a new endpoint's password)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Created", "EndpointView"]
+from pgwake.endpoint.compute_resources import PinnedSession, SessionStates
+
+__all__ = ["Created", "EndpointView", "SessionCounts"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCounts:
+    """An endpoint's client sessions by state (``SessionStates``, pinned ones counted)."""
+
+    active: int = 0
+    idle: int = 0
+    parked: int = 0
+    pinned: int = 0
+
+    @classmethod
+    def of(cls, states: SessionStates) -> SessionCounts:
+        return cls(states.active, states.idle, states.parked, len(states.pinned))
+
+    @property
+    def total(self) -> int:
+        return self.active + self.idle + self.parked + self.pinned
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +49,19 @@ class EndpointView:
     disk_bytes: int | None
     #: A URI without the password.
     connection_uri: str
-    #: Client sessions open now (0 where no server runs).
+    #: Client sessions open now, in every state (0 where no server runs).
     sessions: int = 0
+    #: Park idle sessions when the compute suspends (``False``: they keep it awake).
+    park_sessions: bool = True
+    #: Seconds a pinned session may stay idle before it is closed (``None``: forever).
+    pinned_session_timeout_seconds: float | None = None
+    #: ``sessions`` by state.
+    session_states: SessionCounts = field(default_factory=SessionCounts)
+    #: The sessions that keep the compute awake although they run nothing, and why.
+    pinned_sessions: tuple[PinnedSession, ...] = ()
+    #: The compute's client sessions that are not pgwake's, as of its last idle check
+    #: (``None``: not running, or not checked yet).
+    compute_other_sessions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

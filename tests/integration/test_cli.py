@@ -420,7 +420,7 @@ def test_list_and_get_read_at_a_glance(pgwake: Pgwake) -> None:
     assert shown["expires_at"] == "-"
     assert shown["allowed_cidrs"] == ""
     assert shown["compute_options"] == ""
-    assert shown["sessions"] == "0"
+    assert shown["sessions"] == "0 (0 active, 0 idle, 0 parked, 0 pinned)"
     assert shown["connection_uri"] == f"postgresql://app.glance@127.0.0.1:{pgwake.port}/app"
 
     api = httpx.get(
@@ -443,3 +443,33 @@ def test_a_branch_can_have_a_ttl(pgwake: Pgwake) -> None:
     assert shown.endswith("(in 59m)") or shown.endswith("(in 1h)"), shown
     expires = _moment(shown)
     assert before + 3600 - 2 <= expires <= time.time() + 3600 + 1
+
+
+def test_session_settings_at_create_and_update_locally_and_through_the_server(
+    pgwake: Pgwake,
+) -> None:
+    """``--park-sessions``/``--pinned-session-timeout`` on the catalog, then ``endpoint
+    update`` through the server's API, which changes only the flags given."""
+    pgwake.cli(
+        "endpoint", "create", "held", "--park-sessions", "false", "--pinned-session-timeout", "60"
+    )
+    shown = _fields(pgwake.cli("endpoint", "get", "held").stdout)
+    assert (shown["park_sessions"], shown["pinned_session_timeout_seconds"]) == ("false", "60")
+    assert shown["compute_other_sessions"] == "-"
+
+    pgwake.start()
+    pgwake.cli("endpoint", "update", "held", "--park-sessions", "true", "--idle-timeout", "5")
+    api = httpx.get(
+        f"{pgwake.api_url}/v1/endpoints/held",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60,
+    ).json()
+    assert (api["park_sessions"], api["pinned_session_timeout_seconds"]) == (True, 60)
+    assert api["idle_timeout_seconds"] == 5
+    assert api["session_states"] == {"active": 0, "idle": 0, "parked": 0, "pinned": 0}
+    assert api["pinned_sessions"] == []
+    out = pgwake.cli("endpoint", "update", "held", "--pinned-session-timeout", "never").stdout
+    assert _fields(out)["pinned_session_timeout_seconds"] == "-"
+    nothing = pgwake.cli("endpoint", "update", "held", check=False)
+    assert nothing.returncode == 1
+    assert "nothing to change" in nothing.stderr

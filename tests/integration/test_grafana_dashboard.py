@@ -166,7 +166,8 @@ def test_every_query_asks_for_exported_metrics_and_labels(scrape: Scrape) -> Non
 
 def test_the_dashboard_covers_what_operators_look_at() -> None:
     """Wakes and their latency, endpoint states, sessions, unauthenticated connections,
-    bytes, errors by SQLSTATE and server reuse each have a panel."""
+    bytes, errors by SQLSTATE, server reuse, and parked and pinned sessions each have a
+    panel."""
     exprs = " ".join(expr for _, expr, _ in _queries())
     for metric in (
         "pgwake_wakes_total",
@@ -178,6 +179,11 @@ def test_the_dashboard_covers_what_operators_look_at() -> None:
         "pgwake_bytes_relayed_total",
         "pgwake_client_errors_total",
         "pgwake_server_reuse_total",
+        "pgwake_client_sessions",
+        "pgwake_pinned_sessions",
+        "pgwake_parks_total",
+        "pgwake_reattaches_total",
+        "pgwake_reattach_duration_seconds_bucket",
     ):
         assert metric in exprs, metric
     assert "sum by (sqlstate, kind)" in exprs

@@ -557,14 +557,17 @@ def test_the_compute_s_own_sessions_keep_it_awake() -> None:
     backend.management_connection.sessions = 1  # e.g. a direct connection
 
     async def main() -> None:
+        assert lifecycle.compute_other_sessions is None  # not counted yet
         await lifecycle.wake()
         await until(lambda: backend.events.count("management.count") >= 3)
         assert lifecycle.state is EndpointState.RUNNING
+        assert lifecycle.compute_other_sessions == 1  # kept for the view, no I/O there
         backend.management_connection.sessions = 0
         await until(lambda: lifecycle.state is EndpointState.SUSPENDED)
 
     run(lifecycle, main)
     assert catalog.calls[2][1:3] == ("suspending", "idle")
+    assert lifecycle.compute_other_sessions is None  # the compute is gone
 
 
 def test_a_session_keeps_it_awake_and_its_end_restarts_the_timer() -> None:
@@ -634,6 +637,8 @@ class FakeRecord:
         self.name = name
         self.backend = "fake"
         self.idle_timeout: float | None = None
+        self.park_sessions = True
+        self.pinned_session_timeout: float | None = None
         self.state = state
 
 
