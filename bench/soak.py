@@ -8,8 +8,9 @@ the compute user ``pgwake`` can reach it), creates ``--endpoints`` endpoints wit
 timeouts between 1 and 2 s, and runs ``--clients`` asyncpg clients for ``--duration``
 seconds. Each client loops: pick an endpoint, connect through pgwake, run 1-4 transactions
 that insert rows with unique ids, sometimes read back rows committed earlier, sometimes hold
-the connection idle past the idle timeout, then pause (often longer than the idle timeout,
-so computes suspend and wake all the time). Meanwhile:
+the connection idle past the idle timeout (pgwake parks it, the compute suspends under it,
+and the next query re-attaches it), then pause (often longer than the idle timeout, so
+computes suspend and wake all the time). Meanwhile:
 
 * every ``--kill-interval`` seconds (randomised) the postmaster of a running compute gets
   SIGKILL; the sessions open on that endpoint at that moment may fail (expected);
@@ -153,6 +154,9 @@ class SoakReport:
     connect_ms_max: float = 0.0
     wakes: dict[str, float] = field(default_factory=dict)
     suspends: dict[str, float] = field(default_factory=dict)
+    #: Sessions parked at a suspend, and parked sessions re-attached, by outcome.
+    parks: dict[str, float] = field(default_factory=dict)
+    reattaches: dict[str, float] = field(default_factory=dict)
     pgwake_errors: dict[str, float] = field(default_factory=dict)
     wake_ms_mean: float = 0.0
     max_running: int = 0
@@ -265,6 +269,8 @@ class SoakReport:
             ),
             ("wakes (pgwake metrics; mean ms)", f"{fmt(self.wakes)}; {self.wake_ms_mean:.0f}"),
             ("suspends (pgwake metrics)", fmt(self.suspends)),
+            ("idle sessions at a suspend (parked, pinned...)", fmt(self.parks)),
+            ("re-attaches of parked sessions", fmt(self.reattaches)),
             ("computes running at once (max seen)", str(self.max_running)),
             ("load average at the end of the load", self.loadavg),
             ("kills injected (pgwake saw crashed)", f"{len(self.kills)} ({crashed:.0f})"),
@@ -625,7 +631,8 @@ class Soak:
                     log(f"READ MISS on {ep.name}: {seen} of {len(sample)} committed rows seen")
             if self.rng.random() < 0.2:
                 phase = "hold"
-                # Idle in a session past the idle timeout: pgwake must not suspend under it.
+                # Idle in a session past the idle timeout: the session is parked, the compute
+                # may suspend under it, and this query must re-attach it.
                 await asyncio.sleep(self.rng.uniform(0.5, 2.5))
                 async with asyncio.timeout(STEP_TIMEOUT):
                     await conn.fetchval("SELECT 1")
@@ -967,6 +974,8 @@ async def run_soak(
         wake_count = sum(summed(samples, "pgwake_wake_duration_seconds_count", "").values())
         report.wake_ms_mean = wake_sum / wake_count * 1000 if wake_count else 0.0
         report.suspends = summed(samples, "pgwake_suspends_total", "reason")
+        report.parks = summed(samples, "pgwake_parks_total", "outcome")
+        report.reattaches = summed(samples, "pgwake_reattaches_total", "outcome")
         report.pgwake_errors = {
             f"{labels.get('sqlstate')}/{labels.get('kind')}": value
             for labels, value in samples.get("pgwake_client_errors_total", [])

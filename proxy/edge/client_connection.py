@@ -353,13 +353,14 @@ class ClientConnection:
             self.busy = True
             lifecycle.session_busy()
 
-    async def park(self) -> ParkOutcome:
-        """Park the session if it is idle and nothing pins it (``parking.park``)."""
+    async def park(self) -> ParkOutcome | None:
+        """Park the session if it is idle and nothing pins it (``parking.park``); ``None``
+        when nothing was tried (it is busy, parked, or known to be pinned)."""
         relay = self.relay
         if relay is None or self.phase is not Phase.RELAYING or self.busy:
-            return ParkOutcome.BUSY
-        if self.pins:  # known, and it has run nothing since
-            return ParkOutcome.PINNED
+            return None
+        if self.pins:  # known, and it has run nothing since: no query every tick
+            return None
         parked = await park(relay)
         if parked.outcome is ParkOutcome.PARKED and self.phase is Phase.RELAYING:
             self.parked_state = parked.state

@@ -44,7 +44,7 @@ _PIN_LABELS: Final = {
 class Session(Protocol):
     """What the registry needs of a session (``ClientConnection``)."""
 
-    async def park(self) -> ParkOutcome: ...
+    async def park(self) -> ParkOutcome | None: ...
 
     def describe(self) -> tuple[str, PinnedSession | None]: ...
 
@@ -80,7 +80,8 @@ class SessionRegistry:
             return 0
         outcomes = await asyncio.gather(*(session.park() for session in sessions))
         for outcome in outcomes:
-            metrics.PARKS.labels(endpoint, outcome.value).inc()
+            if outcome is not None:
+                metrics.PARKS.labels(endpoint, outcome.value).inc()
         return sum(1 for session in sessions if session.describe()[0] != "parked")
 
     def expire_pinned(self, endpoint: str, timeout: float | None) -> None:
