@@ -9,8 +9,8 @@ endpoint suspends while it is idle ``parking`` (``PARKED``, and back). Until its
 is verified a connection counts only in the unauthenticated budget (``admission``): no
 session slot, no effect on idleness, no compute connection. Once it relays, its coroutine
 has ended: what is left is the ``ClientConnection``'s few slots, until ``finish``. It is
-the relay's ``RelayOwner``: the relay tells it when the session rests or runs something
-(the endpoint counts busy sessions), and when a parked client wants its backend back.
+the relay's ``RelayOwner``: the relay tells it when a parked client wants its backend
+back; the endpoint's idle check asks it, once a tick, whether it is busy (``observe``).
 
 Any ``ClientError`` becomes one FATAL ``ErrorResponse`` and a close; anything else is
 logged with its traceback and answered with XX000. The client never sees a traceback.
@@ -80,6 +80,7 @@ class ClientConnection:
     The handshake, the route and the SCRAM state live in ``run``'s frame only."""
 
     __slots__ = (
+        "active_at",
         "busy",
         "cancel_key",
         "client_host",
@@ -96,7 +97,7 @@ class ClientConnection:
         "pins",
         "reattaching",
         "relay",
-        "rest_since",
+        "seen_requests",
         "started",
         "startup",
         "unauthenticated_as",
@@ -129,8 +130,10 @@ class ClientConnection:
         self.relay: Relay | None = None
         #: Counted busy by the lifecycle (``Lifecycle.busy``): from its slot until it rests.
         self.busy = False
-        #: When the session last came to rest (monotonic).
-        self.rest_since = 0.0
+        #: When it was last seen running something (monotonic; ``observe``).
+        self.active_at = 0.0
+        #: Its tracker's ``requests`` at the last look.
+        self.seen_requests = 0
         #: Why the last attempt to park it failed; cleared when it runs something.
         self.pins: tuple[str, ...] = ()
         #: While parked: what its backend had, to restore on the next.
@@ -331,27 +334,37 @@ class ClientConnection:
             reusable=reusable,
         )
         self.relay = relay
-        if relay.tracker.at_rest:  # the login's ReadyForQuery, and nothing sent since
-            self.rest_changed(True)
+        self.active_at = time.monotonic()
+        self._set_busy(False)  # connected: from now on the relay's tracker tells
 
-    # -- the relay's owner ---------------------------------------------------------------
+    # -- what the endpoint's idle check sees ---------------------------------------------
 
-    def rest_changed(self, at_rest: bool) -> None:
-        """The relay's news: the session came to rest, or runs something again."""
-        lifecycle, relay = self.lifecycle, self.relay
-        if lifecycle is None or relay is None or self.phase is Phase.CLOSED:
+    def _set_busy(self, busy: bool) -> None:
+        """Count the session busy in its lifecycle (connecting, re-attaching) or not."""
+        lifecycle = self.lifecycle
+        if lifecycle is None or busy is self.busy or self.phase is Phase.CLOSED:
             return
-        if at_rest:
-            self.rest_since = time.monotonic()
-        else:
-            self.pins = ()
-        idle = at_rest and relay.tracker.status == TRANSACTION_IDLE
-        if idle and self.busy:
-            self.busy = False
-            lifecycle.session_rested()
-        elif not idle and not self.busy:
-            self.busy = True
+        self.busy = busy
+        if busy:
             lifecycle.session_busy()
+        else:
+            lifecycle.session_rested()
+
+    def observe(self, now: float) -> tuple[bool, bool]:
+        """Once a tick: whether the session keeps its compute awake now (something runs or
+        is due, or a transaction is open), and whether it ran anything since the last
+        look. Running something forgets its pins: they are read again at the next park."""
+        relay = self.relay
+        if relay is None or self.phase is not Phase.RELAYING:
+            return False, False
+        tracker = relay.tracker
+        ran = tracker.requests != self.seen_requests
+        if ran:
+            self.seen_requests = tracker.requests
+            self.active_at = now
+            self.pins = ()
+        busy = not tracker.quiet or tracker.status != TRANSACTION_IDLE or tracker.copy
+        return busy, ran
 
     async def park(self) -> ParkOutcome | None:
         """Park the session if it is idle and nothing pins it (``parking.park``); ``None``
@@ -396,7 +409,7 @@ class ClientConnection:
         assert relay is not None
         assert state is not None
         assert credentials is not None
-        self.rest_changed(False)  # busy while it waits: the compute must not suspend
+        self._set_busy(True)  # while it waits: the compute must not suspend
         try:
             attached = await reattach(
                 relay,
@@ -418,13 +431,13 @@ class ClientConnection:
             self.reattaching = False
         if self.phase is Phase.CLOSED:
             return
+        self._set_busy(False)  # the tracker tells from now on
         if attached:
             self.parked_state = None
+            self.active_at = time.monotonic()
             self._enter(Phase.RELAYING)
-        else:
-            self.rest_changed(True)
-            if relay.mode is Mode.PARKED and relay.held and relay.refuser is None:
-                self.wants_compute()  # the client sent more after its answer
+        elif relay.mode is Mode.PARKED and relay.held and relay.refuser is None:
+            self.wants_compute()  # the client sent more after its answer
 
     def told_parameters(self) -> dict[bytes, bytes]:
         """Every ParameterStatus the client was told: the login's, then the compute's
@@ -446,13 +459,13 @@ class ClientConnection:
         reason = ""
         if tracker.copy:
             reason = "COPY in progress"
-        elif tracker.at_rest and tracker.status == TRANSACTION_FAILED:
+        elif tracker.quiet and tracker.status == TRANSACTION_FAILED:
             reason = "failed transaction"
-        elif tracker.at_rest and tracker.status != TRANSACTION_IDLE:
+        elif tracker.quiet and tracker.status != TRANSACTION_IDLE:
             reason = "open transaction"
-        elif tracker.at_rest and self.pins:
+        elif tracker.quiet and self.pins:
             reason = "; ".join(self.pins)
-        elif tracker.at_rest:
+        elif tracker.quiet:
             return "idle", None
         if not reason:
             return "active", None
@@ -460,18 +473,18 @@ class ClientConnection:
         return "pinned", PinnedSession(
             client=self.client_host,
             application_name=application.split(b"\0")[1].decode(errors="replace"),
-            since=time.time() - (time.monotonic() - self.rest_since),
+            since=time.time() - (time.monotonic() - self.active_at),
             reason=reason,
         )
 
     def pinned_for(self, now: float) -> float | None:
         """Seconds this session has been pinned at rest (``None``: it is not)."""
         relay = self.relay
-        if relay is None or self.phase is not Phase.RELAYING or not relay.tracker.at_rest:
+        if relay is None or self.phase is not Phase.RELAYING or not relay.tracker.quiet:
             return None
         if relay.tracker.status == TRANSACTION_IDLE and not self.pins:
             return None
-        return now - self.rest_since
+        return now - self.active_at
 
     def end_pinned(self, seconds: float) -> None:
         """Close a session pinned at rest for longer than ``pinned_session_timeout``."""

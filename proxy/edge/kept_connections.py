@@ -19,7 +19,7 @@ from pgwake.edge.compute_login import open_compute
 from pgwake.edge.server_reuse import IdleServers
 from pgwake.edge.session_registry import SessionRegistry
 from pgwake.edge.warm_sockets import WarmSockets
-from pgwake.endpoint.compute_resources import SessionStates
+from pgwake.endpoint.compute_resources import SessionActivity, SessionStates
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -82,13 +82,15 @@ class KeptConnections:
 
     # -- ComputeResources: what the lifecycle tells us -------------------------------------
 
-    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> SessionActivity:
         kept = self._by_endpoint.get(endpoint)
         if kept is not None:
             kept.idle_servers.expire()
             kept.warm_sockets.expire()
+        activity = self.sessions.activity(endpoint)
         self.sessions.expire_pinned(endpoint, pinned_timeout)
         self.sessions.states(endpoint)  # the session gauges, once a tick
+        return activity
 
     def close_sessions(self, endpoint: str) -> bool:
         kept = self._by_endpoint.get(endpoint)

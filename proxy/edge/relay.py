@@ -7,9 +7,8 @@ other once its pending bytes are written.
 
 Each read is shown to the session's ``SessionTracker`` first (``protocol/
 session_tracking.py``): message headers only, so pgwake knows whether anything runs, the
-transaction status, a COPY, a real Terminate. The relay tells its ``RelayOwner`` (the
-``ClientConnection``) when the session comes to rest or runs something again; the
-endpoint's idleness is built from that.
+transaction status, a COPY, a real Terminate. The endpoint's idle check reads it once a
+tick (``ClientConnection.observe``): nothing on the hot path calls out.
 
 A relay outlives its backend. Its modes:
 
@@ -81,10 +80,6 @@ _PARKED: Final = Mode.PARKED
 class RelayOwner(Protocol):
     """Who a relay reports to (``ClientConnection``)."""
 
-    def rest_changed(self, at_rest: bool) -> None:
-        """The session came to rest (nothing due, ``tracker.status`` says whether inside
-        a transaction) or has something running again."""
-
     def wants_compute(self) -> None:
         """A parked session's client sent a message: attach a backend (``give_compute``)."""
 
@@ -150,8 +145,7 @@ class _ClientPump(_Pump):
             relay.withheld_terminate = True
             self.transport.close()
             return
-        if tracker.from_client(data):
-            relay.owner.rest_changed(tracker.at_rest)
+        tracker.from_client(data)
         self._write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -170,9 +164,7 @@ class _ComputePump(_Pump):
         relay = self._relay
         if relay is None:
             return
-        tracker = relay.tracker
-        if tracker.from_server(data):
-            relay.owner.rest_changed(tracker.at_rest)
+        relay.tracker.from_server(data)
         self._write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -306,8 +298,7 @@ class Relay:
             pump.data_received(pending)
         if held:
             data = bytes(held)
-            if self.tracker.from_client(data):
-                self.owner.rest_changed(self.tracker.at_rest)
+            self.tracker.from_client(data)
             transport.write(data)
         if lost:
             pump.connection_lost(None)

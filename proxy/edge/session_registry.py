@@ -1,10 +1,10 @@
 """The relayed sessions of each endpoint, for what the lifecycle asks of them.
 
 The lifecycle speaks no protocol: when its endpoint has run nothing for ``idle_timeout``
-it asks the edge to park the sessions (``park``), each tick to close those pinned too long
-(``expire_pinned``), and the API asks how many sessions are in which state
-(``states``). Each session answers for itself (``ClientConnection``: ``park``,
-``describe``, ``pinned_for``, ``end_pinned``); this only keeps them by endpoint.
+it asks the edge to park the sessions (``park``), each tick what they did (``activity``)
+and to close those pinned too long (``expire_pinned``), and the API asks how many sessions
+are in which state (``states``). Each session answers for itself (``ClientConnection``: ``park``,
+``observe``, ``describe``, ``pinned_for``, ``end_pinned``); this only keeps them by endpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pgwake.edge.session_state import (
     PIN_TEMPORARY_TABLES,
     PIN_WITH_HOLD_CURSORS,
 )
-from pgwake.endpoint.compute_resources import SessionStates
+from pgwake.endpoint.compute_resources import SessionActivity, SessionStates
 
 if TYPE_CHECKING:
     from pgwake.edge.parking import ParkOutcome
@@ -51,6 +51,8 @@ class Session(Protocol):
     def pinned_for(self, now: float) -> float | None: ...
 
     def end_pinned(self, seconds: float) -> None: ...
+
+    def observe(self, now: float) -> tuple[bool, bool]: ...
 
 
 class SessionRegistry:
@@ -83,6 +85,17 @@ class SessionRegistry:
             if outcome is not None:
                 metrics.PARKS.labels(endpoint, outcome.value).inc()
         return sum(1 for session in sessions if session.describe()[0] != "parked")
+
+    def activity(self, endpoint: str) -> SessionActivity:
+        """What ``endpoint``'s sessions did since the last look (``Session.observe``)."""
+        now = time.monotonic()
+        busy = 0
+        ran = False
+        for session in self._by_endpoint.get(endpoint, ()):
+            session_busy, session_ran = session.observe(now)
+            busy += session_busy
+            ran = ran or session_ran
+        return SessionActivity(busy, ran)
 
     def expire_pinned(self, endpoint: str, timeout: float | None) -> None:
         """Close the sessions pinned at rest for ``timeout`` seconds or more."""

@@ -12,7 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ComputeResources", "NoResources", "PinnedSession", "SessionStates"]
+__all__ = ["ComputeResources", "NoResources", "PinnedSession", "SessionActivity", "SessionStates"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionActivity:
+    """What an endpoint's relayed sessions did, as one tick sees it."""
+
+    #: Sessions running something, with an answer due, or inside a transaction now.
+    busy: int = 0
+    #: Whether any session ran something since the last tick.
+    ran: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +58,10 @@ class ComputeResources(Protocol):
     clients (the edge's kept backends and warm sockets). Their owner registers them with
     ``LifecycleManager``; the lifecycle tells it when to let them go."""
 
-    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> SessionActivity:
         """A tick of ``endpoint``'s running compute: close what was kept too long, and the
-        sessions pinned and idle longer than ``pinned_timeout`` (``None``: never)."""
+        sessions pinned and idle longer than ``pinned_timeout`` (``None``: never); return
+        what the sessions did since the last tick."""
 
     def close_sessions(self, endpoint: str) -> bool:
         """``endpoint`` has had no client for ``idle_timeout``: close what its compute
@@ -76,8 +87,8 @@ class ComputeResources(Protocol):
 class NoResources:
     """For a lifecycle nobody keeps connections for (the CLI without a server)."""
 
-    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
-        pass
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> SessionActivity:
+        return SessionActivity()
 
     def close_sessions(self, endpoint: str) -> bool:
         return False

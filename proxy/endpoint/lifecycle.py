@@ -100,8 +100,9 @@ class Lifecycle:
         self.address: ComputeAddress | None = None
         #: Authenticated client sessions of this endpoint (waiting for it, relaying, parked).
         self.sessions = 0
-        #: Those of them that keep the compute awake: connecting, running something, or
-        #: inside a transaction (``session_busy``/``session_rested``).
+        #: Those of them that keep the compute awake while no relay can tell: connecting,
+        #: or re-attaching after a park (``session_busy``/``session_rested``). What relayed
+        #: sessions run, the edge reports each tick (``ComputeResources.expire``).
         self.busy = 0
         #: The compute's own client sessions that are not pgwake's (direct clients, other
         #: proxies), as its last idle check counted them; ``None`` before one, and once
@@ -376,11 +377,16 @@ class Lifecycle:
                 self._crashed()
                 return
             ticks += 1
-            self._resources.expire(self.name, pinned_timeout=self.pinned_session_timeout)
+            activity = self._resources.expire(self.name, pinned_timeout=self.pinned_session_timeout)
             if ticks % _SYNC_EVERY_TICKS == 1:  # soon after the start, then now and then
                 await self.sync_verifiers()
             now = time.monotonic()
-            if self.busy > 0 or (self.sessions > 0 and not self.park_sessions):
+            if (
+                self.busy > 0
+                or activity.busy > 0
+                or activity.ran
+                or (self.sessions > 0 and not self.park_sessions)
+            ):
                 self._last_active = now
                 continue
             if now - self._last_active < self.idle_timeout:

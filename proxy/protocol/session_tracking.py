@@ -14,9 +14,11 @@ about the session:
 * ParameterStatus messages the compute sent, by name (the client was told those values).
 
 A session is *at rest* when nothing is due, no batch is open and both streams are at a
-message boundary. ``from_client`` and ``from_server`` say when it leaves and reaches that
-point, so the relay can tell the endpoint without looking itself: both return whether
-``at_rest`` changed with the read.
+message boundary; *quiet* is its message-level half (nothing due, no batch open).
+``from_client`` and ``from_server`` run on every read of every session, so they keep to a
+few attribute reads and one length unpack per message, and call nobody: whoever needs to
+know looks (the endpoint's idle check does, once a tick: ``requests`` tells whether the
+session ran something since its last look).
 
 A stream whose length field is impossible (below 4) is not followed any further: the
 session is ``lost`` and never at rest again (Postgres ends such a session anyway).
@@ -61,6 +63,7 @@ class SessionTracker:
         "lost",
         "parameter_status",
         "pending",
+        "requests",
         "status",
         "terminated",
     )
@@ -68,6 +71,9 @@ class SessionTracker:
     def __init__(self) -> None:
         #: ReadyForQuery messages due: one per Query, FunctionCall and Sync sent.
         self.pending = 0
+        #: Every Query, FunctionCall and Sync the client ever sent: a session that ran
+        #: something since one look has a larger count at the next.
+        self.requests = 0
         #: An extended-protocol batch has begun and no Sync closed it yet.
         self.extended = False
         #: The transaction status of the last ReadyForQuery (``I``, ``T`` or ``E``). A
@@ -114,21 +120,27 @@ class SessionTracker:
         """The compute's stream to the client ends with a whole message."""
         return not self._server_skip and not self._server_head and not self.lost
 
-    def from_client(self, data: bytes) -> bool:
-        """Follow bytes the client sent; return whether ``at_rest`` changed."""
+    @property
+    def quiet(self) -> bool:
+        """Nothing is due and no batch is open (the streams may still be mid-message:
+        ``at_rest`` says whether they are at a boundary too)."""
+        return not self.pending and not self.extended
+
+    def from_client(self, data: bytes) -> None:
+        """Follow bytes the client sent."""
         if self.lost:
-            return False
-        was_at_rest = self.at_rest
-        skip = self._client_skip
+            return
         size = len(data)
+        skip = self._client_skip
         if skip >= size:
             self._client_skip = skip - size
-            return False
+            return
         if self._client_head:
             data = self._client_head + data
             size = len(data)
             self._client_head = b""
         position = skip
+        pending = self.pending
         while True:
             if position + 5 > size:
                 self._client_head = data[position:]
@@ -138,12 +150,12 @@ class SessionTracker:
             length = _LENGTH(data, position + 1)[0]
             if length < 4:
                 self._lose()
-                return was_at_rest
-            if kind in (_QUERY, _FUNCTION_CALL):
-                self.pending += 1
-            elif kind == _SYNC:
-                self.pending += 1
-                self.extended = False
+                return
+            # Compared one by one: no tuple is built per message (the hot path).
+            if kind == _QUERY or kind == _SYNC or kind == _FUNCTION_CALL:  # noqa: PLR1714, SIM109
+                pending += 1
+                if kind == _SYNC:
+                    self.extended = False
             elif kind in _EXTENDED:
                 self.extended = True
             elif kind == _TERMINATE:
@@ -152,23 +164,24 @@ class SessionTracker:
             if position >= size:
                 self._client_skip = position - size
                 break
-        return was_at_rest is not self.at_rest
+        self.requests += pending - self.pending
+        self.pending = pending
 
-    def from_server(self, data: bytes) -> bool:
-        """Follow bytes the compute sent; return whether ``at_rest`` changed."""
+    def from_server(self, data: bytes) -> None:
+        """Follow bytes the compute sent."""
         if self.lost:
-            return False
-        was_at_rest = self.at_rest
-        skip = self._server_skip
+            return
         size = len(data)
+        skip = self._server_skip
         if skip >= size:
             self._server_skip = skip - size
-            return False
+            return
         if self._server_head:
             data = self._server_head + data
             size = len(data)
             self._server_head = b""
         position = skip
+        kind = self.last_server_message
         while True:
             if position + 5 > size:
                 self._server_head = data[position:]
@@ -178,9 +191,9 @@ class SessionTracker:
             length = _LENGTH(data, position + 1)[0]
             if length < 4:
                 self._lose()
-                return was_at_rest
+                return
             end = position + 1 + length
-            if kind in (_READY_FOR_QUERY, _PARAMETER_STATUS):
+            if kind == _READY_FOR_QUERY or kind == _PARAMETER_STATUS:  # noqa: PLR1714, SIM109
                 if end > size:  # read these whole: their bodies are a few bytes
                     self._server_head = data[position:]
                     self._server_skip = 0
@@ -198,12 +211,11 @@ class SessionTracker:
                     statuses[body.split(b"\0", 1)[0]] = body
             elif kind in _COPY_RESPONSES:
                 self.copy = True
-            self.last_server_message = kind
             position = end
             if position >= size:
                 self._server_skip = position - size
                 break
-        return was_at_rest is not self.at_rest
+        self.last_server_message = kind
 
     @property
     def server_sent_error(self) -> bool:

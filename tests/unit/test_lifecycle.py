@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from pgwake.compute import ComputeAddress, ComputeBackend, ComputeStartError, EndpointSpec
 from pgwake.compute.management import ManagementConnection
-from pgwake.endpoint.compute_resources import SessionStates
+from pgwake.endpoint.compute_resources import SessionActivity, SessionStates
 from pgwake.endpoint.disk_usage import record_disk_usage
 from pgwake.endpoint.lifecycle import Lifecycle, ShuttingDown, WakeFailed
 from pgwake.endpoint.lifecycles import LifecycleManager
@@ -190,8 +190,9 @@ class FakeEdge:
         #: Sessions that ``park_sessions`` leaves attached (pinned).
         self.attached = 0
 
-    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> None:
+    def expire(self, endpoint: str, *, pinned_timeout: float | None) -> SessionActivity:
         self.events.append("edge.expire")
+        return SessionActivity()
 
     def close_sessions(self, endpoint: str) -> bool:
         closed, self.kept = self.kept > 0, 0

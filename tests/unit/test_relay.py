@@ -105,11 +105,7 @@ class _Owner:
     def __init__(self) -> None:
         self.done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self.reused: list[bytes] = []
-        self.rests: list[bool] = []
         self.wanted = 0
-
-    def rest_changed(self, at_rest: bool) -> None:
-        self.rests.append(at_rest)
 
     def wants_compute(self) -> None:
         self.wanted += 1

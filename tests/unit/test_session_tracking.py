@@ -47,12 +47,16 @@ def test_a_new_session_is_idle_at_rest() -> None:
 
 def test_a_query_is_busy_until_its_ready_for_query() -> None:
     tracker = SessionTracker()
-    assert tracker.from_client(QUERY)  # left rest
+    tracker.from_client(QUERY)
     assert not tracker.at_rest
+    assert not tracker.quiet
     assert tracker.pending == 1
-    assert not tracker.from_server(SELECT_ONE)  # still due
-    assert tracker.from_server(READY_IDLE)
+    assert tracker.requests == 1
+    tracker.from_server(SELECT_ONE)
+    assert not tracker.quiet  # still due
+    tracker.from_server(READY_IDLE)
     assert tracker.idle
+    assert tracker.requests == 1  # a count of what was asked, never down
 
 
 def test_pipelined_queries_rest_after_the_last_answer() -> None:
@@ -61,8 +65,9 @@ def test_pipelined_queries_rest_after_the_last_answer() -> None:
     assert tracker.pending == 3
     tracker.from_server(SELECT_ONE + READY_IDLE + SELECT_ONE + READY_IDLE)
     assert not tracker.at_rest
-    assert tracker.from_server(SELECT_ONE + READY_IDLE)
+    tracker.from_server(SELECT_ONE + READY_IDLE)
     assert tracker.at_rest
+    assert tracker.requests == 3
 
 
 def test_an_extended_batch_is_open_until_its_sync_is_answered() -> None:
@@ -82,7 +87,7 @@ def test_an_extended_batch_is_open_until_its_sync_is_answered() -> None:
 def test_a_transaction_rests_but_is_not_idle() -> None:
     tracker = SessionTracker()
     tracker.from_client(QUERY)
-    assert tracker.from_server(encode.message(b"C", b"BEGIN\0") + READY_IN_BLOCK)
+    tracker.from_server(encode.message(b"C", b"BEGIN\0") + READY_IN_BLOCK)
     assert tracker.at_rest
     assert not tracker.idle
     assert tracker.status == b"T"
@@ -111,9 +116,9 @@ def test_a_terminate_inside_copy_data_is_no_terminate() -> None:
 
 def test_asynchronous_messages_change_nothing_but_what_was_told() -> None:
     tracker = SessionTracker()
-    changed = tracker.from_server(NOTIFICATION + parameter_status(b"TimeZone", b"UTC"))
-    assert not changed
+    tracker.from_server(NOTIFICATION + parameter_status(b"TimeZone", b"UTC"))
     assert tracker.idle
+    assert tracker.requests == 0
     assert tracker.parameter_status == {b"TimeZone": b"TimeZone\0UTC\0"}
     tracker.from_server(parameter_status(b"TimeZone", b"Europe/Paris"))
     assert tracker.parameter_status == {b"TimeZone": b"TimeZone\0Europe/Paris\0"}
@@ -124,6 +129,7 @@ def test_a_stream_cut_inside_a_message_is_not_at_rest() -> None:
     tracker.from_server(DATA_ROW[:3])
     assert not tracker.server_at_boundary
     assert not tracker.at_rest
+    assert tracker.quiet  # the message-level half: nothing is due
     tracker.from_server(DATA_ROW[3:])
     assert tracker.server_at_boundary
 
