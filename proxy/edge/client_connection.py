@@ -542,6 +542,7 @@ class ClientConnection:
 
     def finish(self, outcome: str, to_compute: int = 0, to_client: int = 0) -> None:
         """-> CLOSED: release the slot and the cancel key, count, log ``event=closed``."""
+        parked = self.phase is Phase.PARKED
         self._enter(Phase.CLOSED)
         ctx = self.ctx
         metrics.OPEN_CONNECTIONS.dec()
@@ -549,6 +550,8 @@ class ClientConnection:
         if self.lifecycle is not None:  # it was a session (authenticated, counted)
             ctx.active_sessions -= 1
             ctx.kept.sessions.discard(self.lifecycle.name, self)
+            if parked:  # its compute may be down, with no tick to update the gauges
+                ctx.kept.sessions.states(self.lifecycle.name)
             self.lifecycle.release(busy=self.busy)
             self.busy = False
             metrics.CONNECTIONS_ACTIVE.labels(self.lifecycle.name).dec()

@@ -14,7 +14,8 @@ before the compute stops, each idle session is *parked* (``park``):
 
 The client's next message *re-attaches* the session (``reattach``): the endpoint wakes
 (single flight with every other waker), pgwake logs in with the client's SCRAM key (held
-in memory only while its session lives), restores the state (``session_state.restore``),
+in memory only while its session lives; or takes a backend server reuse keeps for the same
+startup message, already logged in and reset), restores the state (``session_state.restore``),
 tells the client of any ParameterStatus that changed, moves its cancel key to the new
 backend, and forwards the message. When that fails the client's request gets an error and
 ReadyForQuery (``session_state.Refuser``), and its next message tries again.
@@ -228,22 +229,37 @@ async def _log_in_and_restore(
     wake_timeout: float,
     conn_id: str,
 ) -> tuple[PacketStream, tuple[int, int] | None, dict[bytes, bytes]]:
-    """A backend logged in and restored, its key, and the ParameterStatus it reported."""
+    """A backend logged in and restored, its key, and the ParameterStatus it reported.
+
+    A backend that server reuse keeps for the same startup message (``server_reuse.py``:
+    logged in, reset) saves the login: the session's state is restored onto it."""
+    kept = (
+        connections.idle_servers.take(credentials.startup)
+        if lifecycle.address is not None
+        else None
+    )
+    if kept is not None:
+        stream = kept.stream
+        backend_key: tuple[int, int] | None = (kept.process_id, kept.secret_key)
+        reported = parameter_bodies(kept.parameter_status)
+    else:
+        try:
+            stream, _ = await connect_compute(lifecycle, connections, wake_timeout, conn_id)
+        except CannotConnectNow as error:
+            raise ReattachFailed(error, "wake_failed") from None
     try:
-        stream, _ = await connect_compute(lifecycle, connections, wake_timeout, conn_id)
-    except CannotConnectNow as error:
-        raise ReattachFailed(error, "wake_failed") from None
-    try:
-        async with asyncio.timeout(_LOGIN_TIMEOUT):
-            login = await drive(
-                stream,
-                log_in(
-                    credentials.startup,
-                    client_key=credentials.client_key,
-                    verifier=credentials.verifier,
-                    cancel_key_for=lambda process_id, secret_key: (process_id, secret_key),
-                ),
-            )
+        if kept is None:
+            async with asyncio.timeout(_LOGIN_TIMEOUT):
+                login = await drive(
+                    stream,
+                    log_in(
+                        credentials.startup,
+                        client_key=credentials.client_key,
+                        verifier=credentials.verifier,
+                        cancel_key_for=lambda process_id, secret_key: (process_id, secret_key),
+                    ),
+                )
+            backend_key, reported = login.backend_key, parameter_bodies(login.parameter_status)
         async with asyncio.timeout(_RESTORE_TIMEOUT):
             restored = await drive(stream, restore(state))
     except StaleVerifier:
@@ -284,10 +300,9 @@ async def _log_in_and_restore(
             lifecycle.name,
             ",".join(restored.dropped),
         )
-    reported = parameter_bodies(login.parameter_status)
     for name, value in restored.parameter_status.items():
         reported[name.encode()] = name.encode() + b"\0" + value.encode() + b"\0"
-    return stream, login.backend_key, reported
+    return stream, backend_key, reported
 
 
 def parameter_bodies(encoded: bytes) -> dict[bytes, bytes]:

@@ -35,3 +35,25 @@ def test_an_idle_psycopg_connection_lets_the_compute_suspend_and_still_works(
         assert conn.info.backend_pid == pid  # what the client was told stays
     assert pgwake.metric("pgwake_reattaches_total", endpoint="pool", outcome="ok") == 1
     assert "event=parked" in pgwake.log_text()
+
+
+def test_a_reattach_takes_a_backend_server_reuse_kept_for_the_same_startup(
+    pgwake: Pgwake,
+) -> None:
+    pgwake.create("kept", idle_timeout=0.5)
+    pgwake.start()
+    dsn = pgwake.dsn("kept")
+    with (
+        psycopg.connect(dsn, autocommit=True) as first,
+        psycopg.connect(dsn, autocommit=True) as second,
+    ):
+        second.execute("SET TimeZone = 'Asia/Tokyo'")
+        pgwake.wait_state("kept", "suspended", timeout=15)
+        first.execute("SELECT 1")  # wakes the compute, re-attached on a new login
+        with psycopg.connect(dsn) as passer_by:  # ends cleanly: its backend is kept
+            passer_by.execute("SELECT 1")
+        wait_for(lambda: pgwake.metric("pgwake_server_reuse_total", endpoint="kept", event="kept"))
+        row = second.execute("SELECT current_setting('TimeZone')").fetchone()
+        assert row == ("Asia/Tokyo",)
+        assert pgwake.metric("pgwake_server_reuse_total", endpoint="kept", event="reused") == 1
+        assert pgwake.metric("pgwake_reattaches_total", endpoint="kept", outcome="ok") == 2
