@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pgwake.edge.packet_stream import PacketStream
-from pgwake.edge.relay import Relays, start_relay
+from pgwake.edge.relay import Mode, Relay, Relays, _ClientPump, start_relay
+from pgwake.edge.session_state import Refuser
 from pgwake.protocol import encode
 from pgwake.protocol.framing import MessageReader, parse_error_fields
 from pgwake.protocol.messages import NEED_DATA, Frame
@@ -288,5 +289,127 @@ def test_a_terminate_alone_still_hands_the_backend_over() -> None:
         assert session.compute.written == QUERY  # the Terminate was withheld
         assert session.reused == [b"I"]
         assert bytes(session.client.written) == SELECT_ONE + READY_IDLE
+
+    _run(scenario)
+
+
+# -- parking: the compute taken, given back, gone ---------------------------------------------
+
+
+def _relay_of(session: _Session) -> Relay:
+    protocol = session.client.protocol
+    assert isinstance(protocol, _ClientPump)
+    relay = protocol._relay
+    assert relay is not None
+    return relay
+
+
+def _compute_stream() -> tuple[PacketStream, _Transport]:
+    transport = _Transport()
+    stream = PacketStream()
+    stream.connection_made(transport)  # type: ignore[arg-type]
+    transport.set_protocol(stream)
+    return stream, transport
+
+
+def test_the_compute_is_taken_only_at_rest() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        relay = _relay_of(session)
+        session.client.receive(QUERY)
+        assert relay.take_compute() is None  # an answer is due
+        session.compute.receive(SELECT_ONE + READY_IDLE)
+        stream = relay.take_compute()
+        assert stream is not None
+        assert relay.mode is Mode.HOLDING
+        # Held while pgwake uses the backend: nothing reaches it.
+        session.client.receive(QUERY)
+        assert session.compute.written == QUERY
+        assert relay.held
+        relay.give_compute(stream)  # back, and the held query goes out
+        assert relay.mode is Mode.RELAYING
+        assert session.compute.written == QUERY + QUERY
+        session.compute.receive(SELECT_ONE + READY_IDLE)
+        assert bytes(session.client.written) == (SELECT_ONE + READY_IDLE) * 2
+
+    _run(scenario)
+
+
+def test_a_parked_session_asks_for_a_backend_at_its_next_message_and_gets_a_new_one() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        relay = _relay_of(session)
+        owner = relay.owner
+        assert isinstance(owner, _Owner)
+        stream = relay.take_compute()
+        assert stream is not None
+        stream.close()
+        relay.park()
+        assert relay.mode is Mode.PARKED
+        assert owner.wanted == 0
+        session.client.receive(QUERY[:3])
+        assert owner.wanted == 1
+        session.client.receive(QUERY[3:])
+        assert owner.wanted == 1  # asked once
+        new_stream, new_compute = _compute_stream()
+        relay.give_compute(new_stream)
+        assert new_compute.written == QUERY
+        new_compute.receive(SELECT_ONE + READY_IDLE)
+        assert bytes(session.client.written) == SELECT_ONE + READY_IDLE
+        assert relay.tracker.idle
+
+    _run(scenario)
+
+
+def test_a_parked_client_that_terminates_wakes_nothing() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        relay = _relay_of(session)
+        owner = relay.owner
+        assert isinstance(owner, _Owner)
+        stream = relay.take_compute()
+        assert stream is not None
+        stream.close()
+        relay.park()
+        session.client.receive(TERMINATE)
+        await session.ended()
+        assert owner.wanted == 0
+        assert session.client.closing
+
+    _run(scenario)
+
+
+def test_a_failed_reattach_answers_the_request_and_stays_parked() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        relay = _relay_of(session)
+        stream = relay.take_compute()
+        assert stream is not None
+        stream.close()
+        relay.park()
+        session.client.receive(QUERY)
+        error = encode.message(b"E", b"SERROR\0C57P03\0Mnot now\0\0")
+        relay.refuse(Refuser(error))
+        assert bytes(session.client.written) == error + READY_IDLE
+        assert relay.mode is Mode.PARKED
+        assert relay.refuser is None  # answered whole: the next message tries again
+        assert not session.client.closing
+
+    _run(scenario)
+
+
+def test_a_parked_session_ended_for_pgwake_own_reason_is_told() -> None:
+    async def scenario() -> None:
+        session = _relayed()
+        relay = _relay_of(session)
+        stream = relay.take_compute()
+        assert stream is not None
+        stream.close()
+        relay.park()
+        relays = Relays()
+        relays.add(relay)
+        assert relays.end_parked("shutting down") == 1
+        await session.ended()
+        assert _messages(bytes(session.client.written))[-1].type == b"E"
 
     _run(scenario)
