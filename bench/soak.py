@@ -10,7 +10,10 @@ seconds. Each client loops: pick an endpoint, connect through pgwake, run 1-4 tr
 that insert rows with unique ids, sometimes read back rows committed earlier, sometimes hold
 the connection idle past the idle timeout (pgwake parks it, the compute suspends under it,
 and the next query re-attaches it), then pause (often longer than the idle timeout, so
-computes suspend and wake all the time). Meanwhile:
+computes suspend and wake all the time). ``--pooled`` more clients never disconnect: each
+keeps one connection to one endpoint (the broken ones among them) and runs a transaction
+on it every 0.5-3 s, so its session is parked and re-attached again and again; a failed
+re-attach must leave its connection usable. Meanwhile:
 
 * every ``--kill-interval`` seconds (randomised) the postmaster of a running compute gets
   SIGKILL; the sessions open on that endpoint at that moment may fail (expected);
@@ -154,6 +157,10 @@ class SoakReport:
     connect_ms_max: float = 0.0
     wakes: dict[str, float] = field(default_factory=dict)
     suspends: dict[str, float] = field(default_factory=dict)
+    #: Transactions of the clients that never disconnect, and errors after which their
+    #: connection was still usable (a failed re-attach).
+    pooled_cycles: int = 0
+    pooled_errors_survived: int = 0
     #: Sessions parked at a suspend, and parked sessions re-attached, by outcome.
     parks: dict[str, float] = field(default_factory=dict)
     reattaches: dict[str, float] = field(default_factory=dict)
@@ -271,6 +278,10 @@ class SoakReport:
             ("suspends (pgwake metrics)", fmt(self.suspends)),
             ("idle sessions at a suspend (parked, pinned...)", fmt(self.parks)),
             ("re-attaches of parked sessions", fmt(self.reattaches)),
+            (
+                "pooled clients: transactions / errors the connection survived",
+                f"{self.pooled_cycles} / {self.pooled_errors_survived}",
+            ),
             ("computes running at once (max seen)", str(self.max_running)),
             ("load average at the end of the load", self.loadavg),
             ("kills injected (pgwake saw crashed)", f"{len(self.kills)} ({crashed:.0f})"),
@@ -578,6 +589,69 @@ class Soak:
     async def client(self) -> None:
         while time.monotonic() < self.deadline:
             await self.session(self.pick())
+
+    async def pooled_client(self, ep: Endpoint) -> None:
+        """A client that never disconnects (an ORM pool's connection): one transaction,
+        then idle, often past the idle timeout (parked, the compute suspends under it),
+        again and again on the same connection. A failed re-attach (57P03 while the
+        endpoint is broken) must leave the connection usable; only a compute killed
+        under it while attached may end it, and then it connects again."""
+        conn: asyncpg.Connection | None = None
+        while time.monotonic() < self.deadline:
+            sid = next(self._session_ids)
+            started = self.now()
+            ep.active.add(sid)
+            phase = "connect"
+            txn: Txn | None = None
+            try:
+                if conn is None or conn.is_closed():
+                    async with asyncio.timeout(STEP_TIMEOUT):
+                        conn = await asyncpg.connect(**self.server.connect_kwargs(ep.name))
+                    self.report.sessions += 1
+                phase = "transaction"
+                tid = next(self._txn_ids)
+                txn = Txn(ep.name, [next(self._row_ids)])
+                self.txns[tid] = txn
+                # Plain BEGIN/COMMIT: asyncpg's Transaction object remembers a BEGIN that
+                # failed and would answer the next one with a SAVEPOINT.
+                async with asyncio.timeout(STEP_TIMEOUT):
+                    await conn.execute("BEGIN")
+                    await conn.execute(
+                        "INSERT INTO soak (id, txn, session) SELECT unnest($1::bigint[]), $2, $3",
+                        txn.ids,
+                        tid,
+                        sid,
+                    )
+                    phase = "commit"
+                    txn.state = "in_doubt"
+                    await conn.execute("COMMIT")
+                txn.state = "committed"
+                ep.committed.extend(txn.ids)
+                self.report.transactions_committed += 1
+                self.report.rows_committed += len(txn.ids)
+                self.report.pooled_cycles += 1
+                phase = "hold"
+                await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if txn is not None and txn.state == "open":
+                    txn.state = "aborted"
+                self.record_error(ep, sid, started, phase, exc)
+                if conn is not None and not conn.is_closed() and txn is not None:
+                    # An ERROR, not a FATAL: the same connection goes on (a rollback
+                    # first, in case the error came inside the transaction).
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(STEP_TIMEOUT):
+                            await conn.execute("ROLLBACK")
+                    self.report.pooled_errors_survived += 1
+                await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+            finally:
+                ep.active.discard(sid)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STEP_TIMEOUT):
+                    await conn.close()
             # Often longer than any idle timeout: the endpoints this client used may suspend.
             pause = self.rng.uniform(2.2, 3.0) if self.rng.random() < 0.3 else self.rng.random() / 5
             await asyncio.sleep(max(0.0, min(pause, self.deadline - time.monotonic())))
@@ -898,6 +972,7 @@ async def run_soak(
     endpoints: int = 50,
     *,
     clients: int = 16,
+    pooled: int = 4,
     kill_interval: float = 4.0,
     broken: int = 2,
     seed: int | None = None,
@@ -951,6 +1026,12 @@ async def run_soak(
         log(f"load: {clients} clients for {duration:g} s")
         async with asyncio.TaskGroup() as group:
             loads = [group.create_task(soak.client()) for _ in range(clients)]
+            # Clients that never disconnect, one per endpoint of the cold end (the broken
+            # endpoints among them): their sessions are parked and re-attached.
+            loads += [
+                group.create_task(soak.pooled_client(soak.endpoints[name]))
+                for name in names[::-1][: max(1, pooled)]
+            ]
             group.create_task(soak.killer(kill_interval))
             group.create_task(soak.monitor())
             # A client still in a session at the deadline finishes it (steps are bounded).
@@ -1032,6 +1113,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (60)")
     parser.add_argument("--endpoints", type=int, default=50, help="endpoints (50)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
+    parser.add_argument("--pooled", type=int, default=4, help="clients that never disconnect (4)")
     parser.add_argument(
         "--kill-interval", type=float, default=4.0, help="mean seconds between kills (4)"
     )
@@ -1049,6 +1131,7 @@ def main() -> int:
             args.duration,
             args.endpoints,
             clients=args.clients,
+            pooled=args.pooled,
             kill_interval=args.kill_interval,
             broken=args.broken,
             seed=args.seed,

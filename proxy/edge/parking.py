@@ -194,6 +194,7 @@ async def reattach(
             failed.outcome,
             failed.error.message,
         )
+        metrics.CLIENT_ERRORS.labels(failed.error.sqlstate, failed.error.kind.value).inc()
         if failed.fatal:
             relay.end(encode.error_response(failed.error))
         else:
