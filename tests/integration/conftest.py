@@ -26,8 +26,9 @@ def shared_pgwake() -> Iterator[Pgwake]:
 
 @pytest.fixture(scope="session")
 def pgjdbc_classes(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The Java helper compiled against Debian's pgjdbc; the ``-cp`` to run it with (the
-    client matrix and the printed-URI tests share it)."""
+    """The Java helpers (``tests/clients/java``) compiled against Debian's pgjdbc; the
+    ``-cp`` to run them with (the client matrix, the printed-URI and the parking tests
+    share it)."""
     from tests.integration.test_client_matrix import (
         CLIENTS_DIR,
         PGJDBC_JAR,
@@ -40,7 +41,14 @@ def pgjdbc_classes(tmp_path_factory: pytest.TempPathFactory) -> str:
     jar = need_file(PGJDBC_JAR, "pgjdbc (Debian's libpostgresql-jdbc-java)")
     classes = tmp_path_factory.mktemp("pgjdbc-classes")
     subprocess.run(
-        [javac, "-cp", str(jar), "-d", str(classes), str(CLIENTS_DIR / "java" / "Matrix.java")],
+        [
+            javac,
+            "-cp",
+            str(jar),
+            "-d",
+            str(classes),
+            *map(str, sorted((CLIENTS_DIR / "java").glob("*.java"))),
+        ],
         check=True,
         timeout=120,
         capture_output=True,
