@@ -33,5 +33,5 @@ def test_an_idle_psycopg_connection_lets_the_compute_suspend_and_still_works(
         assert row[3] != first_backend[0]
         assert conn.execute("EXECUTE twice(21)").fetchone() == (42,)
         assert conn.info.backend_pid == pid  # what the client was told stays
-    assert pgwake.metric("pgwake_session_reattaches_total", endpoint="pool", outcome="ok") == 1
+    assert pgwake.metric("pgwake_reattaches_total", endpoint="pool", outcome="ok") == 1
     assert "event=parked" in pgwake.log_text()
