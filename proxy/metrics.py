@@ -139,9 +139,11 @@ PINNED_REASONS: Final = (
     "listen",
     "advisory_locks",
     "with_hold_cursors",
+    "copy",
     "other",
 )
-#: A parked session's next message: re-attached, or why not (each ends the session).
+#: A parked session's next message: re-attached, or why not (the session stays, and its
+#: next message tries again; only a password changed meanwhile ends it).
 REATTACH_OUTCOMES: Final = ("ok", "wake_failed", "restore_failed", "login_failed")
 #: An idle session at suspend: parked, kept on its backend (pinned, or busy again by
 #: then), or failed to park (closed).
@@ -155,7 +157,8 @@ CLIENT_SESSIONS: Final = Gauge(
 PINNED_SESSIONS: Final = Gauge(
     "pgwake_pinned_sessions",
     "Pinned client sessions of an endpoint (they keep its compute awake), by reason "
-    "(open_transaction, temporary_tables, listen, advisory_locks, with_hold_cursors, other).",
+    "(open_transaction, temporary_tables, listen, advisory_locks, with_hold_cursors, copy, "
+    "other).",
     ["endpoint", "reason"],
 )
 REATTACHES: Final = Counter(

@@ -97,7 +97,7 @@ class ClientConnection:
         "pins",
         "reattaching",
         "relay",
-        "seen_requests",
+        "seen_traffic",
         "started",
         "startup",
         "unauthenticated_as",
@@ -132,8 +132,8 @@ class ClientConnection:
         self.busy = False
         #: When it was last seen running something (monotonic; ``observe``).
         self.active_at = 0.0
-        #: Its tracker's ``requests`` at the last look.
-        self.seen_requests = 0
+        #: Its relay's ``traffic`` at the last look.
+        self.seen_traffic = 0
         #: Why the last attempt to park it failed; cleared when it runs something.
         self.pins: tuple[str, ...] = ()
         #: While parked: what its backend had, to restore on the next.
@@ -358,9 +358,10 @@ class ClientConnection:
         if relay is None or self.phase is not Phase.RELAYING:
             return False, False
         tracker = relay.tracker
-        ran = tracker.requests != self.seen_requests
+        traffic = relay.traffic
+        ran = traffic != self.seen_traffic  # a query, its answer, COPY data, a NOTIFY...
         if ran:
-            self.seen_requests = tracker.requests
+            self.seen_traffic = traffic
             self.active_at = now
             self.pins = ()
         busy = not tracker.quiet or tracker.status != TRANSACTION_IDLE or tracker.copy
@@ -478,11 +479,15 @@ class ClientConnection:
         )
 
     def pinned_for(self, now: float) -> float | None:
-        """Seconds this session has been pinned at rest (``None``: it is not)."""
+        """Seconds this session has been pinned with no traffic either way (``None``: it
+        is not pinned: at rest in no transaction and with no pins, or running a query)."""
         relay = self.relay
-        if relay is None or self.phase is not Phase.RELAYING or not relay.tracker.quiet:
+        if relay is None or self.phase is not Phase.RELAYING:
             return None
-        if relay.tracker.status == TRANSACTION_IDLE and not self.pins:
+        tracker = relay.tracker
+        if not tracker.copy and not tracker.quiet:
+            return None  # a query runs: not idle
+        if not tracker.copy and tracker.status == TRANSACTION_IDLE and not self.pins:
             return None
         return now - self.active_at
 

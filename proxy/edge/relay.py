@@ -341,6 +341,14 @@ class Relay:
             self._client.transport.write(data)
 
     @property
+    def traffic(self) -> int:
+        """Bytes relayed both ways so far, every backend included: when it has not moved
+        since the last look, the session did nothing (``ClientConnection.observe``)."""
+        client = self._client.bytes_read if self._client is not None else 0
+        compute = self._compute.bytes_read if self._compute is not None else 0
+        return client + self._to_client + compute
+
+    @property
     def held(self) -> bool:
         """The client sent something since the compute was taken."""
         return bool(self._held)

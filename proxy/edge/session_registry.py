@@ -38,6 +38,7 @@ _PIN_LABELS: Final = {
     PIN_LISTEN: "listen",
     PIN_ADVISORY_LOCKS: "advisory_locks",
     PIN_WITH_HOLD_CURSORS: "with_hold_cursors",
+    "COPY in progress": "copy",
 }
 
 

@@ -42,7 +42,7 @@ PINS = {
     "with_hold_cursor": ("WITH HOLD cursors", "with_hold_cursors"),
     "open_transaction": ("open transaction", "open_transaction"),
     "failed_transaction": ("failed transaction", "open_transaction"),
-    "copy_in_progress": ("COPY in progress", "other"),
+    "copy_in_progress": ("COPY in progress", "copy"),
 }
 
 
@@ -227,7 +227,7 @@ def test_a_pinned_session_keeps_the_compute_visibly_and_its_state_intact(
         scenario = SCENARIOS[case](conn, server, name)
         next(scenario)
         wait_for(lambda: _pinned_long(server, name, reason), timeout=30)
-        if label not in ("open_transaction", "other"):  # a park was tried, and refused
+        if label not in ("open_transaction", "copy"):  # a park was tried, and refused
             assert server.metric("pgwake_parks_total", endpoint=name, outcome="pinned") > 0
         assert server.state(name) == "running"
         assert server.compute_starts(name) == starts
@@ -293,6 +293,33 @@ def test_pinned_session_timeout_ends_pinned_sessions_with_the_reason(server: Pgw
     finally:
         temp.close()
         in_transaction.close()
+
+
+def _copy_then_stall(conn: psycopg.Connection[Any]) -> None:
+    """A COPY that sends 10 kB every 0.3 s for 2 s (more than libpq buffers, so it goes
+    out), then stalls until pgwake says something."""
+    with conn.cursor().copy("COPY copied_slowly FROM STDIN") as copy:
+        started = time.monotonic()
+        while time.monotonic() - started < 2:
+            copy.write(b"1\n" * 5000)
+            assert not select.select([conn.fileno()], [], [], 0.3)[0], "ended while sending"
+        readable, _, _ = select.select([conn.fileno()], [], [], 30)
+        assert readable, "pgwake said nothing to the client"
+        copy.write_row((2,))
+
+
+def test_pinned_session_timeout_ends_a_stalled_copy_but_not_one_that_sends(
+    server: Pgwake,
+) -> None:
+    name = "timeout"  # pinned_session_timeout 1 s
+    with _connect(server, name, application_name="copier") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS copied_slowly (i int)")
+        with pytest.raises(psycopg.Error) as info:
+            _copy_then_stall(conn)
+        error = info.value
+        assert error.sqlstate == "57P05"
+        assert "COPY in progress" in (error.diag.message_primary or "")
+    server.wait_state(name, "suspended", timeout=30)
 
 
 # -- 3. the opt-out ----------------------------------------------------------------------------
