@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -305,7 +306,7 @@ def measure_memory(
         for name in names:  # code paths warm (and the role's first login done)
             core.timed_connect_select_close(setup.via_pgwake(name))
         if mode == "parked":
-            scale.run_async(lambda names=names: _park_once(setup, names))
+            scale.run_async(functools.partial(_park_once, setup, names))
             for name in names:
                 setup.wait_suspended(name, timeout=60)
                 # Until every session is open: then the idle timeout goes back to
@@ -314,9 +315,7 @@ def measure_memory(
         result = MemoryResult(mode, sessions, endpoints)
         results[mode] = result
         scale.run_async(
-            lambda names=names, result=result: _hold(
-                setup, names, sessions, result, wait=120 + sessions / 10
-            )
+            functools.partial(_hold, setup, names, sessions, result, wait=120 + sessions / 10)
         )
     return results
 
@@ -909,8 +908,8 @@ class ParkingResult:
         out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         out += ["| " + " | ".join(row) + " |" for row in self.rows()]
         if self.pgbench is not None and self.pgbench.tps.get("head"):
-            header = "| round | " + " | ".join(PGBENCH_NAMES) + " | head/base |"
-            out += ["", header, "|---" * 5 + "|"]
+            round_header = "| round | " + " | ".join(PGBENCH_NAMES) + " | head/base |"
+            out += ["", round_header, "|---" * 5 + "|"]
             tps = self.pgbench.tps
             for i, ratio in enumerate(self.pgbench.ratios):
                 cells = " | ".join(f"{tps[n][i]:.0f}" for n in PGBENCH_NAMES)
