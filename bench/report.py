@@ -16,6 +16,7 @@ from bench import core
 
 if TYPE_CHECKING:
     from bench.control import ControlResults
+    from bench.parking import ParkingResult
     from bench.scale import BurstResult, IdleResult
     from bench.strangers import StrangerResult
 
@@ -51,6 +52,7 @@ class Results:
     burst: BurstResult | None = None
     idle: dict[str, IdleResult] = field(default_factory=dict)
     strangers: StrangerResult | None = None
+    parking: ParkingResult | None = None
     control: ControlResults | None = None
     soak: dict[str, Any] | None = None
     #: ``bench/docker_cold.py``'s table (Markdown), or why it did not run.
@@ -185,6 +187,10 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
     else:
         rows.append(("5,000 idle client connections under 100 MB RSS", "not measured", "n/a"))
     rows += _stranger_targets(results.strangers)
+    if results.parking is not None:
+        rows += results.parking.targets()
+    else:
+        rows.append(("parking: memory, re-attach, ORM, pgbench vs base", "not measured", "n/a"))
     control = results.control
     if control is not None and control.create_ms:
         c50 = _med(control.create_ms)
@@ -701,6 +707,32 @@ def render(results: Results, plots: dict[str, Path]) -> str:
                 f" MiB (idle before: {result.idle.rss_kib / 1024:.1f} MiB). Strangers opened"
                 " in " + ", ".join(f"{r.open_seconds:.1f}" for r in result.rounds) + " s per round."
             )
+
+    if results.parking is not None:
+        from bench import parking  # noqa: PLC0415
+
+        p = results.parking
+        out += ["", "## Parking", ""]
+        out.append(
+            f"`parking.py`, in a work directory of its own. Memory: {p.sessions:,} asyncpg"
+            f" sessions over {p.endpoints} endpoints, each ran `SELECT 1`, through a freshly"
+            " started `pgwake serve`; sampled at idle, with all open on their backends, and"
+            " once every endpoint (idle timeout"
+            f" {parking.MEMORY_IDLE_TIMEOUT:g} s) suspended and all were parked; beside them"
+            " the same count on endpoints created with `park_sessions: false` through"
+            " another fresh pgwake (relayed idle sessions, each with a backend)."
+            " Re-attach: a libpq connection parked on a suspended endpoint (idle timeout"
+            f" {parking.REATTACH_IDLE_TIMEOUT:g} s) sends `SELECT 1`, runs interleaved with"
+            " cold connects (new connection + `SELECT 1`) on the same suspended endpoint."
+            " ORM: SQLAlchemy (psycopg) QueuePool of"
+            f" {parking.ORM_POOL_SIZE}, idle timeout {parking.ORM_IDLE_TIMEOUT:g} s, a query"
+            " on each pooled connection per cycle, then a wait for the suspend. pgbench:"
+            " `-S -c 8 -j 2` through this checkout's pgwake (HEAD) and through"
+            f" {parking.BASE_COMMIT}'s (the last commit before parking), each with its own"
+            " state dir and an equivalent compute, back to back in each round."
+        )
+        out.append("")
+        out.append(p.table())
 
     control = results.control
     if control is not None:

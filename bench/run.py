@@ -15,8 +15,10 @@ starts is stopped and removed at the end, also on Ctrl-C or SIGTERM. Parts, in o
 5. 5,000 idle client sessions: pgwake's (and PgBouncer's) memory per session;
 6. 1,000 stalled strangers (no proof) on a running endpoint: pgwake's memory, warm
    connects beside them, the compute's processes (``strangers.py``);
-7. control plane: creates, 1,000 endpoints, wakes (``control.py``);
-8. the soak (``soak.py``'s ``run_soak``), short.
+7. parking (``parking.py``): 1,000 parked sessions' memory, re-attach latency, an ORM
+   pool across suspends, ``pgbench -S`` through HEAD vs the commit before parking;
+8. control plane: creates, 1,000 endpoints, wakes (``control.py``);
+9. the soak (``soak.py``'s ``run_soak``), short.
 
 Writes ``<out>/<date>.md`` (``<date>-quick.md`` with ``--quick``) and its PNGs beside it,
 and prints the same Markdown to stdout. ``--quick`` is a smoke run of a few minutes; the
@@ -46,7 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import control, core, docker_cold, report, scale, strangers
+from bench import control, core, docker_cold, parking, report, scale, strangers
 
 T = TypeVar("T")
 
@@ -59,6 +61,7 @@ PARTS = (
     "burst",
     "idle",
     "strangers",
+    "parking",
     "control",
     "soak",
     "docker",
@@ -105,6 +108,12 @@ class Plan:
     wakes: int
     soak_duration: float
     soak_endpoints: int
+    parking_sessions: int
+    parking_endpoints: int
+    parking_runs: int
+    parking_cycles: int
+    parking_pgbench_seconds: int
+    parking_pgbench_rounds: int
     clients: int = 8
     threads: int = 2
 
@@ -127,6 +136,12 @@ FULL = Plan(
     wakes=100,
     soak_duration=60.0,
     soak_endpoints=50,
+    parking_sessions=1000,
+    parking_endpoints=20,
+    parking_runs=30,
+    parking_cycles=20,
+    parking_pgbench_seconds=10,
+    parking_pgbench_rounds=5,
 )
 QUICK = Plan(
     cold_runs=5,
@@ -146,6 +161,12 @@ QUICK = Plan(
     wakes=5,
     soak_duration=15.0,
     soak_endpoints=10,
+    parking_sessions=200,
+    parking_endpoints=5,
+    parking_runs=5,
+    parking_cycles=20,
+    parking_pgbench_seconds=3,
+    parking_pgbench_rounds=2,
 )
 
 
@@ -357,6 +378,20 @@ def save_logs(workdir: Path) -> None:
     core.log(f"a part failed: logs kept in {target}")
 
 
+def run_parking(plan: Plan, args: argparse.Namespace) -> parking.ParkingResult:
+    """``parking.py``'s four measurements, in a work directory of their own."""
+    return parking.run_parking(
+        args.pg_bindir,
+        sessions=plan.parking_sessions,
+        endpoints=plan.parking_endpoints,
+        runs=plan.parking_runs,
+        cycles=plan.parking_cycles,
+        pgbench_seconds=plan.parking_pgbench_seconds,
+        pgbench_rounds=plan.parking_pgbench_rounds,
+        keep=args.keep,
+    )
+
+
 # -- the soak (bench/soak.py, another engineer's) ---------------------------------------
 
 
@@ -533,6 +568,11 @@ def main() -> int:
         try:
             if PGWAKE_PARTS - skip:
                 part(results, "pgwake parts", lambda: run_with_pgwake(results, plan, args, skip))
+            if "parking" not in skip:
+                results.parking = part(results, "parking", lambda: run_parking(plan, args))
+                if results.parking is not None:
+                    for name, message in results.parking.errors.items():
+                        results.errors[f"parking: {name}"] = message
             if "control" not in skip:
                 results.control = part(
                     results,
