@@ -34,18 +34,30 @@ __all__ = ["SessionTracker"]
 _LENGTH: Final = struct.Struct("!i").unpack_from
 
 # Type bytes as ints (a bytes object indexed gives ints).
-_QUERY: Final = ord("Q")
-_FUNCTION_CALL: Final = ord("F")
 _SYNC: Final = ord("S")
-_TERMINATE: Final = ord("X")
-#: Extended-protocol messages that open a batch a Sync will close.
-_EXTENDED: Final = frozenset(ord(kind) for kind in "PBDECH")
 _READY_FOR_QUERY: Final = ord("Z")
-_PARAMETER_STATUS: Final = ord("S")
 _ERROR_RESPONSE: Final = ord("E")
-#: CopyInResponse, CopyOutResponse, CopyBothResponse.
-_COPY_RESPONSES: Final = frozenset(ord(kind) for kind in "GHW")
 _IDLE: Final = b"I"
+
+# What each type byte means to the tracker, one lookup per message (a 256-entry table is
+# cheaper on the hot path than comparisons); 0 for the messages it only steps over.
+_ANSWERED: Final = 1  # Query, FunctionCall, Sync: one ReadyForQuery each
+_OPENS_BATCH: Final = 2  # Parse, Bind, Describe, Execute, Close, Flush
+_ENDS_SESSION: Final = 3  # Terminate
+_READ_WHOLE: Final = 1  # ReadyForQuery, ParameterStatus: their bodies matter
+_COPY_STARTS: Final = 2  # CopyInResponse, CopyOutResponse, CopyBothResponse
+
+
+def _table(roles: dict[str, int]) -> bytes:
+    table = bytearray(256)
+    for kinds, role in roles.items():
+        for kind in kinds:
+            table[ord(kind)] = role
+    return bytes(table)
+
+
+_CLIENT_KINDS: Final = _table({"QFS": _ANSWERED, "PBDECH": _OPENS_BATCH, "X": _ENDS_SESSION})
+_SERVER_KINDS: Final = _table({"ZS": _READ_WHOLE, "GHW": _COPY_STARTS})
 
 
 class SessionTracker:
@@ -128,38 +140,40 @@ class SessionTracker:
 
     def from_client(self, data: bytes) -> None:
         """Follow bytes the client sent."""
-        if self.lost:
-            return
-        size = len(data)
         skip = self._client_skip
-        if skip >= size:
+        size = len(data)
+        if skip >= size:  # inside one message still (a large COPY row, a long query)
             self._client_skip = skip - size
             return
         if self._client_head:
             data = self._client_head + data
             size = len(data)
             self._client_head = b""
+        if self.lost:
+            return
         position = skip
         pending = self.pending
+        unpack = _LENGTH
         while True:
             if position + 5 > size:
                 self._client_head = data[position:]
                 self._client_skip = 0
                 break
             kind = data[position]
-            length = _LENGTH(data, position + 1)[0]
+            length = unpack(data, position + 1)[0]
             if length < 4:
                 self._lose()
                 return
-            # Compared one by one: no tuple is built per message (the hot path).
-            if kind == _QUERY or kind == _SYNC or kind == _FUNCTION_CALL:  # noqa: PLR1714, SIM109
-                pending += 1
-                if kind == _SYNC:
-                    self.extended = False
-            elif kind in _EXTENDED:
-                self.extended = True
-            elif kind == _TERMINATE:
-                self.terminated = True
+            role = _CLIENT_KINDS[kind]
+            if role:
+                if role == _ANSWERED:
+                    pending += 1
+                    if kind == _SYNC:
+                        self.extended = False
+                elif role == _OPENS_BATCH:
+                    self.extended = True
+                else:
+                    self.terminated = True
             position += 1 + length
             if position >= size:
                 self._client_skip = position - size
@@ -169,36 +183,41 @@ class SessionTracker:
 
     def from_server(self, data: bytes) -> None:
         """Follow bytes the compute sent."""
-        if self.lost:
-            return
-        size = len(data)
         skip = self._server_skip
-        if skip >= size:
+        size = len(data)
+        if skip >= size:  # inside one message still (a large row)
             self._server_skip = skip - size
             return
         if self._server_head:
             data = self._server_head + data
             size = len(data)
             self._server_head = b""
+        if self.lost:
+            return
         position = skip
         kind = self.last_server_message
+        unpack = _LENGTH
+        kinds = _SERVER_KINDS
         while True:
             if position + 5 > size:
                 self._server_head = data[position:]
                 self._server_skip = 0
                 break
             kind = data[position]
-            length = _LENGTH(data, position + 1)[0]
+            length = unpack(data, position + 1)[0]
             if length < 4:
                 self._lose()
                 return
             end = position + 1 + length
-            if kind == _READY_FOR_QUERY or kind == _PARAMETER_STATUS:  # noqa: PLR1714, SIM109
-                if end > size:  # read these whole: their bodies are a few bytes
+            role = kinds[kind]
+            if role:  # most messages (rows, completions) are only stepped over
+                if role == _COPY_STARTS:
+                    self.copy = True
+                elif end > size:  # read these whole: their bodies are a few bytes
                     self._server_head = data[position:]
                     self._server_skip = 0
                     break
-                if kind == _READY_FOR_QUERY:
+                elif kind == _READY_FOR_QUERY:
                     self.status = data[end - 1 : end]
                     self.copy = False
                     if self.pending:
@@ -209,8 +228,6 @@ class SessionTracker:
                     if statuses is None:
                         statuses = self.parameter_status = {}
                     statuses[body.split(b"\0", 1)[0]] = body
-            elif kind in _COPY_RESPONSES:
-                self.copy = True
             position = end
             if position >= size:
                 self._server_skip = position - size
