@@ -304,6 +304,14 @@ def _relay_of(session: _Session) -> Relay:
     return relay
 
 
+def _park(relay: Relay) -> None:
+    """Park the session as ``parking.park`` does: its backend taken at rest, ended."""
+    stream = relay.take_compute()
+    assert stream is not None
+    stream.close()
+    relay.park()
+
+
 def _mode(relay: Relay) -> Mode:
     """The mode now (a call, so mypy does not keep what an earlier assert narrowed)."""
     return relay.mode
@@ -346,10 +354,7 @@ def test_a_parked_session_asks_for_a_backend_at_its_next_message_and_gets_a_new_
         relay = _relay_of(session)
         owner = relay.owner
         assert isinstance(owner, _Owner)
-        stream = relay.take_compute()
-        assert stream is not None
-        stream.close()
-        relay.park()
+        _park(relay)
         assert relay.mode is Mode.PARKED
         assert owner.wanted == 0
         session.client.receive(QUERY[:3])
@@ -372,10 +377,7 @@ def test_a_parked_client_that_terminates_wakes_nothing() -> None:
         relay = _relay_of(session)
         owner = relay.owner
         assert isinstance(owner, _Owner)
-        stream = relay.take_compute()
-        assert stream is not None
-        stream.close()
-        relay.park()
+        _park(relay)
         session.client.receive(TERMINATE)
         await session.ended()
         assert owner.wanted == 0
@@ -388,10 +390,7 @@ def test_a_failed_reattach_answers_the_request_and_stays_parked() -> None:
     async def scenario() -> None:
         session = _relayed()
         relay = _relay_of(session)
-        stream = relay.take_compute()
-        assert stream is not None
-        stream.close()
-        relay.park()
+        _park(relay)
         session.client.receive(QUERY)
         error = encode.message(b"E", b"SERROR\0C57P03\0Mnot now\0\0")
         relay.refuse(Refuser(error))
@@ -407,10 +406,7 @@ def test_a_parked_session_ended_for_pgwake_own_reason_is_told() -> None:
     async def scenario() -> None:
         session = _relayed()
         relay = _relay_of(session)
-        stream = relay.take_compute()
-        assert stream is not None
-        stream.close()
-        relay.park()
+        _park(relay)
         relays = Relays()
         relays.add(relay)
         assert relays.end_parked("shutting down") == 1
