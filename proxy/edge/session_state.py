@@ -314,6 +314,10 @@ def capture() -> Exchange[Captured]:
         raise CaptureFailed("the compute's answer does not match the query") from None
 
 
+#: The state of a session that set nothing up.
+_NOTHING: Final = SessionState((), ())
+
+
 def _captured(rows: list[tuple[bytes | None, ...]], passthrough: bytes) -> Captured:
     pins: list[str] = []
     authorization: list[tuple[str, str]] = []
@@ -349,7 +353,8 @@ def _captured(rows: list[tuple[bytes | None, ...]], passthrough: bytes) -> Captu
     if pins:
         return Captured(None, tuple(pins), passthrough)
     state = SessionState(tuple(authorization + settings + role), tuple(statements))
-    return Captured(state, (), passthrough)
+    # Most parked sessions set nothing: they all share one state, not one object each.
+    return Captured(state if state != _NOTHING else _NOTHING, (), passthrough)
 
 
 def restore(state: SessionState) -> Exchange[Restored]:
