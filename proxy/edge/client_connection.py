@@ -8,9 +8,9 @@ in order, each phase's work done by a module of this package: ``handshake``, the
 endpoint suspends while it is idle ``parking`` (``PARKED``, and back). Until its proof
 is verified a connection counts only in the unauthenticated budget (``admission``): no
 session slot, no effect on idleness, no compute connection. Once it relays, its coroutine
-has ended: what is left is the ``ClientConnection``'s few slots, until ``finish``. It is
-the relay's ``RelayOwner``: the relay tells it when a parked client wants its backend
-back; the endpoint's idle check asks it, once a tick, whether it is busy (``observe``).
+has ended: what is left is the ``ClientConnection``'s few slots and its
+``RelayedSession`` (``relayed_session.py``: the relay's owner, what the idle check and
+parking work with), until ``finish``.
 
 Any ``ClientError`` becomes one FATAL ``ErrorResponse`` and a close; anything else is
 logged with its traceback and answered with XX000. The client never sees a traceback.
@@ -32,35 +32,31 @@ from pgwake.edge.backend import acquire_backend
 from pgwake.edge.client_auth import authenticate_client, is_text
 from pgwake.edge.compute_login import ComputeRefused
 from pgwake.edge.handshake import read_handshake, require_tls_error
-from pgwake.edge.parking import Credentials, ParkOutcome, parameter_bodies, park, reattach
+from pgwake.edge.parking import Credentials
 from pgwake.edge.phases import PHASE_MOVES, IllegalPhaseMove, Phase
-from pgwake.edge.relay import Mode, start_relay
+from pgwake.edge.relay import start_relay
+from pgwake.edge.relayed_session import RelayedSession
 from pgwake.edge.routing import address_allowed, compute_parameters, resolve
 from pgwake.edge.server_reuse import keep_backend
 from pgwake.edge.session_context import SessionContext, too_many_unauthenticated
-from pgwake.endpoint.compute_resources import PinnedSession
 from pgwake.protocol import encode
 from pgwake.protocol.errors import (
     AdminShutdown,
     ClientError,
-    IdleInTransactionSessionTimeout,
-    IdleSessionTimeout,
     InternalError,
     InvalidAuthorizationSpecification,
     InvalidCatalogName,
     ProtocolViolation,
     TooManyConnections,
 )
-from pgwake.protocol.messages import TRANSACTION_FAILED, TRANSACTION_IDLE, CancelRequest
+from pgwake.protocol.messages import CancelRequest
 
 if TYPE_CHECKING:
     from pgwake.edge.client_auth import EdgeAuthResult
     from pgwake.edge.compute_login import SessionOpening
     from pgwake.edge.handshake import Handshake
     from pgwake.edge.packet_stream import PacketStream
-    from pgwake.edge.relay import Relay
     from pgwake.edge.routing import Route
-    from pgwake.edge.session_state import SessionState
     from pgwake.endpoint.lifecycle import Lifecycle
     from pgwake.protocol.messages import StartupMessage
 
@@ -80,7 +76,6 @@ class ClientConnection:
     The handshake, the route and the SCRAM state live in ``run``'s frame only."""
 
     __slots__ = (
-        "active_at",
         "busy",
         "cancel_key",
         "client_host",
@@ -91,13 +86,9 @@ class ClientConnection:
         "endpoint",
         "lifecycle",
         "opening",
-        "parked_state",
         "peer_host",
         "phase",
-        "pins",
-        "reattaching",
-        "relay",
-        "seen_traffic",
+        "session",
         "started",
         "startup",
         "unauthenticated_as",
@@ -126,20 +117,11 @@ class ClientConnection:
         self.client_host = peer_host
         #: What logging in again for a parked session takes (held while it lives).
         self.credentials: Credentials | None = None
-        #: Set once relaying.
-        self.relay: Relay | None = None
-        #: Counted busy by the lifecycle (``Lifecycle.busy``): from its slot until it rests.
+        #: Set once relaying: what the relay, the idle check and parking work with.
+        self.session: RelayedSession | None = None
+        #: Counted busy by the lifecycle (``Lifecycle.busy``): from its slot until it
+        #: relays, and while it re-attaches (``set_busy``).
         self.busy = False
-        #: When it was last seen running something (monotonic; ``observe``).
-        self.active_at = 0.0
-        #: Its relay's ``traffic`` at the last look.
-        self.seen_traffic = 0
-        #: Why the last attempt to park it failed; cleared when it runs something.
-        self.pins: tuple[str, ...] = ()
-        #: While parked: what its backend had, to restore on the next.
-        self.parked_state: SessionState | None = None
-        #: The re-attach in flight, if any.
-        self.reattaching = False
 
     def _enter(self, phase: Phase) -> None:
         """Move to ``phase``: the one place the phase changes."""
@@ -322,24 +304,23 @@ class ClientConnection:
             and opening.backend_key is not None
         )
         self._enter(Phase.RELAYING)
+        session = self.session = RelayedSession(self)
         endpoint = lifecycle.name if lifecycle is not None else None
         if endpoint is not None:
-            self.ctx.kept.sessions.add(endpoint, self)
-        relay = start_relay(
+            self.ctx.kept.sessions.add(endpoint, session)
+        session.relay = start_relay(
             client,
             compute,
             self.ctx.relays,
-            self,
+            session,
             endpoint=endpoint,
             reusable=reusable,
         )
-        self.relay = relay
-        self.active_at = time.monotonic()
-        self._set_busy(False)  # connected: from now on the relay's tracker tells
+        self.set_busy(False)  # connected: from now on the relay's tracker tells
 
-    # -- what the endpoint's idle check sees ---------------------------------------------
+    # -- the lifecycle's count of busy sessions ---------------------------------------
 
-    def _set_busy(self, busy: bool) -> None:
+    def set_busy(self, busy: bool) -> None:
         """Count the session busy in its lifecycle (connecting, re-attaching) or not."""
         lifecycle = self.lifecycle
         if lifecycle is None or busy is self.busy or self.phase is Phase.CLOSED:
@@ -349,170 +330,6 @@ class ClientConnection:
             lifecycle.session_busy()
         else:
             lifecycle.session_rested()
-
-    def observe(self, now: float) -> tuple[bool, bool]:
-        """Once a tick: whether the session keeps its compute awake now (something runs or
-        is due, or a transaction is open), and whether it ran anything since the last
-        look. Running something forgets its pins: they are read again at the next park."""
-        relay = self.relay
-        if relay is None or self.phase is not Phase.RELAYING:
-            return False, False
-        tracker = relay.tracker
-        traffic = relay.traffic
-        ran = traffic != self.seen_traffic  # a query, its answer, COPY data, a NOTIFY...
-        if ran:
-            self.seen_traffic = traffic
-            self.active_at = now
-            self.pins = ()
-        busy = not tracker.quiet or tracker.status != TRANSACTION_IDLE or tracker.copy
-        return busy, ran
-
-    async def park(self) -> ParkOutcome | None:
-        """Park the session if it is idle and nothing pins it (``parking.park``); ``None``
-        when nothing was tried (it is busy, parked, or known to be pinned)."""
-        relay = self.relay
-        if relay is None or self.phase is not Phase.RELAYING or self.busy:
-            return None
-        if self.pins:  # known, and it has run nothing since: no query every tick
-            return None
-        parked = await park(relay)
-        if parked.outcome is ParkOutcome.PARKED and self.phase is Phase.RELAYING:
-            self.parked_state = parked.state
-            self._enter(Phase.PARKED)
-            logger.info(
-                "event=parked conn=%s endpoint=%s settings=%d statements=%d",
-                self.conn_id,
-                self.endpoint,
-                len(parked.state.settings) if parked.state else 0,
-                len(parked.state.statements) if parked.state else 0,
-            )
-        elif parked.outcome is ParkOutcome.PINNED:
-            self.pins = parked.pins
-            logger.info(
-                "event=pinned conn=%s endpoint=%s reason=%r",
-                self.conn_id,
-                self.endpoint,
-                "; ".join(parked.pins),
-            )
-        return parked.outcome
-
-    def wants_compute(self) -> None:
-        """The relay's news: the parked client sent a message. Re-attach, in the
-        background (one at a time)."""
-        lifecycle = self.lifecycle
-        if self.reattaching or lifecycle is None or self.phase is not Phase.PARKED:
-            return
-        self.reattaching = True
-        lifecycle.in_background(self._reattach(lifecycle), f"reattach:{self.conn_id}")
-
-    async def _reattach(self, lifecycle: Lifecycle) -> None:
-        relay, state, credentials = self.relay, self.parked_state, self.credentials
-        assert relay is not None
-        assert state is not None
-        assert credentials is not None
-        self._set_busy(True)  # while it waits: the compute must not suspend
-        try:
-            attached = await reattach(
-                relay,
-                lifecycle,
-                credentials=credentials,
-                state=state,
-                connections=self.ctx.kept.of(lifecycle.name),
-                cancels=self.ctx.cancels,
-                cancel_key=self.cancel_key,
-                told=self.told_parameters(),
-                wake_timeout=self.ctx.settings.wake_timeout,
-                conn_id=self.conn_id,
-            )
-        except Exception:
-            logger.exception("event=reattach_error conn=%s", self.conn_id)
-            attached = False
-            relay.end(encode.error_response(InternalError("internal error in pgwake")))
-        finally:
-            self.reattaching = False
-        if self.phase is Phase.CLOSED:
-            return
-        self._set_busy(False)  # the tracker tells from now on
-        if attached:
-            self.parked_state = None
-            self.active_at = time.monotonic()
-            self._enter(Phase.RELAYING)
-        elif relay.mode is Mode.PARKED and relay.held and relay.refuser is None:
-            self.wants_compute()  # the client sent more after its answer
-
-    def told_parameters(self) -> dict[bytes, bytes]:
-        """Every ParameterStatus the client was told: the login's, then the compute's
-        later ones (name to ``name\0value\0``)."""
-        told = parameter_bodies(self.opening.parameter_status) if self.opening else {}
-        if self.relay is not None and self.relay.tracker.parameter_status:
-            told.update(self.relay.tracker.parameter_status)
-        return told
-
-    def describe(self) -> tuple[str, PinnedSession | None]:
-        """The session's state for ``SessionStates`` (active, idle, parked, pinned), and
-        for a pinned one what the view shows of it."""
-        relay = self.relay
-        if relay is None or (self.phase is not Phase.RELAYING and self.phase is not Phase.PARKED):
-            return "active", None
-        if self.phase is Phase.PARKED:
-            return ("active" if self.reattaching else "parked"), None
-        tracker = relay.tracker
-        reason = ""
-        if tracker.copy:
-            reason = "COPY in progress"
-        elif tracker.quiet and tracker.status == TRANSACTION_FAILED:
-            reason = "failed transaction"
-        elif tracker.quiet and tracker.status != TRANSACTION_IDLE:
-            reason = "open transaction"
-        elif tracker.quiet and self.pins:
-            reason = "; ".join(self.pins)
-        elif tracker.quiet:
-            return "idle", None
-        if not reason:
-            return "active", None
-        application = self.told_parameters().get(b"application_name", b"application_name\0\0")
-        return "pinned", PinnedSession(
-            client=self.client_host,
-            application_name=application.split(b"\0")[1].decode(errors="replace"),
-            since=time.time() - (time.monotonic() - self.active_at),
-            reason=reason,
-        )
-
-    def pinned_for(self, now: float) -> float | None:
-        """Seconds this session has been pinned with no traffic either way (``None``: it
-        is not pinned: at rest in no transaction and with no pins, or running a query)."""
-        relay = self.relay
-        if relay is None or self.phase is not Phase.RELAYING:
-            return None
-        tracker = relay.tracker
-        if not tracker.copy and not tracker.quiet:
-            return None  # a query runs: not idle
-        if not tracker.copy and tracker.status == TRANSACTION_IDLE and not self.pins:
-            return None
-        return now - self.active_at
-
-    def end_pinned(self, seconds: float) -> None:
-        """Close a session pinned at rest for longer than ``pinned_session_timeout``."""
-        relay = self.relay
-        if relay is None:
-            return
-        reason = self.describe()[1]
-        in_transaction = relay.tracker.status != TRANSACTION_IDLE
-        error_class = IdleInTransactionSessionTimeout if in_transaction else IdleSessionTimeout
-        error = error_class(
-            f"terminating connection: it kept the endpoint's compute awake for {seconds:.0f} s "
-            f"while idle ({reason.reason if reason else 'pinned'})",
-            hint="pgwake cannot park a session with this state; end it (COMMIT, UNLISTEN, "
-            "DISCARD ALL...) when idle, or raise pinned_session_timeout.",
-        )
-        logger.info(
-            "event=pinned_timeout conn=%s endpoint=%s seconds=%d",
-            self.conn_id,
-            self.endpoint,
-            seconds,
-        )
-        if relay.end(encode.error_response(error)):
-            metrics.CLIENT_ERRORS.labels(error.sqlstate, error.kind.value).inc()
 
     # -- the end -------------------------------------------------------------------------
 
@@ -533,9 +350,13 @@ class ClientConnection:
             f"keep:{lifecycle.name}",
         )
 
-    def relayed(self, to_compute: int, to_client: int) -> None:
-        """The relay's ``on_done``: both sides have closed."""
-        self.finish("ok", to_compute, to_client)
+    def parked(self) -> None:
+        """RELAYING -> PARKED: the session's backend was ended (``RelayedSession.park``)."""
+        self._enter(Phase.PARKED)
+
+    def reattached(self) -> None:
+        """PARKED -> RELAYING: the session has a backend again."""
+        self._enter(Phase.RELAYING)
 
     def abandon(self, client: PacketStream) -> None:
         """Close both sides of a connection that never reached the relay."""
@@ -551,10 +372,14 @@ class ClientConnection:
         self._enter(Phase.CLOSED)
         ctx = self.ctx
         metrics.OPEN_CONNECTIONS.dec()
-        self.credentials = self.parked_state = None
+        self.credentials = None
+        session, self.session = self.session, None
+        if session is not None:
+            session.parked_state = None
         if self.lifecycle is not None:  # it was a session (authenticated, counted)
             ctx.active_sessions -= 1
-            ctx.kept.sessions.discard(self.lifecycle.name, self)
+            if session is not None:
+                ctx.kept.sessions.discard(self.lifecycle.name, session)
             if parked:  # its compute may be down, with no tick to update the gauges
                 ctx.kept.sessions.states(self.lifecycle.name)
             self.lifecycle.release(busy=self.busy)
