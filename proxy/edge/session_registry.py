@@ -85,13 +85,16 @@ class SessionRegistry:
         sessions = self.of(endpoint)
         if not sessions:
             return 0
-        at_once = asyncio.Semaphore(_PARKING_AT_ONCE)
+        # A few workers over one iterator, not a task per session: a thousand tasks
+        # waiting their turn would cost more memory than the backends parking frees.
+        queue = iter(sessions)
+        outcomes: list[ParkOutcome | None] = []
 
-        async def park(session: Session) -> ParkOutcome | None:
-            async with at_once:
-                return await session.park()
+        async def worker() -> None:
+            for session in queue:
+                outcomes.append(await session.park())
 
-        outcomes = await asyncio.gather(*(park(session) for session in sessions))
+        await asyncio.gather(*(worker() for _ in range(min(_PARKING_AT_ONCE, len(sessions)))))
         for outcome in outcomes:
             if outcome is not None:
                 metrics.PARKS.labels(endpoint, outcome.value).inc()
