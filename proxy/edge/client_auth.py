@@ -14,6 +14,7 @@ looked up while the client answers the offer; ``authenticate_client`` drives bot
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -189,9 +190,17 @@ def _usable_verifier(text: str | None, role: str) -> ScramVerifier | None:
     if text is None or role == ADMIN_ROLE:
         return None
     try:
-        return parse_verifier(text)
+        return _parsed(text)
     except ValueError:
         return None  # e.g. an MD5 password: refused like a wrong one
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> ScramVerifier:
+    """``parse_verifier``, one frozen object per verifier however many sessions of the
+    role there are: each session holds its verifier while it lives (a re-attach logs in
+    with it). A ``ValueError`` is not cached."""
+    return parse_verifier(text)
 
 
 async def authenticate_client(

@@ -16,6 +16,7 @@ has proved its password: a stranger never makes a compute fork a backend
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -256,4 +257,11 @@ async def open_session(
         raise
     client.write(preface + login.to_client)
     cancel_key = registered[-1] if registered else None
-    return SessionOpening(cancel_key, login.backend_key, login.parameter_status)
+    return SessionOpening(cancel_key, login.backend_key, _shared(login.parameter_status))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared(parameter_status: bytes) -> bytes:
+    """One bytes object for every session told the same ParameterStatus messages (most
+    sessions of an endpoint are): each session keeps them while it lives."""
+    return parameter_status

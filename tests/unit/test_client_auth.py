@@ -16,7 +16,7 @@ from pgwake.auth.scram import (
     make_verifier,
     parse_verifier,
 )
-from pgwake.edge.client_auth import EdgeAuthResult, offer_sasl, verify_proof
+from pgwake.edge.client_auth import EdgeAuthResult, _usable_verifier, offer_sasl, verify_proof
 from pgwake.edge.exchange import RECEIVE, PeerClosed, Send
 from pgwake.edge.throttle import FREE_FAILURES, AuthThrottle
 from pgwake.protocol import encode
@@ -238,3 +238,16 @@ def test_bytes_after_the_proof_are_left_for_the_relay() -> None:
     peer = Peer(lambda sent: _client_final(client)(sent) + b"Qmore")
     _verify(peer, _initial(client))
     assert peer.unread == b"Qmore"
+
+
+def test_sessions_of_a_role_share_one_verifier_object() -> None:
+    # Every session holds its verifier while it lives (a parked one logs in again with
+    # it): a thousand sessions of one role hold one object, not a thousand.
+    text = make_verifier(PASSWORD, salt=b"fedcba9876543210", iterations=64)
+    first = _usable_verifier(text, "app")
+    assert first is not None
+    assert _usable_verifier(text, "app") is first
+    assert _usable_verifier("md5" + "0" * 32, "app") is None  # refused, and not cached
+    other = _usable_verifier(make_verifier("another-pw", iterations=64), "app")
+    assert other is not None
+    assert other is not first
