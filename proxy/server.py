@@ -97,6 +97,7 @@ class _ClientProtocol(PacketStream):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.peername = transport.get_extra_info("peername")
         self._server.start_session(self)
 
 

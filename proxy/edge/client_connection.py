@@ -30,7 +30,7 @@ from pgwake import metrics
 from pgwake.edge.admission import Refusal
 from pgwake.edge.backend import acquire_backend
 from pgwake.edge.client_auth import authenticate_client, is_text
-from pgwake.edge.compute_login import ComputeRefused
+from pgwake.edge.compute_login import ComputeRefused, shared
 from pgwake.edge.handshake import read_handshake, require_tls_error
 from pgwake.edge.parking import Credentials
 from pgwake.edge.phases import PHASE_MOVES, IllegalPhaseMove, Phase
@@ -205,7 +205,7 @@ class ClientConnection:
             ) from None
         self._take_slot(lifecycle)
 
-        startup = encode.startup_message(compute_parameters(message, route))
+        startup = shared(encode.startup_message(compute_parameters(message, route)))
         self.startup = startup
         self.credentials = Credentials(startup, auth.client_key, auth.verifier)
         attached = await acquire_backend(
@@ -252,7 +252,9 @@ class ClientConnection:
                 detail=f"address {handshake.client_host} is not allowed",
             )
         self._enter(Phase.ROUTED)
-        return route, self.ctx.lifecycles.get(record)
+        lifecycle = self.ctx.lifecycles.get(record)
+        self.endpoint = lifecycle.name  # one string for all of the endpoint's sessions
+        return route, lifecycle
 
     async def _authenticate(
         self, client: PacketStream, lifecycle: Lifecycle, role: str, handshake: Handshake

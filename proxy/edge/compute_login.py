@@ -58,6 +58,7 @@ __all__ = [
     "log_in",
     "open_compute",
     "open_session",
+    "shared",
 ]
 
 _CONNECT_TIMEOUT: Final = 10.0
@@ -257,11 +258,12 @@ async def open_session(
         raise
     client.write(preface + login.to_client)
     cancel_key = registered[-1] if registered else None
-    return SessionOpening(cancel_key, login.backend_key, _shared(login.parameter_status))
+    return SessionOpening(cancel_key, login.backend_key, shared(login.parameter_status))
 
 
 @functools.lru_cache(maxsize=1024)
-def _shared(parameter_status: bytes) -> bytes:
-    """One bytes object for every session told the same ParameterStatus messages (most
-    sessions of an endpoint are): each session keeps them while it lives."""
-    return parameter_status
+def shared(blob: bytes) -> bytes:
+    """One bytes object for equal ones that many sessions keep while they live: the
+    ParameterStatus messages a session was told, the startup message it logs in with
+    (most sessions of an endpoint have the same)."""
+    return blob

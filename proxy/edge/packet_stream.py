@@ -91,9 +91,13 @@ async def _start_tls(stream: PacketStream, step: StartTLS) -> TLSInfo:
 class PacketStream(asyncio.Protocol):
     """Buffers incoming bytes; ``read()`` returns them, ``b""`` at EOF."""
 
+    #: The peer's address, for a client's connection (``server._ClientProtocol``): a
+    #: transport forgets it once closed. A compute's is not asked for (uvloop makes a
+    #: socket object per unix-socket transport to answer it, kept while it lives).
+    peername: object = None
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peername: object = None
         self._buffer = bytearray()
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
@@ -105,8 +109,6 @@ class PacketStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast("asyncio.Transport", transport)
-        #: The peer's address, kept: a transport forgets it once closed.
-        self.peername = transport.get_extra_info("peername")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
