@@ -23,6 +23,7 @@ import functools
 import logging
 import secrets
 import ssl
+import sys
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -181,7 +182,7 @@ class ClientConnection:
                 detail=f"the limit is {settings.startup_timeout:g} s",
             ) from None
         self._count_as(handshake.client_host)
-        self.client_host = handshake.client_host
+        self.client_host = sys.intern(handshake.client_host)
         message = handshake.message
         if isinstance(message, CancelRequest):
             # Plaintext cancels are allowed, as in Postgres: the key is the secret.
@@ -408,7 +409,9 @@ async def serve_session(client: PacketStream, ctx: SessionContext) -> None:
     ``ClientConnection.finish``) or its close; never raises but ``CancelledError``."""
     conn_id = secrets.token_hex(4)
     peername = client.peername
-    peer_host = peername[0] if isinstance(peername, tuple) else "local"
+    # Interned: a session keeps its client's address while it lives, and most share one
+    # with many others (an application server's pool).
+    peer_host = sys.intern(peername[0]) if isinstance(peername, tuple) else "local"
     peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else "local"
     connection = ClientConnection(ctx, conn_id, peer_host)
     metrics.OPEN_CONNECTIONS.inc()

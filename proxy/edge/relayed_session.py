@@ -110,12 +110,13 @@ class RelayedSession:
         if parked.outcome is ParkOutcome.PARKED and self.connection.phase is Phase.RELAYING:
             self.parked_state = parked.state
             self.connection.parked()
+            settings, statements = parked.state.unpacked() if parked.state else ((), ())
             logger.info(
                 "event=parked conn=%s endpoint=%s settings=%d statements=%d",
                 self.connection.conn_id,
                 self.connection.endpoint,
-                len(parked.state.settings) if parked.state else 0,
-                len(parked.state.statements) if parked.state else 0,
+                len(settings),
+                len(statements),
             )
         elif parked.outcome is ParkOutcome.PINNED:
             self.pins = parked.pins

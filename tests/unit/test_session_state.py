@@ -489,3 +489,38 @@ def test_any_chunking_gives_the_same_answer(messages: list[bytes], cuts: list[in
     answers = b"".join(chunked.feed(data[a:b]) for a, b in itertools.pairwise(points))
     assert answers == expected
     assert (chunked.terminated, chunked.idle) == (whole.terminated, whole.idle)
+
+
+# -- the packed state -----------------------------------------------------------------------
+
+_TEXTS = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+_STATEMENTS = st.builds(
+    PreparedStatement,
+    _TEXTS,
+    _TEXTS,
+    st.tuples(*[st.integers(0, 2**32 - 1)] * 3) | st.just(()),
+    st.booleans(),
+)
+
+
+@given(st.lists(st.tuples(_TEXTS, _TEXTS), max_size=5), st.lists(_STATEMENTS, max_size=5))
+def test_state_unpacks_to_what_was_packed(
+    settings: list[tuple[str, str]], statements: list[PreparedStatement]
+) -> None:
+    state = SessionState(settings, statements)
+    assert state.settings == tuple(settings)
+    assert state.statements == tuple(statements)
+    assert state == SessionState(tuple(settings), tuple(statements))
+    assert hash(state) == hash(SessionState(settings, statements))
+
+
+def test_states_that_differ_are_not_equal() -> None:
+    statement = PreparedStatement("s", "SELECT $1", (23,), from_sql=False)
+    assert SessionState((), (statement,)) != SessionState((), ())
+    assert SessionState((("a", "b"),), ()) != SessionState((("ab", ""),), ())
+    assert SessionState((), (statement,)) != SessionState(
+        (), (PreparedStatement("s", "SELECT $1", (25,), from_sql=False),)
+    )
+    assert repr(SessionState((("TimeZone", "UTC"),), ())) == (
+        "SessionState((('TimeZone', 'UTC'),), ())"
+    )
