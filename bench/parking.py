@@ -183,19 +183,10 @@ async def _open_sessions(
     targets: list[dict[str, Any]], total: int, concurrency: int, result: MemoryResult
 ) -> list[Any]:
     conns: list[Any] = []
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def open_one(index: int) -> None:
-        async with semaphore:
-            try:
-                conn = await asyncpg.connect(**targets[index % len(targets)], timeout=120)
-                conns.append(conn)
-                await conn.fetchval("SELECT 1")
-            except Exception as exc:
-                result.errors.append(f"{type(exc).__name__}: {exc}")
-
     started = time.perf_counter()
-    await asyncio.gather(*(open_one(i) for i in range(total)))
+    await scale.open_sessions(
+        targets, range(total), asyncio.Semaphore(concurrency), conns, result.errors
+    )
     result.connect_seconds = time.perf_counter() - started
     return conns
 

@@ -29,6 +29,7 @@ __all__ = [
     "burst",
     "hold_idle",
     "memory",
+    "open_sessions",
     "raise_fd_limit",
     "run_async",
     "wake_counts",
@@ -246,6 +247,30 @@ class IdleResult:
         }
 
 
+async def open_sessions(
+    targets: list[dict[str, Any]],
+    indices: range,
+    semaphore: asyncio.Semaphore,
+    conns: list[Any],
+    errors: list[str],
+) -> None:
+    """One asyncpg session per index (round-robin over ``targets``), each running
+    ``SELECT 1``, ``semaphore`` of them connecting at once. Each session opened goes to
+    ``conns`` (to be closed by the caller, even if its query failed), each failure to
+    ``errors``."""
+
+    async def open_one(index: int) -> None:
+        async with semaphore:
+            try:
+                conn = await asyncpg.connect(**targets[index % len(targets)], timeout=120)
+                conns.append(conn)
+                await conn.fetchval("SELECT 1")
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    await asyncio.gather(*(open_one(index) for index in indices))
+
+
 async def _hold(
     pid: int,
     targets: list[dict[str, Any]],
@@ -256,16 +281,6 @@ async def _hold(
 ) -> None:
     conns: list[Any] = []
     semaphore = asyncio.Semaphore(concurrency)
-
-    async def open_one(index: int) -> None:
-        async with semaphore:
-            try:
-                conn = await asyncpg.connect(**targets[index % len(targets)], timeout=120)
-                await conn.fetchval("SELECT 1")
-                conns.append(conn)
-            except Exception as exc:
-                result.errors.append(f"{type(exc).__name__}: {exc}")
-
     await asyncio.sleep(1)
     result.samples.append(memory(pid, 0))
     started = time.perf_counter()
@@ -273,7 +288,9 @@ async def _hold(
         opened = 0
         while opened < total:
             batch = min(step, total - opened)
-            await asyncio.gather(*(open_one(opened + i) for i in range(batch)))
+            await open_sessions(
+                targets, range(opened, opened + batch), semaphore, conns, result.errors
+            )
             opened += batch
             if result.errors:
                 raise core.BenchError(
