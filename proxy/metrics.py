@@ -124,7 +124,7 @@ ENDPOINTS_DELETED: Final = Counter(
 )
 CANCEL_REQUESTS: Final = Counter(
     "pgwake_cancel_requests_total",
-    "CancelRequests, by outcome (forwarded, unknown_key).",
+    "CancelRequests, by outcome (forwarded, unknown_key, no_backend: the session is parked).",
     ["outcome"],
 )
 

@@ -5,7 +5,8 @@ The real pid keeps what clients do with it true: ``pg_terminate_backend(pid)``, 
 NOTIFY's sender to the listener's own ``backend_pid``, ``pg_stat_activity`` rows. The
 compute's own secret never leaves pgwake, so a CancelRequest must come through pgwake,
 and one with a key pgwake does not know is dropped without a word, exactly as Postgres
-treats an unknown key.
+treats an unknown key. A parked session's key stands for no backend until it re-attaches:
+nothing runs, so its cancel has nothing to do.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ class BackendTarget:
 
 
 class CancelMap:
-    """Our (process_id, secret_key) pairs -> the backend they stand for."""
+    """Our (process_id, secret_key) pairs -> the backend they stand for (``None``: the
+    session is parked)."""
 
     def __init__(self) -> None:
-        self._targets: dict[tuple[int, int], BackendTarget] = {}
+        self._targets: dict[tuple[int, int], BackendTarget | None] = {}
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -60,9 +62,10 @@ class CancelMap:
                 self._targets[key] = target
                 return key
 
-    def retarget(self, key: tuple[int, int], target: BackendTarget) -> None:
-        """Point ``key`` at another backend (a parked session re-attached): the client
-        keeps the key it was given, its cancels reach the backend it now uses."""
+    def retarget(self, key: tuple[int, int], target: BackendTarget | None) -> None:
+        """Point ``key`` at another backend (a parked session re-attached), or at none
+        (it parked): the client keeps the key it was given, its cancels reach the backend
+        it uses."""
         if key in self._targets:
             self._targets[key] = target
 
@@ -71,8 +74,12 @@ class CancelMap:
 
     async def forward(self, process_id: int, secret_key: int) -> bool:
         """Send the matching CancelRequest to the compute; False if the key is unknown."""
-        target = self._targets.get((process_id, secret_key))
+        key = (process_id, secret_key)
+        target = self._targets.get(key)
         if target is None:
+            if key in self._targets:
+                metrics.CANCEL_REQUESTS.labels("no_backend").inc()
+                return True
             metrics.CANCEL_REQUESTS.labels("unknown_key").inc()
             logger.warning("event=cancel_unknown_key")
             return False

@@ -33,7 +33,6 @@ from pgwake.edge.backend import acquire_backend
 from pgwake.edge.client_auth import authenticate_client, is_text
 from pgwake.edge.compute_login import ComputeRefused, shared
 from pgwake.edge.handshake import read_handshake, require_tls_error
-from pgwake.edge.parking import Credentials
 from pgwake.edge.phases import PHASE_MOVES, IllegalPhaseMove, Phase
 from pgwake.edge.relay import start_relay
 from pgwake.edge.relayed_session import RelayedSession
@@ -53,8 +52,8 @@ from pgwake.protocol.errors import (
 from pgwake.protocol.messages import CancelRequest
 
 if TYPE_CHECKING:
+    from pgwake.auth.scram import ScramVerifier
     from pgwake.edge.client_auth import EdgeAuthResult
-    from pgwake.edge.compute_login import SessionOpening
     from pgwake.edge.handshake import Handshake
     from pgwake.edge.packet_stream import PacketStream
     from pgwake.edge.routing import Route
@@ -77,22 +76,24 @@ class ClientConnection:
     The handshake, the route and the SCRAM state live in ``run``'s frame only."""
 
     __slots__ = (
+        "backend_key",
         "busy",
         "cancel_key",
         "client_host",
+        "client_key",
         "compute",
         "conn_id",
-        "credentials",
         "ctx",
         "endpoint",
         "lifecycle",
-        "opening",
+        "parameter_status",
         "peer_host",
         "phase",
         "session",
         "started",
         "startup",
         "unauthenticated_as",
+        "verifier",
     )
 
     def __init__(self, ctx: SessionContext, conn_id: str, peer_host: str) -> None:
@@ -110,14 +111,22 @@ class ClientConnection:
         self.lifecycle: Lifecycle | None = None
         #: Set while attached: the backend's connection (the relay's once relaying).
         self.compute: PacketStream | None = None
+        #: pgwake's cancel key pair given to the client (``None``: the compute sent none).
         self.cancel_key: tuple[int, int] | None = None
-        #: The compute's startup message and login: what keeping its backend needs.
+        #: The backend's own process id and secret key: what keeping it for server reuse
+        #: needs (``None`` while parked, or if the compute sent none).
+        self.backend_key: tuple[int, int] | None = None
+        #: The compute's startup message, and the ParameterStatus messages the client
+        #: was sent at login (both shared with the endpoint's other sessions).
         self.startup = b""
-        self.opening: SessionOpening | None = None
+        self.parameter_status = b""
+        #: With ``startup``, what logging in again for a parked session takes: the
+        #: client's SCRAM ClientKey and the verifier it proved (held while it lives;
+        #: slots of their own, not a ``Credentials``: a parked session is kept small).
+        self.client_key: bytes | None = None
+        self.verifier: ScramVerifier | None = None
         #: The client's address (the PROXY header's, if one came).
         self.client_host = peer_host
-        #: What logging in again for a parked session takes (held while it lives).
-        self.credentials: Credentials | None = None
         #: Set once relaying: what the relay, the idle check and parking work with.
         self.session: RelayedSession | None = None
         #: Counted busy by the lifecycle (``Lifecycle.busy``): from its slot until it
@@ -208,7 +217,7 @@ class ClientConnection:
 
         startup = shared(encode.startup_message(compute_parameters(message, route)))
         self.startup = startup
-        self.credentials = Credentials(startup, auth.client_key, auth.verifier)
+        self.client_key, self.verifier = auth.client_key, auth.verifier
         attached = await acquire_backend(
             lifecycle,
             client,
@@ -220,8 +229,10 @@ class ClientConnection:
             wake_timeout=settings.wake_timeout,
             conn_id=self.conn_id,
         )
-        self.compute, self.opening = attached.stream, attached.opening
-        self.cancel_key = attached.opening.cancel_key
+        opening = attached.opening
+        self.compute = attached.stream
+        self.cancel_key, self.backend_key = opening.cancel_key, opening.backend_key
+        self.parameter_status = opening.parameter_status
         self._enter(Phase.ATTACHED)
         self._relay(client)
 
@@ -299,12 +310,9 @@ class ClientConnection:
         side that closed already ends the relay (and this connection) at once."""
         compute, self.compute = self.compute, None
         assert compute is not None
-        lifecycle, opening = self.lifecycle, self.opening
+        lifecycle = self.lifecycle
         reusable = (
-            lifecycle is not None
-            and self.ctx.kept.reuse_enabled
-            and opening is not None
-            and opening.backend_key is not None
+            lifecycle is not None and self.ctx.kept.reuse_enabled and self.backend_key is not None
         )
         self._enter(Phase.RELAYING)
         session = self.session = RelayedSession(self)
@@ -338,28 +346,37 @@ class ClientConnection:
 
     def keep_compute(self, stream: PacketStream, status: bytes) -> None:
         """The relay's ``on_reusable``: reset the backend, then keep it (in the background)."""
-        lifecycle, opening = self.lifecycle, self.opening
+        lifecycle, backend_key = self.lifecycle, self.backend_key
         assert lifecycle is not None
-        assert opening is not None
+        if backend_key is None:  # re-attached to a backend that sent no key
+            stream.close()
+            return
         lifecycle.in_background(
             keep_backend(
                 lifecycle,
                 stream,
                 status,
                 self.startup,
-                opening,
+                backend_key=backend_key,
+                told=self.parameter_status,
                 idle_servers=self.ctx.kept.of(lifecycle.name).idle_servers,
             ),
             f"keep:{lifecycle.name}",
         )
 
     def parked(self) -> None:
-        """RELAYING -> PARKED: the session's backend was ended (``RelayedSession.park``)."""
+        """RELAYING -> PARKED: the session's backend was ended (``RelayedSession.park``);
+        its cancel key stands for no backend until the next."""
         self._enter(Phase.PARKED)
+        self.backend_key = None
+        if self.cancel_key is not None:
+            self.ctx.cancels.retarget(self.cancel_key, None)
 
-    def reattached(self) -> None:
-        """PARKED -> RELAYING: the session has a backend again."""
+    def reattached(self, backend_key: tuple[int, int] | None) -> None:
+        """PARKED -> RELAYING: the session has a backend again (its cancel key was
+        pointed at it, ``parking.reattach``); server reuse would keep this one."""
         self._enter(Phase.RELAYING)
+        self.backend_key = backend_key
 
     def abandon(self, client: PacketStream) -> None:
         """Close both sides of a connection that never reached the relay."""
@@ -375,7 +392,7 @@ class ClientConnection:
         self._enter(Phase.CLOSED)
         ctx = self.ctx
         metrics.OPEN_CONNECTIONS.dec()
-        self.credentials = None
+        self.client_key = self.verifier = None
         session, self.session = self.session, None
         if session is not None:
             session.parked_state = None

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from pgwake.edge.relay import Relay
     from pgwake.endpoint.lifecycle import Lifecycle
 
-__all__ = ["Credentials", "ParkOutcome", "Parked", "park", "reattach"]
+__all__ = ["Credentials", "ParkOutcome", "Parked", "Reattached", "park", "reattach"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,13 @@ async def park(relay: Relay) -> Parked:
     return Parked(ParkOutcome.PARKED, state=captured.state)
 
 
+@dataclass(frozen=True, slots=True)
+class Reattached:
+    """A re-attach that worked: the new backend's own key (``None``: it sent none)."""
+
+    backend_key: tuple[int, int] | None
+
+
 class ReattachFailed(Exception):
     """A re-attach did not get the session a backend; ``error`` is what the client hears
     (an ERROR, not a FATAL: the session stays usable), ``outcome`` the metric label."""
@@ -169,11 +176,11 @@ async def reattach(
     told: dict[bytes, bytes],
     wake_timeout: float,
     conn_id: str,
-) -> bool:
+) -> Reattached | None:
     """Give the parked session of ``relay`` a backend again: wake, log in, restore, then
     relay. ``told`` is every ParameterStatus the client was told (name to body); what
-    differs on the new backend is sent to the client first. Returns whether it worked;
-    when it did not the client's request has been answered (``Refuser``)."""
+    differs on the new backend is sent to the client first. ``None`` when it did not
+    work: the client's request has then been answered (``Refuser``)."""
     started = time.monotonic()
     endpoint = lifecycle.name
     try:
@@ -199,10 +206,10 @@ async def reattach(
             relay.end(encode.error_response(failed.error))
         else:
             relay.refuse(Refuser(encode.error_response(failed.error, severity="ERROR")))
-        return False
+        return None
     if relay.client_gone:
         stream.close()
-        return False
+        return None
     address = lifecycle.address
     if cancel_key is not None and backend_key is not None and address is not None:
         cancels.retarget(cancel_key, BackendTarget(endpoint, address, *backend_key))
@@ -218,7 +225,7 @@ async def reattach(
         (time.monotonic() - started) * 1000,
         backend_key[0] if backend_key is not None else "-",
     )
-    return True
+    return Reattached(backend_key)
 
 
 async def _log_in_and_restore(

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pgwake import metrics
-from pgwake.edge.parking import ParkOutcome, parameter_bodies, park, reattach
+from pgwake.edge.parking import Credentials, ParkOutcome, parameter_bodies, park, reattach
 from pgwake.edge.phases import Phase
 from pgwake.edge.relay import Mode
 from pgwake.endpoint.compute_resources import PinnedSession
@@ -138,10 +138,12 @@ class RelayedSession:
         lifecycle.in_background(self._reattach(lifecycle), f"reattach:{self.connection.conn_id}")
 
     async def _reattach(self, lifecycle: Lifecycle) -> None:
-        relay, state, credentials = self.relay, self.parked_state, self.connection.credentials
+        relay, state, connection = self.relay, self.parked_state, self.connection
         assert relay is not None
         assert state is not None
-        assert credentials is not None
+        assert connection.client_key is not None
+        assert connection.verifier is not None
+        credentials = Credentials(connection.startup, connection.client_key, connection.verifier)
         self.connection.set_busy(True)  # while it waits: the compute must not suspend
         try:
             attached = await reattach(
@@ -158,28 +160,24 @@ class RelayedSession:
             )
         except Exception:
             logger.exception("event=reattach_error conn=%s", self.connection.conn_id)
-            attached = False
+            attached = None
             relay.end(encode.error_response(InternalError("internal error in pgwake")))
         finally:
             self.reattaching = False
         if self.connection.phase is Phase.CLOSED:
             return
         self.connection.set_busy(False)  # the tracker tells from now on
-        if attached:
+        if attached is not None:
             self.parked_state = None
             self.active_at = time.monotonic()
-            self.connection.reattached()
+            self.connection.reattached(attached.backend_key)
         elif relay.mode is Mode.PARKED and relay.held and relay.refuser is None:
             self.wants_compute()  # the client sent more after its answer
 
     def told_parameters(self) -> dict[bytes, bytes]:
         """Every ParameterStatus the client was told: the login's, then the compute's
         later ones (name to ``name\0value\0``)."""
-        told = (
-            parameter_bodies(self.connection.opening.parameter_status)
-            if self.connection.opening
-            else {}
-        )
+        told = parameter_bodies(self.connection.parameter_status)
         if self.relay is not None and self.relay.tracker.parameter_status:
             told.update(self.relay.tracker.parameter_status)
         return told

@@ -48,7 +48,6 @@ from pgwake.protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from pgwake.edge.compute_login import SessionOpening
     from pgwake.edge.exchange import Exchange
     from pgwake.edge.packet_stream import PacketStream
     from pgwake.endpoint.lifecycle import Lifecycle
@@ -136,14 +135,15 @@ async def keep_backend(
     stream: PacketStream,
     status: bytes,
     startup: bytes,
-    opening: SessionOpening,
     *,
+    backend_key: tuple[int, int],
+    told: bytes,
     idle_servers: IdleServers,
 ) -> None:
     """Reset the backend of a session that ended at rest and keep it for the next client
-    with the same ``startup``; close it when it cannot be kept."""
-    assert opening.backend_key is not None
-    parameter_status = await reset_for_reuse(stream, opening.parameter_status, status)
+    with the same ``startup``; close it when it cannot be kept. ``backend_key`` is the
+    backend's own, ``told`` the ParameterStatus messages its client was sent at login."""
+    parameter_status = await reset_for_reuse(stream, told, status)
     if parameter_status is None:
         metrics.SERVER_REUSE.labels(lifecycle.name, "reset_failed").inc()
         stream.close()
@@ -151,7 +151,7 @@ async def keep_backend(
     if lifecycle.address is None:  # the compute is going away
         stream.close()
         return
-    process_id, secret_key = opening.backend_key
+    process_id, secret_key = backend_key
     kept = IdleServer(stream, process_id, secret_key, parameter_status, time.monotonic())
     if not idle_servers.put(startup, kept):
         metrics.SERVER_REUSE.labels(lifecycle.name, "full").inc()

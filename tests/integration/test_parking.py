@@ -4,7 +4,10 @@ the client left them."""
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
+import pytest
 
 from tests.integration.pgwake_fixture import Pgwake, wait_for
 
@@ -57,3 +60,27 @@ def test_a_reattach_takes_a_backend_server_reuse_kept_for_the_same_startup(
         assert row == ("Asia/Tokyo",)
         assert pgwake.metric("pgwake_server_reuse_total", endpoint="kept", event="reused") == 1
         assert pgwake.metric("pgwake_reattaches_total", endpoint="kept", outcome="ok") == 2
+
+
+def test_a_backend_kept_after_a_reattach_goes_to_the_next_client_with_its_own_pid(
+    pgwake: Pgwake,
+) -> None:
+    pgwake.create("rekept", idle_timeout=0.5)
+    pgwake.start()
+    dsn = pgwake.dsn("rekept")
+    with psycopg.connect(dsn, autocommit=True) as parked:
+        pgwake.wait_state("rekept", "suspended", timeout=15)
+        row = parked.execute("SELECT pg_backend_pid()").fetchone()  # re-attached
+        assert row is not None
+        backend = row[0]
+        assert backend != parked.info.backend_pid
+        # Awake until the next client has come: its backend must be the one kept.
+        pgwake.cli("endpoint", "update", "rekept", "--idle-timeout", "60")
+    wait_for(lambda: pgwake.metric("pgwake_server_reuse_total", endpoint="rekept", event="kept"))
+    with psycopg.connect(dsn, autocommit=True) as next_client:
+        assert next_client.execute("SELECT pg_backend_pid()").fetchone() == (backend,)
+        assert next_client.info.backend_pid == backend
+        threading.Timer(0.3, next_client.cancel_safe).start()  # reaches that backend
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            next_client.execute("SELECT pg_sleep(30)")
+    assert pgwake.metric("pgwake_server_reuse_total", endpoint="rekept", event="reused") == 1

@@ -463,6 +463,21 @@ def test_cancel_reaches_the_backend_a_parked_session_reattached_to(
         assert _one(conn, "SELECT 3") == 3
 
 
+def test_a_cancel_for_a_parked_session_wakes_nothing(server: Pgwake) -> None:
+    name = "plain"
+    with _connect(server, name) as conn:
+        _park(server, name)
+        starts = server.compute_starts(name)
+        before = server.metric("pgwake_cancel_requests_total", outcome="no_backend")
+        conn.cancel_safe()  # nothing runs: nothing to cancel, no backend to reach
+        wait_for(
+            lambda: server.metric("pgwake_cancel_requests_total", outcome="no_backend") > before
+        )
+        assert server.state(name) == "suspended"
+        assert server.compute_starts(name) == starts
+        assert _one(conn, "SELECT 3") == 3
+
+
 # -- 6. ParameterStatus and the backend key ---------------------------------------------------
 
 
