@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from pgwake.edge.cancel_keys import BackendTarget
+from pgwake.edge.cancel_keys import BackendTarget, key_pair
 from pgwake.edge.client_auth import password_failed
 from pgwake.edge.compute_login import SessionOpening, StaleVerifier, open_compute, open_session
 from pgwake.endpoint.lifecycle import ShuttingDown, WakeFailed
@@ -159,7 +159,7 @@ def _reuse(
         auth.sasl_final
         + _AUTHENTICATION_OK
         + kept.parameter_status
-        + encode.backend_key_data(*cancel_key)
+        + encode.backend_key_data(*key_pair(cancel_key))
         + _READY_IDLE
     )
     logger.info(

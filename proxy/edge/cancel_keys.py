@@ -24,10 +24,24 @@ from pgwake.protocol import encode
 if TYPE_CHECKING:
     from pgwake.compute import ComputeAddress
 
-__all__ = ["BackendTarget", "CancelMap"]
+__all__ = ["BackendTarget", "CancelKey", "CancelMap", "key_pair"]
 
 logger = logging.getLogger(__name__)
 _FORWARD_TIMEOUT: Final = 5.0
+
+#: A cancel key pair pgwake gave a client, packed in one int (``process_id << 32 |
+#: secret_key``): every session holds one while it lives, parked ones included, and one
+#: int is a third of a tuple of two.
+CancelKey = int
+
+
+def _pack(process_id: int, secret_key: int) -> CancelKey:
+    return process_id << 32 | secret_key
+
+
+def key_pair(key: CancelKey) -> tuple[int, int]:
+    """The (process_id, secret_key) a BackendKeyData message carries."""
+    return key >> 32, key & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,33 +62,34 @@ class CancelMap:
     session is parked)."""
 
     def __init__(self) -> None:
-        self._targets: dict[tuple[int, int], BackendTarget | None] = {}
+        self._targets: dict[CancelKey, BackendTarget | None] = {}
 
     def __len__(self) -> int:
         return len(self._targets)
 
-    def register(self, target: BackendTarget) -> tuple[int, int]:
-        """Return the key pair ``target``'s client gets: the backend's pid and a fresh
-        random secret (two computes may have backends with the same pid)."""
+    def register(self, target: BackendTarget) -> CancelKey:
+        """Return the key ``target``'s client gets: the backend's pid and a fresh random
+        secret (two computes may have backends with the same pid)."""
         while True:
-            key = (target.process_id, secrets.randbits(32))
-            if key not in self._targets and key[1] != target.secret_key:
+            secret = secrets.randbits(32)
+            key = _pack(target.process_id, secret)
+            if key not in self._targets and secret != target.secret_key:
                 self._targets[key] = target
                 return key
 
-    def retarget(self, key: tuple[int, int], target: BackendTarget | None) -> None:
+    def retarget(self, key: CancelKey, target: BackendTarget | None) -> None:
         """Point ``key`` at another backend (a parked session re-attached), or at none
         (it parked): the client keeps the key it was given, its cancels reach the backend
         it uses."""
         if key in self._targets:
             self._targets[key] = target
 
-    def unregister(self, key: tuple[int, int]) -> None:
+    def unregister(self, key: CancelKey) -> None:
         self._targets.pop(key, None)
 
     async def forward(self, process_id: int, secret_key: int) -> bool:
         """Send the matching CancelRequest to the compute; False if the key is unknown."""
-        key = (process_id, secret_key)
+        key = _pack(process_id, secret_key)
         target = self._targets.get(key)
         if target is None:
             if key in self._targets:

@@ -53,6 +53,7 @@ from pgwake.protocol.messages import CancelRequest
 
 if TYPE_CHECKING:
     from pgwake.auth.scram import ScramVerifier
+    from pgwake.edge.cancel_keys import CancelKey
     from pgwake.edge.client_auth import EdgeAuthResult
     from pgwake.edge.handshake import Handshake
     from pgwake.edge.packet_stream import PacketStream
@@ -111,8 +112,8 @@ class ClientConnection:
         self.lifecycle: Lifecycle | None = None
         #: Set while attached: the backend's connection (the relay's once relaying).
         self.compute: PacketStream | None = None
-        #: pgwake's cancel key pair given to the client (``None``: the compute sent none).
-        self.cancel_key: tuple[int, int] | None = None
+        #: pgwake's cancel key given to the client (``None``: the compute sent none).
+        self.cancel_key: CancelKey | None = None
         #: The backend's own process id and secret key: what keeping it for server reuse
         #: needs (``None`` while parked, or if the compute sent none).
         self.backend_key: tuple[int, int] | None = None

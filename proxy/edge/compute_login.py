@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from pgwake.auth.scram import SCRAM_SHA_256, ScramAuthenticationFailed, ScramClient, ScramError
-from pgwake.edge.cancel_keys import BackendTarget
+from pgwake.edge.cancel_keys import BackendTarget, CancelKey, key_pair
 from pgwake.edge.exchange import PeerClosed, Send, receive_message, unread
 from pgwake.edge.packet_stream import PacketStream, drive
 from pgwake.protocol import encode
@@ -109,8 +109,8 @@ class SessionOpening:
     """What a finished login gave: the client's cancel keys, and what it takes to hand the
     same backend to another client later (``server_reuse.py``)."""
 
-    #: pgwake's cancel key pair given to the client (``None``: the compute sent none).
-    cancel_key: tuple[int, int] | None
+    #: pgwake's cancel key given to the client (``None``: the compute sent none).
+    cancel_key: CancelKey | None
     #: The backend's own process id and secret key (``None``: none sent).
     backend_key: tuple[int, int] | None
     #: The ParameterStatus messages forwarded to the client, encoded.
@@ -235,12 +235,12 @@ async def open_session(
     Returns the cancel key pair handed to the client and what reusing the backend needs.
     Raises ``ComputeRefused`` after forwarding the compute's ErrorResponse, and what
     ``log_in`` raises; a cancel key it registered is dropped again."""
-    registered: list[tuple[int, int]] = []
+    registered: list[CancelKey] = []
 
     def cancel_key_for(process_id: int, secret_key: int) -> tuple[int, int]:
         key = cancels.register(BackendTarget(endpoint, address, process_id, secret_key))
         registered.append(key)
-        return key
+        return key_pair(key)
 
     exchange = log_in(
         startup, client_key=client_key, verifier=verifier, cancel_key_for=cancel_key_for

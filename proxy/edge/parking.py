@@ -59,7 +59,7 @@ from pgwake.protocol.messages import NEED_DATA, PARAMETER_STATUS, TERMINATE, Fra
 
 if TYPE_CHECKING:
     from pgwake.auth.scram import ScramVerifier
-    from pgwake.edge.cancel_keys import CancelMap
+    from pgwake.edge.cancel_keys import CancelKey, CancelMap
     from pgwake.edge.kept_connections import EndpointConnections
     from pgwake.edge.packet_stream import PacketStream
     from pgwake.edge.relay import Relay
@@ -172,7 +172,7 @@ async def reattach(
     state: SessionState,
     connections: EndpointConnections,
     cancels: CancelMap,
-    cancel_key: tuple[int, int] | None,
+    cancel_key: CancelKey | None,
     told: dict[bytes, bytes],
     wake_timeout: float,
     conn_id: str,

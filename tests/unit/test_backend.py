@@ -14,7 +14,7 @@ import pytest
 from pgwake.compute import ComputeAddress
 from pgwake.edge import backend
 from pgwake.edge.backend import RETRY_ONCE_AFTER_RECHECK, RetryPolicy, acquire_backend
-from pgwake.edge.cancel_keys import CancelMap
+from pgwake.edge.cancel_keys import CancelMap, key_pair
 from pgwake.edge.client_auth import EdgeAuthResult
 from pgwake.edge.compute_login import SessionOpening, StaleVerifier
 from pgwake.edge.server_reuse import IdleServer
@@ -103,7 +103,7 @@ def _acquire(
 ) -> tuple[backend.Attached, _Stream, CancelMap]:
     async def logged_in(compute: _Stream, client: _Stream, **_: object) -> SessionOpening:
         client.write(b"<opening>")
-        return SessionOpening((1, 2), (3, 4), STATUS)
+        return SessionOpening(1 << 32 | 2, (3, 4), STATUS)
 
     monkeypatch.setattr(backend, "open_compute", connect)
     monkeypatch.setattr(backend, "open_session", login or logged_in)
@@ -147,7 +147,7 @@ def test_a_kept_backend_is_handed_over_with_the_opening_its_login_had(
         b"<sasl-final>"
         + encode.authentication(AuthenticationRequest.OK)
         + STATUS
-        + encode.backend_key_data(*cancel_key)
+        + encode.backend_key_data(*key_pair(cancel_key))
         + encode.message(b"Z", b"I")
     )
     assert len(cancels) == 1
