@@ -58,7 +58,7 @@ class BackendTarget:
 
 
 class CancelMap:
-    """Our (process_id, secret_key) pairs -> the backend they stand for (``None``: the
+    """The cancel keys pgwake gave clients -> the backend each stands for (``None``: the
     session is parked)."""
 
     def __init__(self) -> None:

@@ -70,12 +70,13 @@ def test_a_backend_kept_after_a_reattach_goes_to_the_next_client_with_its_own_pi
     dsn = pgwake.dsn("rekept")
     with psycopg.connect(dsn, autocommit=True) as parked:
         pgwake.wait_state("rekept", "suspended", timeout=15)
+        # Awake, once woken, until the next client has come: its backend must be the one
+        # kept (set while parked: a CLI run may take longer than the 0.5 s timeout).
+        pgwake.cli("endpoint", "update", "rekept", "--idle-timeout", "60")
         row = parked.execute("SELECT pg_backend_pid()").fetchone()  # re-attached
         assert row is not None
         backend = row[0]
         assert backend != parked.info.backend_pid
-        # Awake until the next client has come: its backend must be the one kept.
-        pgwake.cli("endpoint", "update", "rekept", "--idle-timeout", "60")
     wait_for(lambda: pgwake.metric("pgwake_server_reuse_total", endpoint="rekept", event="kept"))
     with psycopg.connect(dsn, autocommit=True) as next_client:
         assert next_client.execute("SELECT pg_backend_pid()").fetchone() == (backend,)
